@@ -1,0 +1,92 @@
+"""The dyadic arithmetic core: every float rescale of the integer graph is a multiply and a shift.
+
+A real rescale factor r > 0 is approximated by a dyadic number m / 2^s with m a 31-bit
+unsigned integer (so it fits a signed 32-bit register) and 1 <= s <= 62:
+
+    s = min(62, 30 - floor(log2 r)),   m = round(r * 2^s)              (so 2^30 <= m < 2^31)
+
+The relative error is |m / 2^s - r| / r <= 2^-31 whenever s is not clamped.
+The requantization of an int32 accumulator `acc` to an integer in [lo, hi] is
+
+    y = clip((acc * m + 2^(s-1)) >> s, lo, hi)
+
+with `>>` an arithmetic shift (floor), so the division by 2^s rounds half up (HAWQ-V3, Yao et al.
+2021, eq. 4). The product is formed in int64: |acc| < 2^31 and m < 2^31 keep it below 2^62.
+
+Residual adds use one shift for both branches, which rounds once instead of twice:
+
+    y = clip((a * m_a + b * m_b + 2^(s-1)) >> s, lo, hi)
+
+This module is the numpy definition of these formulas; the reference executor and the TVM lowering
+both follow it, and the property tests check it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+M_BITS = 31
+MAX_SHIFT = 62
+
+
+def dyadic(r: float, m_bits: int = M_BITS) -> tuple[int, int]:
+    """Return (m, s) with m / 2^s ≈ r > 0, m < 2^m_bits, 1 <= s <= MAX_SHIFT."""
+    if not (r > 0 and math.isfinite(r)):
+        raise ValueError(f"dyadic rescale needs a finite positive factor, got {r}")
+    s = (m_bits - 1) - math.floor(math.log2(r))
+    s = min(MAX_SHIFT, s)
+    if s < 1:
+        raise ValueError(f"rescale factor {r} is too large for a {m_bits}-bit dyadic multiplier")
+    m = int(round(r * (1 << s)))
+    if m >= (1 << m_bits):  # round() carried into the next power of two
+        m, s = (m + 1) >> 1, s - 1
+    return m, s
+
+
+def dyadic_shared(rs: list[float], m_bits: int = M_BITS) -> tuple[list[int], int]:
+    """Dyadic multipliers for several factors over one common shift (set by the largest factor)."""
+    _, s = dyadic(max(rs), m_bits)
+    ms = [int(round(r * (1 << s))) for r in rs]
+    if max(ms) >= (1 << m_bits):
+        s -= 1
+        ms = [int(round(r * (1 << s))) for r in rs]
+    return ms, s
+
+
+def dyadic_array(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise `dyadic` over an array of factors; returns int64 arrays (m, s)."""
+    pairs = [dyadic(float(v)) for v in np.asarray(r, np.float64).ravel()]
+    m = np.array([p[0] for p in pairs], np.int64).reshape(np.shape(r))
+    s = np.array([p[1] for p in pairs], np.int64).reshape(np.shape(r))
+    return m, s
+
+
+def rounding_term(s: np.ndarray | int) -> np.ndarray:
+    return np.left_shift(np.int64(1), np.asarray(s, np.int64) - 1)
+
+
+def requantize(acc: np.ndarray, m, s, lo: int, hi: int) -> np.ndarray:
+    """clip((acc * m + 2^(s-1)) >> s, lo, hi) in int64; m, s broadcast against acc."""
+    acc = np.asarray(acc, np.int64)
+    m = np.asarray(m, np.int64)
+    s = np.asarray(s, np.int64)
+    return np.clip((acc * m + rounding_term(s)) >> s, lo, hi)
+
+
+def quantize_float(x: np.ndarray, scale: float, lo: int, hi: int) -> np.ndarray:
+    """Real -> integer at the graph boundary: clip(round_half_even(x / scale), lo, hi)."""
+    return np.clip(np.rint(np.asarray(x, np.float64) / scale), lo, hi).astype(np.int64)
+
+
+def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel (axis 0) weight quantization to `bits` bits.
+
+    Returns (q, scale) with q int8 in [-(2^(b-1)-1), 2^(b-1)-1] and w ≈ q * scale[:, None...].
+    """
+    qmax = (1 << (bits - 1)) - 1
+    absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
+    scale = np.where(absmax > 0, absmax / qmax, 1.0)
+    bshape = (-1,) + (1,) * (w.ndim - 1)
+    q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(np.int8)
+    return q, scale

@@ -1,0 +1,121 @@
+"""`dyadic.compile`: ONNX model -> model.so + model.json, bit-exactness checked before writing.
+
+Output is all-or-nothing: files are written to a temporary directory beside the output and moved
+into place only after the build and the self-check succeed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dyadic.config import CompileConfig
+from dyadic.errors import VerificationError
+from dyadic.graph import Graph
+from dyadic.pipeline import PassLog, graph_passes, run_passes
+from dyadic.plan import make_plan
+from dyadic.progress import Progress
+from dyadic.reference import run_reference
+
+
+@dataclass
+class CompileResult:
+    float_graph: Graph
+    int_graph: Graph
+    plan: dict
+    output_dir: str | None
+    so_path: str | None
+
+
+def input_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    return {t: tuple(graph.shapes[t]) for t in graph.inputs}
+
+
+def quantize_inputs(graph: Graph, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from dyadic.arith import quantize_float
+
+    return {t: quantize_float(data[t], graph.qparams[t].scale, graph.qparams[t].lo, graph.qparams[t].hi)
+            .astype(graph.dtypes[t]) for t in graph.inputs}
+
+
+def build_graph(model, calib: dict[str, np.ndarray], config: CompileConfig = CompileConfig(),
+                log: PassLog | None = None) -> tuple[Graph, Graph]:
+    """Import and run the graph passes: returns (float graph as imported, integer graph)."""
+    from dyadic.passes import import_onnx
+
+    float_graph = import_onnx(model)
+    int_graph = run_passes(float_graph, graph_passes(config, calib), log)
+    return float_graph, int_graph
+
+
+def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None = None,
+            config: CompileConfig = CompileConfig(), calib_source: str = "") -> CompileResult:
+    """Compile `model` (path or onnx.ModelProto). `calib` maps input names to float arrays; None
+    means synthetic standard-normal data (only sensible for the built-in random-weight models)."""
+    from dyadic import build, data, targets
+    from dyadic.passes import import_onnx
+
+    t_start = time.perf_counter()
+    log = PassLog()
+    fg = import_onnx(model)
+    if calib is None:
+        calib, calib_source = data.synthetic(input_shapes(fg)), "synthetic normal(0,1), 32 samples"
+    _check_calib(fg, calib)
+    ig = run_passes(fg, graph_passes(config, calib), log)
+    target = targets.resolve(config.target)
+    t0 = time.perf_counter()
+    with Progress("build", quiet=config.quiet):
+        mod = build.lower_and_verify(ig)
+        ex = build.build(mod, target)
+    log.seconds["build"] = time.perf_counter() - t0
+    tmp = tempfile.mkdtemp(prefix=".dyadic-", dir=os.path.dirname(os.path.abspath(output_dir or ".")))
+    try:
+        so = os.path.join(tmp, "model.so")
+        ex.export_library(so)
+        ncal = len(next(iter(calib.values())))
+        plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
+        with open(os.path.join(tmp, "model.json"), "w") as f:
+            json.dump(plan, f)
+        self_check(ig, tmp, {k: v[: config.check_samples] for k, v in calib.items()})
+        log.seconds["total"] = time.perf_counter() - t_start
+        plan["timings_s"] = {k: round(v, 3) for k, v in log.seconds.items()}
+        with open(os.path.join(tmp, "model.json"), "w") as f:
+            json.dump(plan, f, indent=1)
+        if output_dir is None:
+            return CompileResult(fg, ig, plan, None, None)
+        os.makedirs(output_dir, exist_ok=True)
+        for name in ("model.so", "model.json"):
+            os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CompileResult(fg, ig, plan, output_dir, os.path.join(output_dir, "model.so"))
+
+
+def self_check(ig: Graph, build_dir: str, sample: dict[str, np.ndarray]) -> None:
+    """The built library must equal the int64 reference exactly on real (calibration) inputs."""
+    from dyadic.runtime import load
+
+    m = load(build_dir)
+    q = quantize_inputs(ig, sample)
+    got = m.run_int(q)
+    want = run_reference(ig, q)
+    for o, g in zip(ig.outputs, got):
+        if not np.array_equal(g, want[o]):
+            raise VerificationError(f"self-check: compiled output {o!r} differs from the int64 reference "
+                                    f"in {(g != want[o]).sum()} of {g.size} values")
+
+
+def _check_calib(fg: Graph, calib: dict[str, np.ndarray]) -> None:
+    from dyadic.errors import DataError
+
+    for t, shape in input_shapes(fg).items():
+        if t not in calib:
+            raise DataError(f"calibration data has no array for model input {t!r} (has {sorted(calib)})")
+        if calib[t].shape[1:] != tuple(shape[1:]):
+            raise DataError(f"calibration array {t!r} has shape {list(calib[t].shape)}, the model needs "
+                            f"[N, {', '.join(map(str, shape[1:]))}]")

@@ -1,0 +1,48 @@
+"""The compile pipeline, top to bottom, in one place.
+
+    import_onnx -> [float passes, each verified] -> integer graph (verified) -> Relax (verified) -> build
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import numpy as np
+
+from dyadic.config import CompileConfig
+from dyadic.graph import Graph
+from dyadic.verify import verify_float_graph, verify_integer_graph
+from dyadic.passes import (assign_bitwidths, calibrate_ranges, fold_batchnorm, fuse_activations,
+                    quantize_graph)
+
+Pass = Callable[[Graph], Graph]
+
+
+def graph_passes(config: CompileConfig, calib: dict[str, np.ndarray]) -> list[tuple[str, Pass]]:
+    return [
+        ("fold_batchnorm", fold_batchnorm),
+        ("fuse_activations", fuse_activations),
+        ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
+                                     quiet=config.quiet)),
+        ("assign_bitwidths", partial(assign_bitwidths, weight_bits=config.weight_bits,
+                                     act_bits=config.act_bits)),
+        ("quantize_graph", quantize_graph),
+    ]
+
+
+@dataclass
+class PassLog:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_passes(graph: Graph, passes: list[tuple[str, Pass]], log: PassLog | None = None) -> Graph:
+    """Run each pass, then the verifier for the kind of graph it produced."""
+    for name, fn in passes:
+        t0 = time.perf_counter()
+        graph = fn(graph)
+        (verify_integer_graph if graph.qparams else verify_float_graph)(graph, after=name)
+        if log is not None:
+            log.seconds[name] = time.perf_counter() - t0
+    return graph

@@ -1,0 +1,15 @@
+"""Graph passes of dyadic, one module each, one `graph -> graph` function per module.
+
+The order they run in is the literal list in `dyadic.pipeline`.
+"""
+from .assign_bitwidths import assign_bitwidths
+from .calibrate_ranges import calibrate_ranges
+from .fold_batchnorm import fold_batchnorm
+from .fuse_activations import fuse_activations
+from .import_onnx import import_onnx
+from .quantize_graph import quantize_graph
+
+__all__ = [
+    "import_onnx", "fold_batchnorm", "fuse_activations", "calibrate_ranges",
+    "assign_bitwidths", "quantize_graph",
+]

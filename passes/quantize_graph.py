@@ -1,0 +1,147 @@
+"""Float graph (BN folded, activations fused, ranges calibrated, bits assigned) -> integer graph.
+
+Tensors: x ≈ scale * q with zero-point 0 (HAWQ-V3's symmetric scheme). A tensor whose calibrated
+min is >= 0 is unsigned, q in [0, 2^b - 1], scale = max / (2^b - 1); otherwise signed,
+q in [-2^(b-1), 2^(b-1) - 1], scale = absmax / (2^(b-1) - 1). The graph outputs (logits) are kept
+at 16 bits (stored in int32) so that the final argmax is not decided by int8 rounding.
+
+Layers, with s_x, s_w[c], s_y the input, per-channel weight and output scales:
+  conv/dense: W_q = round(W / s_w[c]) (symmetric per output channel), B_q = round(B / (s_x s_w[c]))
+              in int32, y = requant(W_q * x + B_q, dyadic(s_x s_w[c] / s_y)), fused ReLU/ReLU6 as
+              the clip bounds of the requant.
+  add:        y = clip((a m_a + b m_b + 2^(s-1)) >> s) with m_a / 2^s ≈ s_a / s_y, m_b / 2^s ≈ s_b / s_y.
+  avgpool:    integer window sum, then requant by dyadic(s_x / (count s_y)); count is k_h k_w,
+              or the per-position count of real inputs when padding is excluded.
+  mean_hw:    integer sum over H, W, then requant by dyadic(s_x / (H W s_y)).
+  concat:     inputs whose scale differs from the output's get a `requant` node first.
+  maxpool, pad (value 0), slice, reshape: the same op on integers; the output keeps the input's scale.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dyadic import npops
+from dyadic.arith import dyadic_array, dyadic_shared, quantize_weight
+from dyadic.errors import VerificationError
+from dyadic.graph import PASSTHROUGH_OPS, Graph, Node, QParams
+
+OUTPUT_BITS = 16
+
+
+def _qparams(rng: tuple[float, float], bits: int, signed: bool | None = None) -> QParams:
+    lo, hi = rng
+    if signed is None:
+        signed = lo < 0
+    qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    amax = max(abs(lo), abs(hi)) if signed else hi
+    return QParams(scale=float(amax / qmax) if amax > 0 else 1.0, bits=bits, signed=signed)
+
+
+def _clip_bounds(q: QParams, act) -> dict:
+    lo, hi = q.lo, q.hi
+    if act is not None:
+        if math.isfinite(act[0]):
+            lo = max(lo, math.ceil(act[0] / q.scale))
+        if math.isfinite(act[1]):
+            hi = min(hi, math.floor(act[1] / q.scale))
+    return {"lo": int(lo), "hi": int(hi)}
+
+
+def _scalar(v: int) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+def _wide_tensors(graph: Graph) -> set[str]:
+    """Graph outputs and the tensors they are reshaped/sliced from: these stay 16-bit."""
+    wide = set(graph.outputs)
+    for n in reversed(graph.nodes):
+        if n.output in wide and n.op in PASSTHROUGH_OPS and n.op != "concat":
+            wide.add(n.inputs[0])
+    return wide
+
+
+def quantize_graph(graph: Graph) -> Graph:
+    missing = [n.name for n in graph.weighted_nodes() if n.name not in graph.bits]
+    if missing or not graph.ranges:
+        raise VerificationError(f"quantize_graph needs calibrated ranges and bits for every layer; missing {missing}")
+    wide = _wide_tensors(graph)
+    qp: dict[str, QParams] = {}
+
+    def out_q(t: str, signed: bool | None = None) -> QParams:
+        return _qparams(graph.ranges[t], OUTPUT_BITS, True) if t in wide else _qparams(graph.ranges[t], 8, signed)
+
+    for t in graph.inputs:
+        qp[t] = out_q(t)
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        x = n.inputs[0]
+        if n.op in ("conv", "dense"):
+            wb, ab = graph.bits[n.name]
+            q = qp[n.output] = out_q(n.output)
+            w_q, s_w = quantize_weight(n.params["W"], wb)
+            s_acc = qp[x].scale * s_w
+            b_q = np.rint(n.params["B"].astype(np.float64) / s_acc)
+            if np.abs(b_q).max(initial=0) >= 2 ** 31:
+                raise VerificationError(f"{n.name}: bias does not fit int32 at scale {s_acc.min():.3g}")
+            m, s = dyadic_array(s_acc / q.scale)
+            attrs = {k: v for k, v in n.attrs.items() if k != "act"}
+            attrs.update(_clip_bounds(q, n.attrs.get("act")), w_bits=wb, a_bits=ab)
+            nodes.append(Node("q" + n.op, n.name, n.inputs, n.outputs, attrs,
+                              {"W": w_q, "B": b_q.astype(np.int32), "M": m, "S": s}))
+        elif n.op == "add":
+            q = qp[n.output] = out_q(n.output)
+            ms, s = dyadic_shared([qp[i].scale / q.scale for i in n.inputs])
+            nodes.append(Node("qadd", n.name, n.inputs, n.outputs, _clip_bounds(q, n.attrs.get("act")),
+                              {"M": np.array(ms, np.int64), "S": _scalar(s)}))
+        elif n.op in ("relu", "clip"):
+            q = qp[n.output] = out_q(n.output)
+            act = (0.0, math.inf) if n.op == "relu" else (n.attrs["lo"], n.attrs["hi"])
+            m, s = dyadic_array(np.array(qp[x].scale / q.scale))
+            nodes.append(Node("requant", n.name, n.inputs, n.outputs, _clip_bounds(q, act), {"M": m, "S": s}))
+        elif n.op == "avgpool":
+            q = qp[n.output] = out_q(n.output, qp[x].signed)
+            a = n.attrs
+            if a["count_include_pad"] or not any(a["pads"]):
+                counts = np.array(a["kernel"][0] * a["kernel"][1])
+            else:
+                counts = npops.window_counts(graph.shapes[x][2:], a["kernel"], a["strides"], a["pads"])
+            ms, s = dyadic_shared(list((qp[x].scale / (counts * q.scale)).ravel()))
+            nodes.append(Node("qavgpool", n.name, n.inputs, n.outputs, {**a, **_clip_bounds(q, None)},
+                              {"M": np.array(ms, np.int64).reshape(counts.shape), "S": _scalar(s)}))
+        elif n.op == "mean_hw":
+            q = qp[n.output] = out_q(n.output, qp[x].signed)
+            h, w = graph.shapes[x][2:]
+            m, s = dyadic_array(np.array(qp[x].scale / (h * w * q.scale)))
+            nodes.append(Node("qmean_hw", n.name, n.inputs, n.outputs, {**n.attrs, **_clip_bounds(q, None)},
+                              {"M": m, "S": s}))
+        elif n.op == "concat":
+            ins = [qp[i] for i in n.inputs]
+            if all(i == ins[0] for i in ins):
+                qp[n.output] = ins[0]
+                nodes.append(n)
+                continue
+            q = qp[n.output] = out_q(n.output, any(i.signed for i in ins))
+            aligned = []
+            for i, t in enumerate(n.inputs):
+                if qp[t] == q:
+                    aligned.append(t)
+                    continue
+                name = f"{n.name}/align{i}"
+                m, s = dyadic_array(np.array(qp[t].scale / q.scale))
+                nodes.append(Node("requant", name, (t,), (name,), _clip_bounds(q, None), {"M": m, "S": s}))
+                qp[name] = q
+                aligned.append(name)
+            nodes.append(n.replace(inputs=tuple(aligned)))
+        elif n.op in PASSTHROUGH_OPS:
+            qp[n.output] = qp[x]
+            nodes.append(n)
+        else:
+            raise VerificationError(f"quantize_graph: no integer form for op {n.op} ({n.name})")
+    shapes = dict(graph.shapes)
+    for n in nodes:
+        if n.op == "requant" and n.output not in shapes:
+            shapes[n.output] = shapes[n.inputs[0]]
+    dtypes = {t: q.dtype for t, q in qp.items()}
+    return graph.replace(nodes=tuple(nodes), qparams=qp, dtypes=dtypes, shapes=shapes)
