@@ -41,6 +41,10 @@ def dyadic(r: float, m_bits: int = M_BITS) -> tuple[int, int]:
     m = int(round(r * (1 << s)))
     if m >= (1 << m_bits):  # round() carried into the next power of two
         m, s = (m + 1) >> 1, s - 1
+    if s < 1:  # the carry above, for r just below 2^(m_bits - 1)
+        raise ValueError(f"rescale factor {r} is too large for a {m_bits}-bit dyadic multiplier")
+    if m == 0:  # s is clamped at MAX_SHIFT and r < 2^-(MAX_SHIFT + 1)
+        raise ValueError(f"rescale factor {r} is too small for a dyadic multiplier with shift <= {MAX_SHIFT}")
     return m, s
 
 

@@ -73,7 +73,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         mod = build.lower_and_verify(ig)
         ex = build.build(mod, target)
     log.seconds["build"] = time.perf_counter() - t0
-    tmp = tempfile.mkdtemp(prefix=".dyadic-", dir=os.path.dirname(os.path.abspath(output_dir or ".")))
+    tmp = tempfile.mkdtemp(prefix="dyadic-build-")
     try:
         so = os.path.join(tmp, "model.so")
         ex.export_library(so)
@@ -90,7 +90,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
             return CompileResult(fg, ig, plan, None, None)
         os.makedirs(output_dir, exist_ok=True)
         for name in ("model.so", "model.json"):
-            os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
+            shutil.move(os.path.join(tmp, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CompileResult(fg, ig, plan, output_dir, os.path.join(output_dir, "model.so"))
