@@ -10,8 +10,8 @@ from dyadic.targets import TargetSpec
 from dyadic.verify import verify_lowered
 
 
-def lower_and_verify(graph: Graph) -> tvm.IRModule:
-    mod = lower_to_relax(graph)
+def lower_and_verify(graph: Graph, target: TargetSpec | None = None) -> tvm.IRModule:
+    mod = lower_to_relax(graph, target)
     verify_lowered(mod)
     return mod
 

@@ -70,7 +70,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     target = targets.resolve(config.target)
     t0 = time.perf_counter()
     with Progress("build", quiet=config.quiet):
-        mod = build.lower_and_verify(ig)
+        mod = build.lower_and_verify(ig, target)
         ex = build.build(mod, target)
     log.seconds["build"] = time.perf_counter() - t0
     tmp = tempfile.mkdtemp(prefix="dyadic-build-")

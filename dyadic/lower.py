@@ -13,6 +13,7 @@ from tvm import relax
 
 from dyadic.arith import rounding_term
 from dyadic.graph import Graph, Node
+from dyadic.targets import TargetSpec
 
 _BC = (1, -1, 1, 1)
 
@@ -22,8 +23,9 @@ def _c(v: np.ndarray, dtype: str) -> relax.Constant:
 
 
 class _Lowerer:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, target: TargetSpec | None = None):
         self.g = graph
+        self.target = target
         self.bb = relax.BlockBuilder()
         self.batch = tvm.tirx.Var("n", "int64")
 
@@ -103,5 +105,6 @@ class _Lowerer:
         return self.bb.get()
 
 
-def lower_to_relax(graph: Graph) -> tvm.IRModule:
-    return _Lowerer(graph).run()
+def lower_to_relax(graph: Graph, target: TargetSpec | None = None) -> tvm.IRModule:
+    """`target` lets a kernel layer pick target-specific implementations; None means generic Relax ops."""
+    return _Lowerer(graph, target).run()
