@@ -76,72 +76,79 @@ def quantize_graph(graph: Graph) -> Graph:
         qp[t] = out_q(t)
     nodes: list[Node] = []
     for n in graph.nodes:
-        x = n.inputs[0]
-        if n.op in ("conv", "dense"):
-            wb, ab = graph.bits[n.name]
-            q = qp[n.output] = out_q(n.output)
-            w_q, s_w = quantize_weight(n.params["W"], wb)
-            s_acc = qp[x].scale * s_w
-            b_q = np.rint(n.params["B"].astype(np.float64) / s_acc)
-            if np.abs(b_q).max(initial=0) >= 2 ** 31:
-                raise VerificationError(f"{n.name}: bias does not fit int32 at scale {s_acc.min():.3g}")
-            m, s = dyadic_array(s_acc / q.scale)
-            attrs = {k: v for k, v in n.attrs.items() if k != "act"}
-            attrs.update(_clip_bounds(q, n.attrs.get("act")), w_bits=wb, a_bits=ab)
-            nodes.append(Node("q" + n.op, n.name, n.inputs, n.outputs, attrs,
-                              {"W": w_q, "B": b_q.astype(np.int32), "M": m, "S": s}))
-        elif n.op == "add":
-            q = qp[n.output] = out_q(n.output)
-            ms, s = dyadic_shared([qp[i].scale / q.scale for i in n.inputs])
-            nodes.append(Node("qadd", n.name, n.inputs, n.outputs, _clip_bounds(q, n.attrs.get("act")),
-                              {"M": np.array(ms, np.int64), "S": _scalar(s)}))
-        elif n.op in ("relu", "clip"):
-            q = qp[n.output] = out_q(n.output)
-            act = (0.0, math.inf) if n.op == "relu" else (n.attrs["lo"], n.attrs["hi"])
-            m, s = dyadic_array(np.array(qp[x].scale / q.scale))
-            nodes.append(Node("requant", n.name, n.inputs, n.outputs, _clip_bounds(q, act), {"M": m, "S": s}))
-        elif n.op == "avgpool":
-            q = qp[n.output] = out_q(n.output, qp[x].signed)
-            a = n.attrs
-            if a["count_include_pad"] or not any(a["pads"]):
-                counts = np.array(a["kernel"][0] * a["kernel"][1])
-            else:
-                counts = npops.window_counts(graph.shapes[x][2:], a["kernel"], a["strides"], a["pads"])
-            ms, s = dyadic_shared(list((qp[x].scale / (counts * q.scale)).ravel()))
-            nodes.append(Node("qavgpool", n.name, n.inputs, n.outputs, {**a, **_clip_bounds(q, None)},
-                              {"M": np.array(ms, np.int64).reshape(counts.shape), "S": _scalar(s)}))
-        elif n.op == "mean_hw":
-            q = qp[n.output] = out_q(n.output, qp[x].signed)
-            h, w = graph.shapes[x][2:]
-            m, s = dyadic_array(np.array(qp[x].scale / (h * w * q.scale)))
-            nodes.append(Node("qmean_hw", n.name, n.inputs, n.outputs, {**n.attrs, **_clip_bounds(q, None)},
-                              {"M": m, "S": s}))
-        elif n.op == "concat":
-            ins = [qp[i] for i in n.inputs]
-            if all(i == ins[0] for i in ins):
-                qp[n.output] = ins[0]
-                nodes.append(n)
-                continue
-            q = qp[n.output] = out_q(n.output, any(i.signed for i in ins))
-            aligned = []
-            for i, t in enumerate(n.inputs):
-                if qp[t] == q:
-                    aligned.append(t)
-                    continue
-                name = f"{n.name}/align{i}"
-                m, s = dyadic_array(np.array(qp[t].scale / q.scale))
-                nodes.append(Node("requant", name, (t,), (name,), _clip_bounds(q, None), {"M": m, "S": s}))
-                qp[name] = q
-                aligned.append(name)
-            nodes.append(n.replace(inputs=tuple(aligned)))
-        elif n.op in PASSTHROUGH_OPS:
-            qp[n.output] = qp[x]
-            nodes.append(n)
-        else:
-            raise VerificationError(f"quantize_graph: no integer form for op {n.op} ({n.name})")
+        try:
+            _quantize_node(graph, n, qp, out_q, nodes)
+        except ValueError as e:  # a rescale factor no 31-bit dyadic number can represent
+            raise VerificationError(f"quantize_graph: layer {n.name}: {e}") from None
     shapes = dict(graph.shapes)
     for n in nodes:
         if n.op == "requant" and n.output not in shapes:
             shapes[n.output] = shapes[n.inputs[0]]
     dtypes = {t: q.dtype for t, q in qp.items()}
     return graph.replace(nodes=tuple(nodes), qparams=qp, dtypes=dtypes, shapes=shapes)
+
+
+def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: list[Node]) -> None:
+    x = n.inputs[0]
+    if n.op in ("conv", "dense"):
+        wb, ab = graph.bits[n.name]
+        q = qp[n.output] = out_q(n.output)
+        w_q, s_w = quantize_weight(n.params["W"], wb)
+        s_acc = qp[x].scale * s_w
+        b_q = np.rint(n.params["B"].astype(np.float64) / s_acc)
+        if np.abs(b_q).max(initial=0) >= 2 ** 31:
+            raise VerificationError(f"{n.name}: bias does not fit int32 at scale {s_acc.min():.3g}")
+        m, s = dyadic_array(s_acc / q.scale)
+        attrs = {k: v for k, v in n.attrs.items() if k != "act"}
+        attrs.update(_clip_bounds(q, n.attrs.get("act")), w_bits=wb, a_bits=ab)
+        nodes.append(Node("q" + n.op, n.name, n.inputs, n.outputs, attrs,
+                          {"W": w_q, "B": b_q.astype(np.int32), "M": m, "S": s}))
+    elif n.op == "add":
+        q = qp[n.output] = out_q(n.output)
+        ms, s = dyadic_shared([qp[i].scale / q.scale for i in n.inputs])
+        nodes.append(Node("qadd", n.name, n.inputs, n.outputs, _clip_bounds(q, n.attrs.get("act")),
+                          {"M": np.array(ms, np.int64), "S": _scalar(s)}))
+    elif n.op in ("relu", "clip"):
+        q = qp[n.output] = out_q(n.output)
+        act = (0.0, math.inf) if n.op == "relu" else (n.attrs["lo"], n.attrs["hi"])
+        m, s = dyadic_array(np.array(qp[x].scale / q.scale))
+        nodes.append(Node("requant", n.name, n.inputs, n.outputs, _clip_bounds(q, act), {"M": m, "S": s}))
+    elif n.op == "avgpool":
+        q = qp[n.output] = out_q(n.output, qp[x].signed)
+        a = n.attrs
+        if a["count_include_pad"] or not any(a["pads"]):
+            counts = np.array(a["kernel"][0] * a["kernel"][1])
+        else:
+            counts = npops.window_counts(graph.shapes[x][2:], a["kernel"], a["strides"], a["pads"])
+        ms, s = dyadic_shared(list((qp[x].scale / (counts * q.scale)).ravel()))
+        nodes.append(Node("qavgpool", n.name, n.inputs, n.outputs, {**a, **_clip_bounds(q, None)},
+                          {"M": np.array(ms, np.int64).reshape(counts.shape), "S": _scalar(s)}))
+    elif n.op == "mean_hw":
+        q = qp[n.output] = out_q(n.output, qp[x].signed)
+        h, w = graph.shapes[x][2:]
+        m, s = dyadic_array(np.array(qp[x].scale / (h * w * q.scale)))
+        nodes.append(Node("qmean_hw", n.name, n.inputs, n.outputs, {**n.attrs, **_clip_bounds(q, None)},
+                          {"M": m, "S": s}))
+    elif n.op == "concat":
+        ins = [qp[i] for i in n.inputs]
+        if all(i == ins[0] for i in ins):
+            qp[n.output] = ins[0]
+            nodes.append(n)
+            return
+        q = qp[n.output] = out_q(n.output, any(i.signed for i in ins))
+        aligned = []
+        for i, t in enumerate(n.inputs):
+            if qp[t] == q:
+                aligned.append(t)
+                return
+            name = f"{n.name}/align{i}"
+            m, s = dyadic_array(np.array(qp[t].scale / q.scale))
+            nodes.append(Node("requant", name, (t,), (name,), _clip_bounds(q, None), {"M": m, "S": s}))
+            qp[name] = q
+            aligned.append(name)
+        nodes.append(n.replace(inputs=tuple(aligned)))
+    elif n.op in PASSTHROUGH_OPS:
+        qp[n.output] = qp[x]
+        nodes.append(n)
+    else:
+        raise VerificationError(f"quantize_graph: no integer form for op {n.op} ({n.name})")

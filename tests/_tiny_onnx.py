@@ -1,0 +1,48 @@
+"""Helpers for the tests: tiny float32 ONNX models built with onnx.helper."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def node(op: str, inputs: Sequence[str], output: str, name: str | None = None, **attrs) -> onnx.NodeProto:
+    """One ONNX node; its name defaults to its output tensor's name."""
+    return helper.make_node(op, list(inputs), [output], name=name or output, **attrs)
+
+
+def make_model(nodes: Iterable[onnx.NodeProto], inits: dict[str, np.ndarray] | None = None,
+               in_shape: Sequence = ("N", 3, 8, 8), outputs: Sequence[str] = ("out",),
+               opset: int = 17, input_name: str = "input") -> onnx.ModelProto:
+    """A model with one float32 input (dynamic batch "N" by default) and float32 outputs whose
+    shapes are left to ONNX shape inference."""
+    g = helper.make_graph(
+        list(nodes), "tiny",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    m.ir_version = 8
+    return m
+
+
+def conv_w(rng: np.random.Generator, cout: int, cin_per_group: int, k: int = 3, gain: float = 1.0) -> np.ndarray:
+    fan_in = cin_per_group * k * k
+    return (rng.normal(0.0, gain * np.sqrt(2.0 / fan_in), (cout, cin_per_group, k, k))).astype(np.float32)
+
+
+def bias(rng: np.random.Generator, n: int, std: float = 0.1) -> np.ndarray:
+    return rng.normal(0.0, std, n).astype(np.float32)
+
+
+def i64(*v) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+def f32(v) -> np.ndarray:
+    return np.array(v, np.float32)
