@@ -140,7 +140,7 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
         for i, t in enumerate(n.inputs):
             if qp[t] == q:
                 aligned.append(t)
-                return
+                continue
             name = f"{n.name}/align{i}"
             m, s = dyadic_array(np.array(qp[t].scale / q.scale))
             nodes.append(Node("requant", name, (t,), (name,), _clip_bounds(q, None), {"M": m, "S": s}))
