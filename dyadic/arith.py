@@ -94,3 +94,24 @@ def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     bshape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """Pack int4 values (int8 array in [-8, 7], last axis) two per byte: low nibble first.
+
+    Byte j of a row holds elements 2j (bits 0-3) and 2j+1 (bits 4-7); an odd row is padded with 0.
+    """
+    q = np.asarray(q, np.int8)
+    if q.shape[-1] % 2:
+        q = np.concatenate([q, np.zeros(q.shape[:-1] + (1,), np.int8)], axis=-1)
+    lo = q[..., 0::2].astype(np.uint8) & 0x0F
+    hi = (q[..., 1::2].astype(np.uint8) & 0x0F) << 4
+    return (lo | hi).view(np.int8)
+
+
+def unpack_int4(b: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of `pack_int4` with arithmetic shifts: lo = (b << 4) >> 4, hi = b >> 4 (on int8)."""
+    b = np.asarray(b, np.int8)
+    lo = np.left_shift(b, 4).astype(np.int8) >> 4
+    hi = b >> 4
+    return np.stack([lo, hi], axis=-1).reshape(b.shape[:-1] + (-1,))[..., :n]

@@ -11,7 +11,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from dyadic.arith import rounding_term
+from dyadic.arith import pack_int4, rounding_term
+from dyadic import lower_int4
 from dyadic.graph import Graph, Node
 from dyadic.targets import TargetSpec
 
@@ -45,10 +46,22 @@ class _Lowerer:
         y = self.emit(relax.op.clip(y, lo, hi))
         return self.emit(relax.op.astype(y, dtype))
 
+    def int4_acc(self, n: Node, x):
+        """int32 accumulator of a W4 layer, reading its packed weights (`dyadic.lower_int4`)."""
+        w, a = n.params["W"], n.attrs
+        packed = _c(pack_int4(w.reshape(w.shape[0], -1)), "int8")
+        if n.op == "qdense":
+            return self.emit(self.bb.call_te(lower_int4.dense_int4, x, packed, w.shape))
+        return self.emit(self.bb.call_te(lower_int4.conv2d_int4, x, packed, w.shape, a["strides"], a["pads"],
+                                         a["dilations"], a["group"]))
+
     def node(self, n: Node, xs: list):
         a, p, op = n.attrs, n.params, n.op
         out_dtype = self.g.dtypes[n.output]
         x = xs[0]
+        if op in ("qconv", "qdense") and a["w_bits"] == 4:
+            acc = self.emit(relax.op.add(self.int4_acc(n, x), _c(p["B"].reshape(_BC if op == "qconv" else -1), "int32")))
+            return self.requant(acc, p["M"], p["S"], a["lo"], a["hi"], out_dtype, _BC if op == "qconv" else None)
         if op == "qconv":
             acc = self.emit(relax.op.nn.conv2d(
                 x, _c(p["W"], "int8"), strides=a["strides"], padding=a["pads"], dilation=a["dilations"],

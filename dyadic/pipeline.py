@@ -26,8 +26,8 @@ def graph_passes(config: CompileConfig, calib: dict[str, np.ndarray]) -> list[tu
         ("fuse_activations", fuse_activations),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
                                      quiet=config.quiet)),
-        ("assign_bitwidths", partial(assign_bitwidths, weight_bits=config.weight_bits,
-                                     act_bits=config.act_bits)),
+        ("assign_bitwidths", partial(assign_bitwidths, mode=config.bits, pin_first_last=config.pin_first_last,
+                                     budgets=config.budgets)),
         ("quantize_graph", quantize_graph),
     ]
 

@@ -1,16 +1,34 @@
-"""Choose (weight bits, activation bits) for every weighted layer.
+"""Choose (weight bits, activation bits) for every weighted layer; the result goes to `Graph.bits`.
 
-The uniform policy gives every layer the same bit-widths (W8A8 by default). The graph records the
-choice in `Graph.bits`; `quantize_graph` reads it. The Hessian-weighted ILP policy (mixed precision)
-plugs in here with the same output.
+Candidates per layer are W8A8, W4A8 and W4A4 (`CANDIDATES`). The first and last weighted layers
+are pinned to W8A8 unless `pin_first_last` is False.
+
+* Uniform modes give every free layer the same candidate (`--bits 8`, `--bits 4` = W4A4,
+  `--bits w4a8`).
+* Mixed mode (`--bits mixed`) solves the ILP of `dyadic.ilp` over the per-layer sensitivities and
+  costs that `estimate_sensitivity` and `measure_costs` stored in `Graph.meta`.
 """
 from __future__ import annotations
 
+from dyadic.config import BitMode, Budgets
 from dyadic.graph import Graph
 
+CANDIDATES: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
+_UNIFORM = {BitMode.INT8: (8, 8), BitMode.W4A8: (4, 8), BitMode.INT4: (4, 4)}
 
-def assign_bitwidths(graph: Graph, weight_bits: int = 8, act_bits: int = 8) -> Graph:
-    if (weight_bits, act_bits) != (8, 8):
-        raise NotImplementedError(f"W{weight_bits}A{act_bits}: only W8A8 is implemented so far")
-    bits = {n.name: (weight_bits, act_bits) for n in graph.weighted_nodes()}
+
+def pinned_layers(graph: Graph, pin_first_last: bool = True) -> set[str]:
+    layers = graph.weighted_nodes()
+    return {layers[0].name, layers[-1].name} if pin_first_last and layers else set()
+
+
+def assign_bitwidths(graph: Graph, mode: BitMode = BitMode.INT8, pin_first_last: bool = True,
+                     budgets: Budgets | None = None) -> Graph:
+    pinned = pinned_layers(graph, pin_first_last)
+    if mode is BitMode.MIXED:
+        from dyadic.ilp import solve_bitwidths
+
+        choice, report = solve_bitwidths(graph, pinned, budgets or Budgets())
+        return graph.replace(bits=choice, meta={**graph.meta, "ilp": report})
+    bits = {n.name: ((8, 8) if n.name in pinned else _UNIFORM[mode]) for n in graph.weighted_nodes()}
     return graph.replace(bits=bits)

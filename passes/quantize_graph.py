@@ -15,6 +15,10 @@ Layers, with s_x, s_w[c], s_y the input, per-channel weight and output scales:
   mean_hw:    integer sum over H, W, then requant by dyadic(s_x / (H W s_y)).
   concat:     inputs whose scale differs from the output's get a `requant` node first.
   maxpool, pad (value 0), slice, reshape: the same op on integers; the output keeps the input's scale.
+
+4-bit: weights of a W4 layer are in [-7, 7] (stored packed by the lowering). The input of an A4
+layer is 4-bit ([0, 15] unsigned after ReLU, else [-8, 7]): its producer writes 4 bits directly
+when every reader is A4, otherwise a `requant` node makes a 4-bit copy for the A4 reader.
 """
 from __future__ import annotations
 
@@ -62,15 +66,30 @@ def _wide_tensors(graph: Graph) -> set[str]:
     return wide
 
 
+def _a4_tensors(graph: Graph) -> set[str]:
+    """Tensors stored as 4-bit: every reader is a layer that wants 4-bit input activations and the
+    producer sets its own scale (not an input, output or pass-through op)."""
+    producers = graph.producers()
+    a4 = set()
+    for t, users in graph.consumers().items():
+        src = producers.get(t)
+        if users and src is not None and src.op not in PASSTHROUGH_OPS and t not in graph.outputs \
+                and all(u.op in ("conv", "dense") and graph.bits[u.name][1] == 4 for u in users):
+            a4.add(t)
+    return a4
+
+
 def quantize_graph(graph: Graph) -> Graph:
     missing = [n.name for n in graph.weighted_nodes() if n.name not in graph.bits]
     if missing or not graph.ranges:
         raise VerificationError(f"quantize_graph needs calibrated ranges and bits for every layer; missing {missing}")
-    wide = _wide_tensors(graph)
+    wide, a4 = _wide_tensors(graph), _a4_tensors(graph)
     qp: dict[str, QParams] = {}
 
     def out_q(t: str, signed: bool | None = None) -> QParams:
-        return _qparams(graph.ranges[t], OUTPUT_BITS, True) if t in wide else _qparams(graph.ranges[t], 8, signed)
+        if t in wide:
+            return _qparams(graph.ranges[t], OUTPUT_BITS, True)
+        return _qparams(graph.ranges[t], 4 if t in a4 else 8, signed)
 
     for t in graph.inputs:
         qp[t] = out_q(t)
@@ -92,6 +111,12 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
     x = n.inputs[0]
     if n.op in ("conv", "dense"):
         wb, ab = graph.bits[n.name]
+        if ab == 4 and qp[x].bits != 4:  # the input is shared with 8-bit readers: requantize a copy
+            name = f"{n.name}/a4"
+            q4 = qp[name] = _qparams(graph.ranges[x], 4, qp[x].signed)
+            m, s = dyadic_array(np.array(qp[x].scale / q4.scale))
+            nodes.append(Node("requant", name, (x,), (name,), _clip_bounds(q4, None), {"M": m, "S": s}))
+            n, x = n.replace(inputs=(name,)), name
         q = qp[n.output] = out_q(n.output)
         w_q, s_w = quantize_weight(n.params["W"], wb)
         s_acc = qp[x].scale * s_w
