@@ -16,6 +16,7 @@ from dyadic.float_exec import execute
 from dyadic.graph import INT_OPS, Graph, Node, QParams
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, fold_batchnorm, fuse_activations,
                            import_onnx, quantize_graph)
+from dyadic.config import BitMode
 from dyadic.pipeline import graph_passes, run_passes
 from dyadic.reference import run_reference
 from dyadic.verify import verify_float_graph, verify_integer_graph, verify_lowered
@@ -646,8 +647,10 @@ def test_assign_bitwidths_uniform(rng):
     fg = import_onnx(make_model([node("Conv", ["input", "W"], "c"), node("Relu", ["c"], "out")],
                                 {"W": conv_w(rng, 4, 3)}))
     assert assign_bitwidths(fg).bits == {"c": (8, 8)}
-    with pytest.raises(NotImplementedError):
-        assign_bitwidths(fg, weight_bits=4)
+    # a single layer is both the first and the last: pinned to 8 bits unless freed
+    assert assign_bitwidths(fg, mode=BitMode.INT4).bits == {"c": (8, 8)}
+    assert assign_bitwidths(fg, mode=BitMode.INT4, pin_first_last=False).bits == {"c": (4, 4)}
+    assert assign_bitwidths(fg, mode=BitMode.W4A8, pin_first_last=False).bits == {"c": (4, 8)}
 
 
 # ============================================================================ verify (integer)
