@@ -1,4 +1,4 @@
-"""The `dyadic` command line: compile, eval.
+"""The `dyadic` command line: compile, eval, run.
 
 Every user error (bad model, bad data, infeasible request) is printed as one paragraph on stderr
 with exit code 2, and leaves no output files behind.
@@ -37,9 +37,25 @@ def _parser() -> argparse.ArgumentParser:
                                    "only sensible for the built-in random-weight models")
     c.add_argument("--calib-count", type=int, default=None, help="use only the first N calibration samples")
     c.add_argument("--image-size", type=int, default=None, help="input size for a built-in model")
-    c.add_argument("--target", default="host", help="compile target preset (default: host CPU)")
+    c.add_argument("--target", default="host", help="host (this CPU, default), arm (aarch64 Linux, "
+                   "cross-compiled, with a deploy bundle) or cuda (NVIDIA GPU; builds without a GPU)")
+    c.add_argument("--cpu", default=None, help="ARM core preset for --target arm: cortex-a76 (default), "
+                   "cortex-a55, neoverse-n1, cortex-a72, neoverse-v1")
+    c.add_argument("--arch", default=None, help="GPU architecture for --target cuda: sm_75 (default), sm_80, "
+                   "sm_86, sm_89, sm_90")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     _add_norm(c)
+    r = sub.add_parser("run", help="run a build directory on a data file (locally, under qemu, or over RPC)",
+                       description="Quantize the inputs of a .npz data file, run the build's integer library "
+                       "and print a summary of its outputs (and top-1 if the file has labels). Where it runs: "
+                       "--rpc HOST:PORT on a TVM RPC server (a board), else a host build on this CPU, an arm "
+                       "build under qemu-user (no timing), a cuda build on the local GPU.")
+    r.add_argument("build", help="a build directory from `dyadic compile`")
+    r.add_argument("--data", required=True, help=".npz with 'images' (+ --mean/--std) or input-named arrays")
+    r.add_argument("--rpc", default=None, metavar="HOST:PORT", help="run on the TVM RPC server at HOST:PORT")
+    r.add_argument("--limit", type=int, default=None, help="use only the first N samples (one batch)")
+    r.add_argument("--reps", type=int, default=0, help="also time N runs of main (not under emulation)")
+    _add_norm(r)
     e = sub.add_parser("eval", help="top-1 accuracy of a compiled library or an ONNX model (onnxruntime fp32)",
                        description="Run a compiled build directory (integer library) or an .onnx file "
                        "(through onnxruntime in fp32, for comparison) on a labelled .npz file and print "
@@ -71,15 +87,47 @@ def cmd_compile(a) -> int:
     from dyadic.compiler import input_shapes
     from dyadic.report import summary
 
+    from dyadic.targets import preset_name
+
+    target = preset_name(a.target, a.cpu, a.arch)  # before any work: a bad flag fails fast
     model = _load_model_arg(a.model, a.image_size)
     calib, source = None, ""
     if a.calib:
         shapes = input_shapes(import_onnx(model))
         calib, _ = load_npz(a.calib, shapes, Normalize.parse(a.mean, a.std), a.calib_count)
         source = os.path.abspath(a.calib)
-    res = dyadic.compile(model, a.output, calib, CompileConfig(target=a.target, quiet=a.quiet), calib_source=source)
+    res = dyadic.compile(model, a.output, calib, CompileConfig(target=target, quiet=a.quiet), calib_source=source)
     print(summary(res.plan))
     print(f"wrote {os.path.join(a.output, 'model.so')} and {os.path.join(a.output, 'model.json')}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    import json
+
+    from dyadic.arith import quantize_float
+    from dyadic.data import Normalize, load_npz
+    from dyadic.remote import run_build
+
+    js = os.path.join(a.build, "model.json")
+    if not os.path.isfile(js):
+        raise DyadicError(f"{js} not found: is {a.build!r} the output directory of `dyadic compile`?")
+    with open(js) as f:
+        plan = json.load(f)
+    x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, Normalize.parse(a.mean, a.std),
+                    a.limit)
+    q = {i["name"]: quantize_float(x[i["name"]], i["scale"], i["lo"], i["hi"]).astype(i["dtype"]) for i in plan["inputs"]}
+    outs, timing, where = run_build(a.build, q, a.rpc, a.reps)
+    n = len(next(iter(q.values())))
+    print(f"ran {a.build} ({plan['target']['preset']}) on {where}: {n} inputs")
+    for spec, o in zip(plan["outputs"], outs):
+        print(f"output {spec['name']}: {o.dtype} {list(o.shape)}, range [{o.min()}, {o.max()}], "
+              f"argmax of first rows {o.reshape(len(o), -1).argmax(1)[:8].tolist()}")
+    if y is not None:
+        print(f"top1 {100.0 * float((outs[0].reshape(n, -1).argmax(1) == y[:n]).mean()):.2f}% ({n} images)")
+    if timing:
+        print(f"timing: median {timing['median_ms']:.3f} ms, min {timing['min_ms']:.3f} ms over {timing['runs']} "
+              f"runs of main at batch {n}")
     return 0
 
 
@@ -119,7 +167,7 @@ def _runner(path: str):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"compile": cmd_compile, "eval": cmd_eval}[args.cmd](args)
+        return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run}[args.cmd](args)
     except DyadicError as e:
         print(f"dyadic {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -57,7 +57,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
             config: CompileConfig = CompileConfig(), calib_source: str = "") -> CompileResult:
     """Compile `model` (path or onnx.ModelProto). `calib` maps input names to float arrays; None
     means synthetic standard-normal data (only sensible for the built-in random-weight models)."""
-    from dyadic import build, data, targets
+    from dyadic import build, data, deploy, targets
     from dyadic.passes import import_onnx
 
     t_start = time.perf_counter()
@@ -71,17 +71,27 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     t0 = time.perf_counter()
     with Progress("build", quiet=config.quiet):
         mod = build.lower_and_verify(ig, target)
-        ex = build.build(mod, target)
+        built = build.build_for(mod, target)
     log.seconds["build"] = time.perf_counter() - t0
     tmp = tempfile.mkdtemp(prefix="dyadic-build-")
     try:
         so = os.path.join(tmp, "model.so")
-        ex.export_library(so)
+        # --- cross targets (issue 5): export with the target's linker, write bundle files, and
+        # self-check where the library can run here (host; arm under qemu); see dyadic/deploy.py
+        build.export(built, so)
         ncal = len(next(iter(calib.values())))
         plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
+        plan["target"]["instructions"] = build.count_instructions(built, so)
+        outputs = ["model.so", "model.json"] + deploy.write_files(tmp, built, plan)
         with open(os.path.join(tmp, "model.json"), "w") as f:
             json.dump(plan, f)
-        self_check(ig, tmp, {k: v[: config.check_samples] for k, v in calib.items()})
+        sample = {k: v[: config.check_samples] for k, v in calib.items()}
+        if target.runs_here:
+            self_check(ig, tmp, sample)
+            plan["self_check"] = f"bit-exact vs int64 reference ({len(next(iter(sample.values())))} inputs)"
+        else:
+            plan["self_check"] = deploy.self_check_target(ig, tmp, plan, sample)
+        # --- end cross targets
         log.seconds["total"] = time.perf_counter() - t_start
         plan["timings_s"] = {k: round(v, 3) for k, v in log.seconds.items()}
         with open(os.path.join(tmp, "model.json"), "w") as f:
@@ -89,8 +99,11 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         if output_dir is None:
             return CompileResult(fg, ig, plan, None, None)
         os.makedirs(output_dir, exist_ok=True)
-        for name in ("model.so", "model.json"):
-            shutil.move(os.path.join(tmp, name), os.path.join(output_dir, name))
+        for name in outputs:  # cross targets add bundle files (lib/, bin/, cuda/, README.txt)
+            dest = os.path.join(output_dir, name)
+            if os.path.isdir(dest):
+                shutil.rmtree(dest)
+            shutil.move(os.path.join(tmp, name), dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CompileResult(fg, ig, plan, output_dir, os.path.join(output_dir, "model.so"))

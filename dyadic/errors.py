@@ -19,3 +19,11 @@ class VerificationError(DyadicError):
 
 class BudgetError(DyadicError):
     """A latency/memory/BOPs budget cannot be met; the message says the smallest feasible value."""
+
+
+class TargetError(DyadicError):
+    """An unknown or inconsistent target request (preset, --cpu, --arch, --rpc address)."""
+
+
+class ToolchainError(DyadicError):
+    """A tool a target needs is missing or failed (cross compiler, nvcc, qemu, runtime wheels, RPC)."""

@@ -26,8 +26,9 @@ def windows(x: np.ndarray, kernel, strides, dilations=(1, 1)) -> np.ndarray:
 
 
 def conv2d(x, w, strides, pads, dilations, group, exact: bool) -> np.ndarray:
-    """Grouped 2-D convolution. exact=True: integer inputs, int64 result computed exactly."""
-    dt = np.float64 if exact else np.float32
+    """Grouped 2-D convolution. exact=True: integer inputs, int64 result computed exactly;
+    otherwise float32, or float64 for float64 inputs (gradient checks, Hessian estimates)."""
+    dt = np.float64 if exact or x.dtype == np.float64 else np.float32
     x = pad_hw(x.astype(dt, copy=False), pads)
     w = w.astype(dt, copy=False)
     o, cg, kh, kw = w.shape
@@ -49,7 +50,7 @@ def conv2d(x, w, strides, pads, dilations, group, exact: bool) -> np.ndarray:
 
 
 def dense(x, w, exact: bool) -> np.ndarray:
-    dt = np.float64 if exact else np.float32
+    dt = np.float64 if exact or x.dtype == np.float64 else np.float32
     out = x.reshape(x.shape[0], -1).astype(dt) @ w.astype(dt).T
     return np.rint(out).astype(np.int64) if exact else out
 
@@ -60,7 +61,7 @@ def maxpool(x, kernel, strides, pads) -> np.ndarray:
 
 
 def window_sum(x, kernel, strides, pads) -> np.ndarray:
-    dt = np.float32 if x.dtype.kind == "f" else np.int64
+    dt = x.dtype if x.dtype.kind == "f" else np.int64
     return windows(pad_hw(x.astype(dt), pads), kernel, strides).sum(axis=(-2, -1))
 
 
@@ -73,8 +74,8 @@ def window_counts(shape_hw, kernel, strides, pads) -> np.ndarray:
 def avgpool(x, kernel, strides, pads, count_include_pad) -> np.ndarray:
     s = window_sum(x, kernel, strides, pads)
     if count_include_pad:
-        return s / np.float32(kernel[0] * kernel[1])
-    return s / window_counts(x.shape[2:], kernel, strides, pads).astype(np.float32)
+        return s / s.dtype.type(kernel[0] * kernel[1])
+    return s / window_counts(x.shape[2:], kernel, strides, pads).astype(s.dtype)
 
 
 def slice_nd(x, spec) -> np.ndarray:
