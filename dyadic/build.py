@@ -170,3 +170,21 @@ def _build_cuda(mod: tvm.IRModule, target: TargetSpec) -> Built:
     if "cuda/kernels.ptx" not in files:
         raise toolchain.ToolchainError("the CUDA build produced no device code: TVM's CUDA runtime is not active")
     return Built(ex, target, files)
+
+
+def library_bytes(so_path: str) -> dict[str, int]:
+    """Size of the library file and of its serialized executable (constants, i.e. the stored
+    weights, plus VM bytecode): the `__tvm_ffi__library_bin` symbol, read with `nm -S`."""
+    import os
+    import shutil
+    import subprocess
+
+    out = {"file": os.path.getsize(so_path)}
+    nm = shutil.which("nm")
+    if nm:
+        res = subprocess.run([nm, "-S", so_path], capture_output=True, text=True)
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[3] == "__tvm_ffi__library_bin":
+                out["executable_blob"] = int(parts[1], 16)
+    return out

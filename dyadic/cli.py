@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from dyadic.config import BitMode
 from dyadic.errors import DyadicError
 
 
@@ -18,6 +19,33 @@ def _add_norm(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", help="per-channel mean of pixel/255, comma-separated (e.g. 0.485,0.456,0.406); "
                                   "used when the data file holds uint8 'images'")
     p.add_argument("--std", help="per-channel std of pixel/255, comma-separated (e.g. 0.229,0.224,0.225)")
+
+
+def _add_bits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", choices=[m.value for m in BitMode], default="8",
+                   help="8: every layer W8A8 (default); 4: every layer W4A4 except the pinned first/last; "
+                        "w4a8: 4-bit weights, 8-bit activations; mixed: per-layer choice among W8A8/W4A8/W4A4 "
+                        "by an ILP minimizing the Hessian-weighted perturbation under the budgets")
+    p.add_argument("--latency-budget", help="mixed: cap on the summed measured layer latency, absolute "
+                   "(2.5ms) or relative to all-int8 (0.6x)")
+    p.add_argument("--memory-budget", help="mixed: cap on the bytes of stored weights and biases (150KB, 1.2MB, 0.5x)")
+    p.add_argument("--bops-budget", help="mixed: cap on bit-operations, MACs x weight bits x activation bits "
+                   "(1.2GBOPs, 0.5x)")
+    p.add_argument("--free-first-last", action="store_true",
+                   help="let the first and last layers go below 8 bits (pinned to W8A8 by default)")
+    p.add_argument("--hessian-samples", type=int, default=32,
+                   help="mixed: calibration images used for the Hessian trace estimates (default 32)")
+
+
+def _config(a, target: str):
+    from dyadic.config import Budget, Budgets, CompileConfig
+
+    budgets = Budgets(**{k: Budget.parse(v, k) for k, v in (("latency", a.latency_budget), ("memory", a.memory_budget),
+                                                            ("bops", a.bops_budget)) if v})
+    if budgets.items() and a.bits != "mixed":
+        raise DyadicError("budgets (--latency/--memory/--bops-budget) need --bits mixed")
+    return CompileConfig(target=target, bits=BitMode(a.bits), budgets=budgets, pin_first_last=not a.free_first_last,
+                         hessian_samples=a.hessian_samples, quiet=a.quiet)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                    "sm_86, sm_89, sm_90")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     _add_norm(c)
+    _add_bits(c)
+    from dyadic.sweep import add_parser as add_sweep
+    add_sweep(sub, _add_norm)
     r = sub.add_parser("run", help="run a build directory on a data file (locally, under qemu, or over RPC)",
                        description="Quantize the inputs of a .npz data file, run the build's integer library "
                        "and print a summary of its outputs (and top-1 if the file has labels). Where it runs: "
@@ -66,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
     e.add_argument("--quiet", action="store_true", help="no progress output")
     _add_norm(e)
+    from dyadic import bench  # `dyadic bench`: parser and command live in dyadic/bench.py
+    bench.add_subparser(sub)
     return ap
 
 
@@ -81,7 +114,6 @@ def _load_model_arg(name: str, image_size: int | None):
 
 def cmd_compile(a) -> int:
     import dyadic
-    from dyadic.config import CompileConfig
     from dyadic.data import Normalize, load_npz
     from dyadic.passes import import_onnx
     from dyadic.compiler import input_shapes
@@ -90,13 +122,14 @@ def cmd_compile(a) -> int:
     from dyadic.targets import preset_name
 
     target = preset_name(a.target, a.cpu, a.arch)  # before any work: a bad flag fails fast
+    config = _config(a, target)
     model = _load_model_arg(a.model, a.image_size)
     calib, source = None, ""
     if a.calib:
         shapes = input_shapes(import_onnx(model))
         calib, _ = load_npz(a.calib, shapes, Normalize.parse(a.mean, a.std), a.calib_count)
         source = os.path.abspath(a.calib)
-    res = dyadic.compile(model, a.output, calib, CompileConfig(target=target, quiet=a.quiet), calib_source=source)
+    res = dyadic.compile(model, a.output, calib, config, calib_source=source)
     print(summary(res.plan))
     print(f"wrote {os.path.join(a.output, 'model.so')} and {os.path.join(a.output, 'model.json')}")
     return 0
@@ -167,7 +200,10 @@ def _runner(path: str):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run}[args.cmd](args)
+        from dyadic.sweep import cmd_sweep
+        from dyadic.bench import cmd as cmd_bench
+        return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run, "sweep": cmd_sweep,
+                "bench": cmd_bench}[args.cmd](args)
     except DyadicError as e:
         print(f"dyadic {args.cmd}: error: {e}", file=sys.stderr)
         return 2

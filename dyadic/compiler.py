@@ -17,7 +17,7 @@ import numpy as np
 from dyadic.config import CompileConfig
 from dyadic.errors import VerificationError
 from dyadic.graph import Graph
-from dyadic.pipeline import PassLog, graph_passes, run_passes
+from dyadic.pipeline import PassLog, graph_passes, integer_passes, run_passes
 from dyadic.plan import make_plan
 from dyadic.progress import Progress
 from dyadic.reference import run_reference
@@ -54,9 +54,11 @@ def build_graph(model, calib: dict[str, np.ndarray], config: CompileConfig = Com
 
 
 def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None = None,
-            config: CompileConfig = CompileConfig(), calib_source: str = "") -> CompileResult:
+            config: CompileConfig = CompileConfig(), calib_source: str = "",
+            prepared: Graph | None = None) -> CompileResult:
     """Compile `model` (path or onnx.ModelProto). `calib` maps input names to float arrays; None
-    means synthetic standard-normal data (only sensible for the built-in random-weight models)."""
+    means synthetic standard-normal data (only sensible for the built-in random-weight models).
+    `prepared`: the graph after `pipeline.float_passes` (a sweep reuses it across budgets)."""
     from dyadic import build, data, deploy, targets
     from dyadic.passes import import_onnx
 
@@ -66,7 +68,10 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     if calib is None:
         calib, calib_source = data.synthetic(input_shapes(fg)), "synthetic normal(0,1), 32 samples"
     _check_calib(fg, calib)
-    ig = run_passes(fg, graph_passes(config, calib), log)
+    if prepared is not None:
+        ig = run_passes(prepared, integer_passes(config), log)
+    else:
+        ig = run_passes(fg, graph_passes(config, calib), log)
     target = targets.resolve(config.target)
     t0 = time.perf_counter()
     with Progress("build", quiet=config.quiet):
@@ -82,6 +87,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         ncal = len(next(iter(calib.values())))
         plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
         plan["target"]["instructions"] = build.count_instructions(built, so)
+        plan["library_bytes"] = build.library_bytes(so)
         outputs = ["model.so", "model.json"] + deploy.write_files(tmp, built, plan)
         with open(os.path.join(tmp, "model.json"), "w") as f:
             json.dump(plan, f)

@@ -57,6 +57,9 @@ class CompileConfig:
     bits: BitMode = BitMode.INT8
     budgets: Budgets = field(default_factory=Budgets)
     pin_first_last: bool = True   #: keep the first and last weighted layers at W8A8
+    #: explicit per-layer choices ((layer name, weight bits, activation bits), ...) applied last
+    layer_bits: tuple[tuple[str, int, int], ...] = ()
     calib_batch: int = 32         #: images per calibration batch (memory vs. speed)
+    hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
     check_samples: int = 4        #: inputs used for the post-build bit-exactness self-check
     quiet: bool = False

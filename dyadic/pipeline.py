@@ -1,6 +1,10 @@
 """The compile pipeline, top to bottom, in one place.
 
     import_onnx -> [float passes, each verified] -> integer graph (verified) -> Relax (verified) -> build
+
+The float passes end with everything the bit-width choice needs (ranges; for mixed precision the
+Hessian sensitivities and measured costs); `dyadic sweep` runs them once and the bit-width passes
+once per budget.
 """
 from __future__ import annotations
 
@@ -14,22 +18,36 @@ import numpy as np
 from dyadic.config import CompileConfig
 from dyadic.graph import Graph
 from dyadic.verify import verify_float_graph, verify_integer_graph
-from dyadic.passes import (assign_bitwidths, calibrate_ranges, fold_batchnorm, fuse_activations,
-                    quantize_graph)
+from dyadic.config import BitMode
+from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
+                           fuse_activations, measure_costs, quantize_graph)
 
 Pass = Callable[[Graph], Graph]
 
 
-def graph_passes(config: CompileConfig, calib: dict[str, np.ndarray]) -> list[tuple[str, Pass]]:
+def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: bool = False) -> list[tuple[str, Pass]]:
+    mixed = mixed or config.bits is BitMode.MIXED
     return [
         ("fold_batchnorm", fold_batchnorm),
         ("fuse_activations", fuse_activations),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
                                      quiet=config.quiet)),
+        *([("estimate_sensitivity", partial(estimate_sensitivity, data=calib, samples=config.hessian_samples,
+                                            quiet=config.quiet)),
+           ("measure_costs", partial(measure_costs, target=config.target, quiet=config.quiet))] if mixed else []),
+    ]
+
+
+def integer_passes(config: CompileConfig) -> list[tuple[str, Pass]]:
+    return [
         ("assign_bitwidths", partial(assign_bitwidths, mode=config.bits, pin_first_last=config.pin_first_last,
-                                     budgets=config.budgets)),
+                                     budgets=config.budgets, layer_bits=config.layer_bits)),
         ("quantize_graph", quantize_graph),
     ]
+
+
+def graph_passes(config: CompileConfig, calib: dict[str, np.ndarray]) -> list[tuple[str, Pass]]:
+    return float_passes(config, calib) + integer_passes(config)
 
 
 @dataclass

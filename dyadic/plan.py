@@ -42,6 +42,9 @@ def make_plan(graph: Graph, target: dict, calibration: dict, timings: dict) -> d
         if n.op in ("qconv", "qdense"):
             entry.update(w_bits=n.attrs["w_bits"], a_bits=n.attrs["a_bits"],
                          weight_shape=list(n.params["W"].shape))
+            for key in ("sensitivity", "costs"):  # mixed precision: Ω and costs of every candidate
+                if n.name in graph.meta.get(key, {}):
+                    entry[key] = graph.meta[key][n.name]
         if "M" in n.params:
             entry.update(multiplier=_list(n.params["M"]), shift=_list(n.params["S"]),
                          clip=[n.attrs["lo"], n.attrs["hi"]])
@@ -57,6 +60,7 @@ def make_plan(graph: Graph, target: dict, calibration: dict, timings: dict) -> d
         "layers": layers,
         "calibration": calibration,
         "target": target,
+        "bit_selection": {k: graph.meta[k] for k in ("ilp", "sensitivity_info", "costs_info") if k in graph.meta},
         "timings_s": timings,
         "versions": versions(),
     }

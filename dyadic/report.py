@@ -3,7 +3,9 @@ from __future__ import annotations
 
 
 def summary(plan: dict) -> str:
-    rows = [f"{'layer':<28} {'op':<9} {'bits':<6} {'out':<6} {'out scale':>11}"]
+    mixed = any("sensitivity" in l for l in plan["layers"])
+    rows = [f"{'layer':<28} {'op':<9} {'bits':<6} {'out':<6} {'out scale':>11}"
+            + (f" {'Tr(H)/n ± se':>20} {'Ω chosen':>10} {'bytes':>8} {'lat us':>8}" if mixed else "")]
     weights = 0
     for l in plan["layers"]:
         if l["op"] in ("qconv", "qdense"):
@@ -12,7 +14,12 @@ def summary(plan: dict) -> str:
                 n *= d
             weights += n * l["w_bits"] // 8
             bits = f"W{l['w_bits']}A{l['a_bits']}"
-            rows.append(f"{l['name'][:28]:<28} {l['op']:<9} {bits:<6} {l['out']['dtype']:<6} {l['out']['scale']:>11.4g}")
+            row = f"{l['name'][:28]:<28} {l['op']:<9} {bits:<6} {l['out']['dtype']:<6} {l['out']['scale']:>11.4g}"
+            if "sensitivity" in l:
+                sens, cost = l["sensitivity"], l.get("costs", {}).get(bits, {})
+                row += (f" {sens['trace_w']:>10.3g} ± {sens['trace_w_se']:<7.2g} {sens['omega'][bits]:>10.3g}"
+                        f" {cost.get('bytes', 0):>8} {1e6 * cost.get('latency_s', 0):>8.1f}")
+            rows.append(row)
     t = plan.get("timings_s", {})
     tgt = plan["target"]
     # cross targets (issue 5): name the preset, say whether the self-check ran, list int8 instructions
@@ -24,4 +31,9 @@ def summary(plan: dict) -> str:
                 + ("bit-exact vs int64 reference: yes" if check.startswith("bit-exact") else f"self-check {check}"))
     if tgt.get("instructions"):
         rows.append("int8 instructions: " + ", ".join(f"{k} {v}" for k, v in tgt["instructions"].items()))
+    ilp = plan.get("bit_selection", {}).get("ilp")
+    if ilp:
+        used = ", ".join(f"{k} {v['used']:.4g} of {v['limit']:.4g} (all-int8 {v['all_int8']:.4g})"
+                         for k, v in ilp.get("budgets", {}).items() if v.get("limit") is not None)
+        rows.append(f"ILP: {ilp.get('status')}, ΣΩ = {ilp.get('objective', 0):.4g}" + (f"; {used}" if used else ""))
     return "\n".join(rows)

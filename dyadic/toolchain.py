@@ -29,8 +29,8 @@ _STUB_SYMBOLS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuG
 
 
 def cache_dir(*sub: str) -> Path:
-    """$DYADIC_CACHE, else $XDG_CACHE_HOME/dyadic, else ~/.cache/dyadic (created)."""
-    root = os.environ.get("DYADIC_CACHE") or os.path.join(
+    """$DYADIC_CACHE_DIR, else $XDG_CACHE_HOME/dyadic, else ~/.cache/dyadic (created)."""
+    root = os.environ.get("DYADIC_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dyadic")
     p = Path(root, *sub)
     p.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ are pinned to W8A8 unless `pin_first_last` is False.
 from __future__ import annotations
 
 from dyadic.config import BitMode, Budgets
+from dyadic.errors import DyadicError
 from dyadic.graph import Graph
 
 CANDIDATES: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
@@ -23,12 +24,19 @@ def pinned_layers(graph: Graph, pin_first_last: bool = True) -> set[str]:
 
 
 def assign_bitwidths(graph: Graph, mode: BitMode = BitMode.INT8, pin_first_last: bool = True,
-                     budgets: Budgets | None = None) -> Graph:
+                     budgets: Budgets | None = None, layer_bits: tuple = ()) -> Graph:
+    """`layer_bits`: ((layer, w_bits, a_bits), ...) overriding the mode's choice for those layers."""
     pinned = pinned_layers(graph, pin_first_last)
+    meta = dict(graph.meta)
     if mode is BitMode.MIXED:
         from dyadic.ilp import solve_bitwidths
 
-        choice, report = solve_bitwidths(graph, pinned, budgets or Budgets())
-        return graph.replace(bits=choice, meta={**graph.meta, "ilp": report})
-    bits = {n.name: ((8, 8) if n.name in pinned else _UNIFORM[mode]) for n in graph.weighted_nodes()}
-    return graph.replace(bits=bits)
+        bits, meta["ilp"] = solve_bitwidths(graph, pinned, budgets or Budgets())
+    else:
+        bits = {n.name: ((8, 8) if n.name in pinned else _UNIFORM[mode]) for n in graph.weighted_nodes()}
+    for name, wb, ab in layer_bits:
+        if name not in bits or (wb, ab) not in CANDIDATES:
+            raise DyadicError(f"layer bits {name}=W{wb}A{ab}: no such weighted layer or not one of "
+                              f"W8A8, W4A8, W4A4")
+        bits[name] = (wb, ab)
+    return graph.replace(bits=bits, meta=meta)

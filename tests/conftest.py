@@ -40,3 +40,15 @@ def resnet20_build(tmp_path_factory, cifar_norm):
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Latency measurements cached per test session, never in the user's cache."""
+    old = os.environ.get("DYADIC_CACHE_DIR")
+    os.environ["DYADIC_CACHE_DIR"] = str(tmp_path_factory.mktemp("dyadic-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DYADIC_CACHE_DIR", None)
+    else:
+        os.environ["DYADIC_CACHE_DIR"] = old

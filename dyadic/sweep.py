@@ -1,0 +1,168 @@
+"""`dyadic sweep`: the accuracy / cost Pareto front of mixed precision (HAWQ-V3's Table rows).
+
+The float passes (calibration, Hessian sensitivities, measured costs) run once. Then, for each cost
+kind (latency, memory) and each r in `--ratios`, the ILP picks bit-widths under the budget
+
+    budget(r) = all_int4 + r · (all_int8 − all_int4)
+
+(all_int4: every free layer W4A4, first/last pinned W8A8), the integer library is built and checked
+bit-exact like any compile, and its top-1 accuracy is measured on `--data` with the library
+itself. Uniform W8A8, W4A8 and W4A4 and onnxruntime fp32 are measured too. Outputs in OUT/:
+`results.json`, `table.md` (printed) and `pareto.png`; each point's build is in OUT/<row>/.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from dyadic.config import BitMode, Budget, Budgets, CompileConfig
+from dyadic.errors import DyadicError
+
+
+def add_parser(sub, add_norm) -> None:
+    s = sub.add_parser("sweep", help="Pareto front of mixed precision: accuracy vs latency and memory budgets",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    s.add_argument("model", help=".onnx file or a built-in model name")
+    s.add_argument("-o", "--output", required=True, help="output directory for results.json, table.md, pareto.png")
+    s.add_argument("--calib", required=True, help="calibration .npz (as for compile)")
+    s.add_argument("--data", required=True, help="labelled .npz to measure accuracy on")
+    s.add_argument("--limit", type=int, default=None, help="measure accuracy on the first N samples only")
+    s.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="budget ratios r between all-int4 (0) and all-int8 (1)")
+    s.add_argument("--hessian-samples", type=int, default=32, help="calibration images for the Hessian traces")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    add_norm(s)
+
+
+def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
+    costs = graph.meta["costs"]
+    out = {}
+    for kind, key in (("latency", "latency_s"), ("memory", "bytes")):
+        out[kind] = {"int8": sum(c["W8A8"][key] for c in costs.values()),
+                     "int4": sum(c["W8A8" if n in pinned else "W4A4"][key] for n, c in costs.items())}
+    return out
+
+
+def run_sweep(model, out_dir: str, calib: dict, data: dict, labels, ratios: list[float],
+              hessian_samples: int = 32, quiet: bool = False) -> list[dict]:
+    import dyadic
+    from dyadic.evaluate import evaluate
+    from dyadic.passes import import_onnx
+    from dyadic.passes.assign_bitwidths import pinned_layers
+    from dyadic.pipeline import float_passes, run_passes
+
+    base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet)
+    prepared = run_passes(import_onnx(model), float_passes(base, calib))
+    totals = _totals(prepared, pinned_layers(prepared))
+    rows: list[tuple[str, CompileConfig, dict]] = [
+        (f"uniform-{m.value}", CompileConfig(bits=m, quiet=quiet), {}) for m in (BitMode.INT8, BitMode.W4A8, BitMode.INT4)]
+    for kind in ("latency", "memory"):
+        t = totals[kind]
+        for r in ratios:
+            b = Budget(t["int4"] + r * (t["int8"] - t["int4"]), False)
+            rows.append((f"{kind}-r{r:g}", CompileConfig(bits=BitMode.MIXED, budgets=Budgets(**{kind: b}), quiet=quiet),
+                         {"kind": kind, "ratio": r, "budget": b.value}))
+    results = []
+    for name, cfg, extra in rows:
+        build_dir = os.path.join(out_dir, name)
+        res = dyadic.compile(model, build_dir, calib, cfg, prepared=prepared)
+        lib = dyadic.load(build_dir)
+        correct, n = evaluate(lambda xs: lib.run(xs), data, labels, 250, quiet=quiet)
+        layers = [l for l in res.plan["layers"] if l["op"] in ("qconv", "qdense")]
+        costs = prepared.meta["costs"]
+        chosen = {l["name"]: f"W{l['w_bits']}A{l['a_bits']}" for l in layers}
+        results.append({
+            "row": name, **extra, "top1": correct / n, "images": n,
+            "latency_s": sum(costs[k][c]["latency_s"] for k, c in chosen.items()),
+            "weight_bytes": sum(costs[k][c]["bytes"] for k, c in chosen.items()),
+            "bops": sum(costs[k][c]["bops"] for k, c in chosen.items()),
+            "library_bytes": os.path.getsize(os.path.join(build_dir, "model.so")),
+            "bits": chosen,
+        })
+    return results, totals, prepared
+
+
+def _fp32_top1(model, data, labels, quiet) -> float | None:
+    if not isinstance(model, str):
+        return None
+    import onnxruntime as ort
+
+    from dyadic.evaluate import evaluate
+
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    correct, n = evaluate(lambda xs: sess.run(None, xs)[0], data, labels, 250, quiet=quiet)
+    return correct / n
+
+
+def table(results: list[dict], fp32: float | None) -> str:
+    lines = ["| row | top-1 % | drop vs fp32 | latency ms (sum of layers) | weights KB | GBOPs | W8A8/W4A8/W4A4 layers |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        counts = [sum(v == c for v in r["bits"].values()) for c in ("W8A8", "W4A8", "W4A4")]
+        drop = f"{100 * (fp32 - r['top1']):.2f}" if fp32 is not None else "-"
+        lines.append(f"| {r['row']} | {100 * r['top1']:.2f} | {drop} | {1e3 * r['latency_s']:.3f} | "
+                     f"{r['weight_bytes'] / 1e3:.1f} | {r['bops'] / 1e9:.3f} | {counts[0]}/{counts[1]}/{counts[2]} |")
+    if fp32 is not None:
+        lines.append(f"\nfp32 (onnxruntime) top-1: {100 * fp32:.2f} %, on {results[0]['images']} images")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], fp32: float | None, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind, key, scale, unit in ((axes[0], "latency", "latency_s", 1e3, "summed layer latency (ms)"),
+                                       (axes[1], "memory", "weight_bytes", 1e-3, "weights + biases (KB)")):
+        pts = [r for r in results if r.get("kind") == kind]
+        ax.plot([r[key] * scale for r in pts], [100 * r["top1"] for r in pts], "o-", label=f"ILP, {kind} budget")
+        for r in pts:
+            ax.annotate(f"r={r['ratio']:g}", (r[key] * scale, 100 * r["top1"]), fontsize=8,
+                        textcoords="offset points", xytext=(4, -10))
+        for r in results:
+            if r["row"].startswith("uniform"):
+                ax.plot(r[key] * scale, 100 * r["top1"], "s", label=r["row"])
+        if fp32 is not None:
+            ax.axhline(100 * fp32, color="gray", ls="--", label="fp32")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("dyadic mixed precision: accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_sweep(a) -> int:
+    from dyadic.cli import _load_model_arg
+    from dyadic.compiler import input_shapes
+    from dyadic.data import Normalize, load_npz
+    from dyadic.passes import import_onnx
+
+    try:
+        ratios = [float(r) for r in a.ratios.split(",")]
+    except ValueError:
+        raise DyadicError(f"--ratios must be comma-separated numbers, got {a.ratios!r}") from None
+    model = _load_model_arg(a.model, None)
+    shapes = input_shapes(import_onnx(model))
+    norm = Normalize.parse(a.mean, a.std)
+    calib, _ = load_npz(a.calib, shapes, norm)
+    data, labels = load_npz(a.data, shapes, norm, a.limit)
+    if labels is None:
+        raise DyadicError(f"{a.data} has no 'labels': the sweep measures accuracy")
+    os.makedirs(a.output, exist_ok=True)
+    results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet)
+    fp32 = _fp32_top1(model, data, labels, a.quiet)
+    text = table(results, fp32)
+    with open(os.path.join(a.output, "results.json"), "w") as f:
+        json.dump({"rows": results, "fp32_top1": fp32, "totals": totals,
+                   "sensitivity_info": prepared.meta.get("sensitivity_info"),
+                   "costs_info": prepared.meta.get("costs_info")}, f, indent=1)
+    with open(os.path.join(a.output, "table.md"), "w") as f:
+        f.write(text + "\n")
+    plot(results, fp32, os.path.join(a.output, "pareto.png"))
+    print(text)
+    print(f"wrote {a.output}/results.json, table.md, pareto.png")
+    return 0

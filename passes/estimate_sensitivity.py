@@ -1,0 +1,70 @@
+"""Per-layer Hessian sensitivity Ω for each bit-width candidate (HAWQ-V3's objective, computed).
+
+For layer i with weights W_i (n_i elements) and input activation a_i (m_i elements per sample):
+
+    T^W_i = Tr(H_{W_i}) / n_i,   T^A_i = Tr(H_{a_i}) / (N m_i)     (Hutchinson, `dyadic.hessian`)
+    Ω_i(b_w, b_a) = T^W_i ‖Q_{b_w}(W_i) − W_i‖² + T^A_i Σ_batch ‖Q_{b_a}(a_i) − a_i‖²
+
+where Q_b is the quantizer `quantize_graph` will use (per-channel symmetric weights, the
+calibrated per-tensor activation scale) and the loss is the mean cross-entropy on the calibration
+batch. With or without labels (KL divergence to the fp32 model's own softmax) the Hessian in the
+logits is diag(p) − pp^T, so labels are not needed (see `dyadic.hessian`). Both
+terms approximate twice the loss increase of the second-order Taylor expansion under an isotropic
+block Hessian, so they add. The result goes to `Graph.meta["sensitivity"]`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dyadic.arith import quantize_weight
+from dyadic.float_exec import execute
+from dyadic.graph import Graph
+from dyadic.hessian import estimate_traces
+
+CANDIDATE_NAMES = {(8, 8): "W8A8", (4, 8): "W4A8", (4, 4): "W4A4"}
+
+
+def weight_error(w: np.ndarray, bits: int) -> float:
+    q, s = quantize_weight(w, bits)
+    return float(((q * s.reshape((-1,) + (1,) * (w.ndim - 1)) - w.astype(np.float64)) ** 2).sum())
+
+
+def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> float:
+    from dyadic.passes.quantize_graph import _qparams
+
+    q = _qparams(rng, bits)
+    deq = np.clip(np.rint(a / q.scale), q.lo, q.hi) * q.scale
+    return float(((deq - a) ** 2).sum())
+
+
+def estimate_sensitivity(graph: Graph, data: dict[str, np.ndarray], samples: int = 32, rel_se: float = 0.1, max_probes: int = 100,
+                         quiet: bool = False) -> Graph:
+    x = data[graph.inputs[0]][:samples].astype(np.float64)
+    layers = graph.weighted_nodes()
+    acts: dict[str, np.ndarray] = {}
+    wanted = {n.inputs[0] for n in layers}
+    execute(graph, {graph.inputs[0]: x},
+                     lambda t, v: acts.__setitem__(t, v.astype(np.float64)) if t in wanted else None)
+    blocks: dict = {}
+    for n in layers:
+        blocks[n.name] = n.params["W"]
+        blocks[("act", n.inputs[0])] = np.zeros_like(acts[n.inputs[0]])
+    traces = estimate_traces(graph, x, blocks, rel_se=rel_se, max_probes=max_probes, quiet=quiet)
+    sens = {}
+    for n in layers:
+        tw, ta = traces[n.name], traces[("act", n.inputs[0])]
+        a, rng = acts[n.inputs[0]], graph.ranges[n.inputs[0]]
+        dw = {b: weight_error(n.params["W"], b) for b in (8, 4)}
+        da = {b: activation_error(a, rng, b) for b in (8, 4)}
+        sens[n.name] = {
+            "trace_w": tw.mean, "trace_w_se": tw.se, "trace_a": ta.mean, "trace_a_se": ta.se,
+            "probes": tw.probes, "weight_sq_err": {str(b): v for b, v in dw.items()},
+            "act_sq_err": {str(b): v for b, v in da.items()},
+            "omega": {name: tw.mean * dw[bw] + ta.mean * da[ba] for (bw, ba), name in CANDIDATE_NAMES.items()},
+        }
+    info = {"method": "Hutchinson (Rademacher probes in logit space on the exact Gauss-Newton form)",
+            "loss": "cross-entropy / KL to fp32 outputs (same Hessian in the logits)",
+            "samples": len(x), "probes": max(s["probes"] for s in sens.values()), "rel_se_target": rel_se,
+            "max_rel_se_w": max(s["trace_w_se"] / abs(s["trace_w"]) if s["trace_w"] else float("inf")
+                                for s in sens.values())}
+    return graph.replace(meta={**graph.meta, "sensitivity": sens, "sensitivity_info": info})
