@@ -188,3 +188,20 @@ def library_bytes(so_path: str) -> dict[str, int]:
             if len(parts) == 4 and parts[3] == "__tvm_ffi__library_bin":
                 out["executable_blob"] = int(parts[1], 16)
     return out
+
+
+def constant_bytes(mod) -> int:
+    """Bytes of all constants bound into the Relax module: the weights, biases and requantization
+    tables the library stores (serialized as they are into the executable)."""
+    seen: dict[int, int] = {}
+
+    def visit(e):
+        if isinstance(e, tvm.ir.GenericConst):
+            v = e.value
+            if hasattr(v, "numpy"):
+                seen.setdefault(e.__hash__(), v.numpy().nbytes)
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return int(sum(seen.values()))

@@ -29,6 +29,9 @@ class _Lowerer:
         self.target = target
         self.bb = relax.BlockBuilder()
         self.batch = tvm.tirx.Var("n", "int64")
+        # --- dyadic.kernels: fused target-specific kernels (x86 VNNI), None = generic ops only ---
+        from dyadic import kernels
+        self.kernels = kernels.for_lowerer(self)
 
     def emit(self, expr):
         return self.bb.emit(expr)
@@ -56,6 +59,11 @@ class _Lowerer:
                                          a["dilations"], a["group"]))
 
     def node(self, n: Node, xs: list):
+        if self.kernels is not None:  # --- dyadic.kernels: a fused kernel, else generic ops below ---
+            y = self.kernels.lower(n, xs)
+            if y is not None:
+                return y
+            xs = self.kernels.generic_inputs(n, xs)  # --- end dyadic.kernels ---
         a, p, op = n.attrs, n.params, n.op
         out_dtype = self.g.dtypes[n.output]
         x = xs[0]

@@ -45,10 +45,10 @@ def test_memory_budget_plan_records_everything(r20, tmp_path, capsys):
     assert layers[0]["w_bits"] == 8 and layers[-1]["w_bits"] == 8  # pinned by default
     # the library stores what the plan says: packed 4-bit weights shrink its stored constants
     assert _compile(r20, tmp_path / "i8") == 0
-    i8 = json.load(open(tmp_path / "i8" / "model.json"))["library_bytes"]["executable_blob"]
+    i8 = json.load(open(tmp_path / "i8" / "model.json"))["library_bytes"]["constants"]
     saved = sum(l["costs"]["W8A8"]["bytes"] - l["costs"][f"W{l['w_bits']}A{l['a_bits']}"]["bytes"] for l in layers)
     assert saved > 0
-    assert i8 - plan["library_bytes"]["executable_blob"] >= 0.9 * saved
+    assert i8 - plan["library_bytes"]["constants"] >= 0.9 * saved
 
 
 def test_infeasible_budget_names_smallest_feasible(r20, tmp_path, capsys):

@@ -1,0 +1,154 @@
+"""The AVX512-VNNI tensor intrinsic: C[16] int32 += A[4] uint8 . B[16, 4] int8 (one `vpdpbusd`).
+
+TVM 0.27's stock `dot_16x4_vnni` passes its operands as int32x16, which the bundled LLVM rejects
+(the intrinsic's signature is <16 x i32>, <64 x i8>, <64 x i8>); this one reinterprets the
+broadcast activation word and the weight vector as int8x64 (see ../shared/notes/tvm-0.27.md). The description is TVM's `dot_product_16x4_u8i8i32_desc`,
+copied: importing `tvm.s_tir.tensor_intrin` builds every target's intrinsics (tens of seconds).
+The accumulator tiles they work on must stay below 1 KiB: TVM puts smaller intermediate buffers
+on the stack, which LLVM promotes to registers once the tile is unrolled; larger ones (and any
+"local" one) become heap workspaces that stay in memory.
+"""
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+VNNI_INTRIN = "dyadic_dot_16x4_vnni"
+_registered = False
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _vnni_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+               C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        # one expression: a Python-level assignment here would become a heap-allocated "local" buffer
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
+def register_vnni() -> None:
+    global _registered
+    if _registered:
+        return
+    from tvm.s_tir import TensorIntrin
+
+    TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _vnni_impl, override=True)
+    _registered = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Requantization of 16 int32 accumulators when every shift s >= 33 (all constants int32):
+#   V = ((int64(A + B) * M) >> 32 + R) >> S        with R = 2^(s-33), S = s - 32
+# equals (acc * m + 2^(s-1)) >> s exactly: 2^(s-1) is a multiple of 2^32, and floor(floor(p/2^32)/2^t)
+# = floor(p/2^(32+t)). The 32x32->64 products are formed on even and odd lanes with `vpmuldq` (LLVM
+# emits it for products of sign-extended 32-bit halves) and their high halves interleaved back,
+# instead of widening all 16 lanes to int64 and multiplying with `vpmullq`.
+REQUANT_INTRIN = "dyadic_requant_hi32_16"
+
+
+@T.prim_func(s_tir=True)
+def _requant_desc(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
+                  M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
+                  S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
+        T.writes(V[0:16])
+        for j in T.serial(0, 16):
+            with T.sblock("rq"):
+                vj = T.axis.remap("S", [j])
+                V[vj] = T.shift_right(T.Cast("int32", T.shift_right(
+                    T.Cast("int64", A[vj] + B[vj]) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
+
+
+@T.prim_func(s_tir=True)
+def _requant_impl(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
+                  M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
+                  S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
+        T.writes(V[0:16])
+        # (written as one expression, see _vnni_impl)
+        V[T.ramp(T.int32(0), 1, 16)] = T.shift_right(T.reinterpret(T.bitwise_or(
+            T.bitwise_and(T.shift_right(
+                T.shift_right(T.shift_left(T.reinterpret(A.vload([0], "int32x16") + B.vload([0], "int32x16"),
+                                                         dtype="int64x8"), T.broadcast(T.int64(32), 8)),
+                              T.broadcast(T.int64(32), 8))
+                * T.shift_right(T.shift_left(T.reinterpret(M.vload([0], "int32x16"), dtype="int64x8"),
+                                             T.broadcast(T.int64(32), 8)), T.broadcast(T.int64(32), 8)),
+                T.broadcast(T.int64(32), 8)), T.broadcast(T.int64(0xFFFFFFFF), 8)),
+            T.bitwise_and(
+                T.shift_right(T.reinterpret(A.vload([0], "int32x16") + B.vload([0], "int32x16"), dtype="int64x8"),
+                              T.broadcast(T.int64(32), 8))
+                * T.shift_right(T.reinterpret(M.vload([0], "int32x16"), dtype="int64x8"), T.broadcast(T.int64(32), 8)),
+                T.broadcast(T.int64(-4294967296), 8))), dtype="int32x16") + R.vload([0], "int32x16"),
+            S.vload([0], "int32x16"))
+
+
+def register_requant() -> None:
+    from tvm.s_tir import TensorIntrin
+
+    if REQUANT_INTRIN not in _done:
+        TensorIntrin.register(REQUANT_INTRIN, _requant_desc, _requant_impl, override=True)
+        _done.add(REQUANT_INTRIN)
+
+
+_done: set[str] = set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise taps: C[16] int32 += sum_{t<4} A[t, j] * B[j, t] for the 16 channels j of a block, where
+# A is 4 consecutive pixels x 16 channels (64 contiguous bytes of the packed layout) and B the
+# channels' weights for those 4 taps. A byte shuffle (one `vpermb`) turns pixel-major A into the
+# channel-major [j][t] operand of one `vpdpbusd`: 64 multiply-adds per instruction pair.
+DW_INTRIN = "dyadic_dw_4tap_vnni"
+
+
+@T.prim_func(s_tir=True)
+def _dw_desc(A: T.Buffer((4, 16), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for j in T.serial(0, 16):
+            for t in T.serial(0, 4):
+                with T.sblock("update"):
+                    vj, vt = T.axis.remap("SR", [j, t])
+                    C[vj] = C[vj] + T.cast(A[vt, vj], "int32") * T.cast(B[vj, vt], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dw_impl(A: T.Buffer((4, 16), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+        T.writes(C[0:16])
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.Shuffle([A.vload([0, 0], dtype="uint8x64")], [t * 16 + j for j in range(16) for t in range(4)]),
+                          dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
+def register_dw() -> None:
+    from tvm.s_tir import TensorIntrin
+
+    if DW_INTRIN not in _done:
+        TensorIntrin.register(DW_INTRIN, _dw_desc, _dw_impl, override=True)
+        _done.add(DW_INTRIN)
+

@@ -1,0 +1,115 @@
+"""What determines one x86 convolution kernel (`ConvSpec`), and the choice of its register tile.
+
+Weights, bias and the per-channel rescale constants are kernel arguments, so one compiled kernel
+serves every layer with the same `ConvSpec` (shapes, dtypes, clip bounds, variant and tile).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Everything that determines one conv kernel (weights and rescale factors are arguments)."""
+
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int]   # top, left, bottom, right
+    dil: tuple[int, int]
+    packed_in: bool
+    in_dtype: str                     # uint8 | int8
+    out_dtype: str
+    lo: int
+    hi: int
+    residual: tuple | None = None     # (residual dtype, lo, hi, int32 form) of a fused qadd
+    hi32: bool = False                # every shift >= 33: int32 requant (m, 2^(s-33), s-32 as int32)
+    isa: str = "vnni"                 # vnni | avx512 | avx2
+    tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
+    depthwise: bool = False           # groups == C == O
+
+    @property
+    def cb(self) -> int:
+        return 16 if self.packed_in or self.depthwise else (4 if self.c % 16 else 16)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        t, l, b, r = self.pads
+        oh = (self.h + t + b - (self.kh - 1) * self.dil[0] - 1) // self.stride[0] + 1
+        ow = (self.w + l + r - (self.kw - 1) * self.dil[1] - 1) // self.stride[1] + 1
+        return oh, ow
+
+    @property
+    def ocb(self) -> int:
+        return _ceil(self.o, 16)
+
+    @property
+    def icb(self) -> int:
+        return _ceil(self.c, self.cb)
+
+    @property
+    def dw_vnni(self) -> bool:
+        """Depthwise with `vpdpbusd` over groups of 4 horizontal taps (needs width dilation 1)."""
+        return self.depthwise and self.isa == "vnni" and self.dil[1] == 1
+
+    @property
+    def rowtaps(self) -> bool:
+        """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` are 4 horizontal taps
+        of one input channel, contiguous in an NCHW row, so the input needs no channel blocking."""
+        return (not self.packed_in and not self.depthwise and self.isa == "vnni" and self.dil[1] == 1
+                and self.kw > 1 and self.c < 16)
+
+    @property
+    def kwp(self) -> int:
+        """Kernel width as computed: rounded up to whole groups of 4 taps for `dw_vnni`, `rowtaps`."""
+        return _ceil(self.kw, 4) * 4 if self.dw_vnni or self.rowtaps else self.kw
+
+    @property
+    def offset(self) -> int:
+        """Added to every input byte: 128 for int8 input to `vpdpbusd` (unsigned operand)."""
+        return 128 if self.in_dtype == "int8" and (self.dw_vnni or not self.depthwise) else 0
+
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.rowtaps:
+            return (self.ocb, self.c, self.kh, self.kwp // 4, 16, 4)
+        if self.dw_vnni:
+            return (self.ocb, self.kh, self.kwp // 4, 16, 4)
+        if self.depthwise:
+            return (self.ocb, self.kh, self.kw, 16)
+        return (self.ocb, self.icb, self.kh, self.kw, self.cb // 4, 16, 4)
+
+
+MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
+
+
+def choose_tile(o: int, oh: int, ow: int) -> tuple[int, int, int]:
+    """Register tile (ocbi, ohi, owi): ocbi blocks of 16 output channels x ohi x owi pixels.
+
+    Accumulators ocbi*ohi*owi <= MAX_ACC; plus the ocbi weight vectors and (when ocbi > 1) the
+    reused broadcasts ohi*owi they must fit the 32 zmm registers. Cost model: padding waste times
+    (acc + 2) / acc (few independent accumulators leave the 4-5 cycle latency of `vpdpbusd`
+    exposed), ties to more channel blocks (fewer broadcast loads per instruction)."""
+    ocb = _ceil(o, 16)
+    best, best_key = (1, 1, 1), None
+    for ocbi in (1, 2, 3, 4):
+        if ocb % ocbi:
+            continue
+        for ohi in (1, 2, 3, 4):
+            for owi in range(1, MAX_ACC + 1):
+                acc = ocbi * ohi * owi
+                regs = acc + ocbi + (ohi * owi if ocbi > 1 else 0)
+                if regs > 31 or acc > MAX_ACC or ohi > oh or owi > ow:
+                    continue
+                waste = _ceil(oh, ohi) * ohi * _ceil(ow, owi) * owi / (oh * ow)
+                key = (round(waste * (acc + 2) / acc, 3), -ocbi, ohi)
+                if best_key is None or key < best_key:
+                    best, best_key = (ocbi, ohi, owi), key
+    return best

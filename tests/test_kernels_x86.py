@@ -1,0 +1,241 @@
+"""The x86 kernel layer (`dyadic.kernels`): bit-exact against the numpy int64 reference on random
+shapes (odd channel counts, padding, strides, dilation, signed and unsigned input, fused residual
+add, both requant forms, VNNI and the AVX2/AVX-512 fallback), chosen from the target's features, and
+really used by the default compile (the library's disassembly holds `vpdpbusd`).
+No timing here: speed is measured with `dyadic bench`."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from _tiny_onnx import bias, conv_w, make_model, node
+
+tvm = pytest.importorskip("tvm")
+
+from dyadic.graph import Node  # noqa: E402
+from dyadic.kernels import epilogue, packing, x86_isa  # noqa: E402
+from dyadic.kernels.spec import ConvSpec, choose_tile  # noqa: E402
+from dyadic.kernels.x86_conv import conv_func  # noqa: E402
+from dyadic.reference import run_int_node  # noqa: E402
+from dyadic.targets import TargetSpec  # noqa: E402
+
+HOST = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+HOST_ISA = x86_isa(HOST)
+needs_vnni = pytest.mark.skipif(HOST_ISA != "vnni", reason="host CPU has no AVX512-VNNI")
+needs_avx2 = pytest.mark.skipif(HOST_ISA is None, reason="host CPU is not x86 with AVX2")
+HASWELL = {"kind": "llvm", "mcpu": "haswell"}  # AVX2, no AVX-512: the fallback kernels
+
+
+def _out_hw(h, w, k, stride, pads, dil):
+    oh = (h + pads[0] + pads[2] - (k - 1) * dil[0] - 1) // stride[0] + 1
+    ow = (w + pads[1] + pads[3] - (k - 1) * dil[1] - 1) // stride[1] + 1
+    return oh, ow
+
+
+def _packed(x: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    cb = -(-c // 16)
+    full = np.zeros((n, cb * 16, h, w), x.dtype)
+    full[:, :c] = x
+    return np.ascontiguousarray(full.reshape(n, cb, 16, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def _unpacked(y: np.ndarray, c: int) -> np.ndarray:
+    n, cb, h, w, _ = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * 16, h, w)[:, :c]
+
+
+def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
+              dout="uint8", clip=(0, 255), residual=None, shifts=(34, 40), isa="vnni", target=None,
+              depthwise=False, batch=2, seed=0):
+    """Build one kernel, run it on random data, return (got, want) in NCHW."""
+    rng = np.random.default_rng(seed)
+    o = c if depthwise else o
+    oh, ow = _out_hw(h, w, k, stride, pads, dil)
+    info = np.iinfo(din)
+    x = rng.integers(info.min, info.max + 1, (batch, c, h, w)).astype(din)
+    wt = rng.integers(-127, 128, (o, 1 if depthwise else c, k, k)).astype(np.int8)
+    b = rng.integers(-3000, 3000, o).astype(np.int32)
+    m = rng.integers(2 ** 30, 2 ** 31, o).astype(np.int64)
+    s = rng.integers(*shifts, o).astype(np.int64)
+    attrs = {"strides": stride, "pads": pads, "dilations": dil, "group": c if depthwise else 1,
+             "lo": clip[0], "hi": clip[1]}
+    want = run_int_node(Node("qconv", "c", ("x",), ("y",), attrs, {"W": wt, "B": b, "M": m, "S": s}), [x], None)
+    hi32 = packing.hi32_ok(s)
+    tile = choose_tile(16 if depthwise else o, oh, ow) if isa == "vnni" else (1, 1, 4)
+    res_spec, extra = None, []
+    if residual is not None:
+        rdt, lo2, hi2, s2 = residual
+        lo_r, hi_r = (-32768, 32767) if rdt == "int32" else (np.iinfo(rdt).min, np.iinfo(rdt).max)  # 16-bit
+        r = rng.integers(lo_r, hi_r + 1, (batch, o, oh, ow)).astype(rdt)
+        mab = rng.integers(2 ** 29, 2 ** 31, 2).astype(np.int64)
+        r32 = epilogue.int32_ok(clip, rdt, s2)
+        res_spec = (rdt, lo2, hi2, r32)
+        q = epilogue.consts(mab, s2, r32)
+        extra = [_packed(r), q]
+        want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
+                                 {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
+    sp = ConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec, hi32, isa,
+                  tile, depthwise)
+    lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(target or HOST))
+    op = sp.ocb * 16
+    wp = packing.weight(wt, sp)
+    consts = [v.astype("int32" if hi32 else "int64") for v in packing.requant_consts(m, s, op, hi32)]
+    args = [_packed(x) if packed else x, wp, packing.bias(b, wt, sp.offset, op), *consts, *extra]
+    out = tvm.runtime.empty((batch, sp.ocb, oh, ow, 16), dout)
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
+    return _unpacked(out.numpy(), o), want
+
+
+CONV_CASES = {
+    "3x3_pad1_signed_nchw_odd": dict(c=5, h=9, w=7, o=21, k=3),
+    "3x3_packed_unsigned": dict(c=20, h=8, w=10, o=40, k=3, packed=True, din="uint8"),
+    "1x1_packed_direct": dict(c=32, h=6, w=6, o=48, k=1, pads=(0, 0, 0, 0), packed=True, din="uint8"),
+    "1x1_stride2_signed_packed": dict(c=17, h=9, w=7, o=33, k=1, stride=(2, 2), pads=(0, 0, 0, 0), packed=True),
+    "7x7_stride2_first_layer": dict(c=3, h=23, w=19, o=8, k=7, stride=(2, 2), pads=(3, 3, 3, 3)),
+    "asym_pads_int32_out": dict(c=4, h=9, w=8, o=5, k=3, stride=(2, 2), pads=(0, 1, 2, 0), dout="int32",
+                                clip=(-32768, 32767)),
+    "dilation2_relu6_clip": dict(c=3, h=9, w=7, o=4, k=3, pads=(2, 2, 2, 2), dil=(2, 2), clip=(0, 97)),
+    "int64_requant_small_shifts": dict(c=12, h=5, w=5, o=19, k=3, shifts=(31, 41)),
+    "residual_int32_form": dict(c=16, h=7, w=9, o=32, k=3, packed=True, din="uint8",
+                                residual=("uint8", 0, 255, 31)),
+    "residual_int64_form": dict(c=16, h=7, w=9, o=32, k=3, packed=True, din="uint8",
+                                residual=("int32", 0, 255, 40)),  # a 16-bit residual: int64 form
+    "residual_signed_out": dict(c=24, h=5, w=6, o=24, k=1, pads=(0, 0, 0, 0), packed=True, dout="int8",
+                                clip=(-128, 127), residual=("int8", -128, 127, 30)),
+    "dense_as_1x1": dict(c=37, h=1, w=1, o=10, k=1, pads=(0, 0, 0, 0), dout="int32", clip=(-32768, 32767),
+                         batch=3),
+    "depthwise_packed": dict(c=40, h=11, w=9, o=40, k=3, packed=True, din="uint8", depthwise=True),
+    "depthwise_stride2_signed": dict(c=24, h=12, w=12, o=24, k=3, stride=(2, 2), packed=True, dout="int8",
+                                     clip=(-128, 127), depthwise=True),
+    "depthwise_dilated_int32_lanes": dict(c=20, h=9, w=9, o=20, k=3, pads=(2, 2, 2, 2), dil=(2, 2), packed=True,
+                                          depthwise=True),
+    "depthwise_residual": dict(c=32, h=6, w=7, o=32, k=3, packed=True, din="uint8", depthwise=True,
+                               residual=("uint8", 0, 255, 31)),
+    "depthwise_5x5_nchw": dict(c=5, h=9, w=9, o=5, k=5, pads=(2, 1, 2, 0), depthwise=True, shifts=(31, 44)),
+}
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_conv_kernel_bitexact(name):
+    got, want = _run_conv(**CONV_CASES[name])
+    assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_avx2
+@pytest.mark.parametrize("name", ["3x3_pad1_signed_nchw_odd", "residual_int32_form", "depthwise_packed"])
+def test_fallback_kernel_bitexact(name):
+    """The AVX2 build of the same kernels (what a CPU without VNNI gets) is exact too."""
+    got, want = _run_conv(**CONV_CASES[name], isa="avx2", target=HASWELL)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_isa_from_target_features():
+    assert x86_isa({"kind": "llvm", "mcpu": "znver4"}) == "vnni"
+    assert x86_isa({"kind": "llvm", "mcpu": "cascadelake"}) == "vnni"
+    assert x86_isa({"kind": "llvm", "mcpu": "skylake-avx512"}) == "avx512"
+    assert x86_isa(HASWELL) == "avx2"
+    assert x86_isa({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}) is None
+    assert x86_isa({"kind": "cuda", "arch": "sm_75"}) is None
+
+
+def test_tile_choice_fits_registers():
+    for o, oh, ow in [(64, 56, 56), (2048, 7, 7), (16, 32, 32), (10, 1, 1), (96, 149, 149), (24, 5, 3)]:
+        ocbi, ohi, owi = choose_tile(o, oh, ow)
+        assert -(-o // 16) % ocbi == 0 and ocbi * ohi * owi <= 15 and ohi <= oh and owi <= ow
+
+
+def _tiny_net(rng):
+    """conv (odd channels) -> relu -> conv s2 -> residual add with a 1x1 s2 conv -> maxpool ->
+    depthwise -> global mean -> dense: every fast kernel and layout change in a few ops."""
+    nodes = [node("Conv", ["input", "W1", "B1"], "c1", pads=[1, 1, 1, 1]), node("Relu", ["c1"], "r1"),
+             node("Conv", ["r1", "W2", "B2"], "c2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             node("Conv", ["r1", "W3", "B3"], "c3", strides=[2, 2]),
+             node("Add", ["c2", "c3"], "a"), node("Relu", ["a"], "ra"),
+             node("MaxPool", ["ra"], "mp", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+             node("Conv", ["mp", "Wd", "Bd"], "dw", pads=[1, 1, 1, 1], group=24), node("Relu", ["dw"], "rd"),
+             node("GlobalAveragePool", ["rd"], "g"), node("Flatten", ["g"], "f"),
+             node("Gemm", ["f", "G", "GB"], "out", transB=1)]
+    inits = {"W1": conv_w(rng, 7, 3), "B1": bias(rng, 7), "W2": conv_w(rng, 24, 7), "B2": bias(rng, 24),
+             "W3": conv_w(rng, 24, 7, 1), "B3": bias(rng, 24), "Wd": conv_w(rng, 24, 1), "Bd": bias(rng, 24),
+             "G": rng.normal(0, 0.3, (5, 24)).astype(np.float32), "GB": bias(rng, 5)}
+    return make_model(nodes, inits, ("N", 3, 11, 13))
+
+
+@needs_avx2
+@pytest.mark.parametrize("tgt", ["host", "haswell"])
+def test_small_net_bitexact_and_uses_kernels(tgt, tmp_path):
+    from tvm import relax
+
+    import dyadic
+    from dyadic import build
+    from dyadic.compiler import quantize_inputs
+    from dyadic.config import CompileConfig
+    from dyadic.kernels.lowering import X86Kernels
+    from dyadic.lower import _Lowerer
+    from dyadic.reference import run_reference
+
+    rng = np.random.default_rng(3)
+    res = dyadic.compile(_tiny_net(rng), None, config=CompileConfig(quiet=True))  # host build + self-check
+    ig = res.int_graph
+    spec = TargetSpec(tgt, HOST if tgt == "host" else HASWELL)
+    low = _Lowerer(ig, spec)
+    assert isinstance(low.kernels, X86Kernels)
+    mod = low.run()
+    names = [gv.name_hint for gv in mod.functions if gv.name_hint.startswith("dyadic_")]
+    assert sum(n.startswith("dyadic_conv") for n in names) >= 4  # conv, fused conv+add, depthwise, dense
+    assert any(n.startswith("dyadic_maxpool") for n in names) and any(n.startswith("dyadic_mean") for n in names)
+    vm = relax.VirtualMachine(build.build(mod, spec), tvm.cpu())
+    x = {"input": rng.standard_normal((3, 3, 11, 13)).astype(np.float32) * 2}
+    q = quantize_inputs(ig, x)
+    got = vm["main"](tvm.runtime.tensor(q["input"])).numpy()
+    np.testing.assert_array_equal(got, run_reference(ig, q)[ig.outputs[0]])
+
+
+@pytest.fixture(scope="module")
+def r20_build(tmp_path_factory):
+    import dyadic
+    from dyadic.config import CompileConfig
+    from dyadic.models import save
+
+    d = tmp_path_factory.mktemp("r20")
+    save("resnet20", d / "resnet20.onnx")
+    dyadic.compile(str(d / "resnet20.onnx"), str(d / "build"), config=CompileConfig(quiet=True))
+    return d
+
+
+@needs_vnni
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+def test_default_compile_uses_vnni(r20_build):
+    asm = subprocess.run(["objdump", "-d", str(r20_build / "build" / "model.so")], capture_output=True,
+                         text=True).stdout
+    assert asm.count("vpdpbusd") >= 20  # every conv of the 20 is a VNNI kernel (several per tile)
+    assert "<dyadic_conv" in asm
+
+
+@needs_avx2
+def test_bench_command_prints_table(r20_build, capsys):
+    """`dyadic bench` runs all three runners and prints the table (a smoke test: no speed claim)."""
+    from dyadic.cli import main
+
+    code = main(["bench", str(r20_build / "build"), "--vs", str(r20_build / "resnet20.onnx"), "--threads", "1",
+                 "--repeat", "1", "--iters", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    header, row = out.strip().splitlines()[-2:]
+    assert "ort-int8 ms" in header and "ort-fp32 ms" in header and "of VNNI peak" in header
+    assert row.split()[0] == "1" and row.strip().endswith("%")
+
+
+def test_generic_lowering_on_request(monkeypatch):
+    from dyadic.kernels import for_lowerer
+
+    class L:
+        target = TargetSpec("host", {"kind": "llvm", "mcpu": "znver4"})
+    monkeypatch.setenv("DYADIC_KERNELS", "generic")
+    assert for_lowerer(L()) is None
