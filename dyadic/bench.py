@@ -136,16 +136,24 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
     macs = model_macs(model_path) * batch
     clock = cpu_clock_ghz()
     times: dict[tuple[str, int], list[float]] = {}
+    per_repeat: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="dyadic-bench-") as tmp:
         log(f"bench: quantizing {os.path.basename(model_path)} for onnxruntime int8 (QDQ, per-channel, u8/s8)")
-        paths = {"dyadic": build_dir, "ort-int8": quantize_for_ort(model_path, tmp, calib),
-                 "ort-fp32": model_path}
+        try:
+            int8 = quantize_for_ort(model_path, tmp, calib)
+        except Exception as e:  # onnxruntime's quantizer rejects the model: say so, in one paragraph
+            from dyadic.errors import DyadicError
+
+            raise DyadicError(f"onnxruntime cannot quantize {model_path!r} for the int8 baseline: "
+                              f"{type(e).__name__}: {e}") from None
+        paths = {"dyadic": build_dir, "ort-int8": int8, "ort-fp32": model_path}
         for rep in range(repeat):
             for t in threads:
                 order = RUNNERS[rep % 3:] + RUNNERS[:rep % 3]
                 for kind in order:
                     ts = _measure(kind, paths[kind], t, batch, iters, warmup)
                     times.setdefault((kind, t), []).extend(ts)
+                    per_repeat.setdefault((kind, t), []).append(float(np.median(ts)))
                     log(f"bench: repeat {rep + 1}/{repeat}, {t} thread(s), {kind:8s} median {np.median(ts):8.2f} ms")
     rows = []
     for t in threads:
@@ -153,7 +161,8 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
         row = {"threads": t, "batch": batch, **{f"{k}_ms": med[k] for k in RUNNERS},
                **{f"{k}_min_ms": float(np.min(times[(k, t)])) for k in RUNNERS},
                "vs_ort_int8": med["ort-int8"] / med["dyadic"], "vs_ort_fp32": med["ort-fp32"] / med["dyadic"],
-               "gmacs": macs / med["dyadic"] / 1e6}
+               "gmacs": macs / med["dyadic"] / 1e6,
+               "repeat_medians_ms": {k: per_repeat[(k, t)] for k in RUNNERS}}
         if clock:
             row["peak_fraction"] = row["gmacs"] / (t * 64 * clock)
         rows.append(row)
@@ -196,6 +205,8 @@ def cmd(a) -> int:
 
     if not os.path.isfile(a.vs):
         raise DyadicError(f"--vs {a.vs!r} is not a file")
+    if not os.path.isfile(os.path.join(a.build, "model.so")):
+        raise DyadicError(f"{a.build!r} is not a build directory of `dyadic compile` (no model.so)")
     calib = None
     if a.calib:
         from dyadic.data import load_npz

@@ -9,6 +9,12 @@ Families so far: x86 (`lowering.X86Kernels`), with
   * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast path;
   * "avx512" / "avx2": the same schedules with int32 vector multiply-adds (exact, slower).
 Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for comparisons).
+
+Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
+`x86_conv` (conv / depthwise / dense with fused requant and residual add), `x86_ops` (add, pooling,
+layout changes), `intrin` (the tensor intrinsics), `epilogue` (the int32 residual add),
+`packing` (compile-time weight and constant layouts). Layers with 4-bit weights (w_bits != 8) and
+16-bit activations take the generic path.
 """
 from __future__ import annotations
 

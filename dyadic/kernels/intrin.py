@@ -1,12 +1,18 @@
-"""The AVX512-VNNI tensor intrinsic: C[16] int32 += A[4] uint8 . B[16, 4] int8 (one `vpdpbusd`).
+"""The tensor intrinsics of the x86 kernels (TIR descriptions + LLVM implementations).
 
-TVM 0.27's stock `dot_16x4_vnni` passes its operands as int32x16, which the bundled LLVM rejects
-(the intrinsic's signature is <16 x i32>, <64 x i8>, <64 x i8>); this one reinterprets the
-broadcast activation word and the weight vector as int8x64 (see ../shared/notes/tvm-0.27.md). The description is TVM's `dot_product_16x4_u8i8i32_desc`,
-copied: importing `tvm.s_tir.tensor_intrin` builds every target's intrinsics (tens of seconds).
-The accumulator tiles they work on must stay below 1 KiB: TVM puts smaller intermediate buffers
-on the stack, which LLVM promotes to registers once the tile is unrolled; larger ones (and any
-"local" one) become heap workspaces that stay in memory.
+* VNNI_INTRIN: C[16] int32 += A[4] uint8 . B[16, 4] int8, one `vpdpbusd`. TVM 0.27's stock
+  `dot_16x4_vnni` passes int32x16 operands, which the bundled LLVM rejects (the intrinsic is
+  <16 x i32>, <64 x i8>, <64 x i8>); this one reinterprets the broadcast activation word and the
+  weight vector as int8x64 (../shared/notes/tvm-0.27.md). Its description is TVM's
+  `dot_product_16x4_u8i8i32_desc`, copied: importing `tvm.s_tir.tensor_intrin` builds every
+  target's intrinsics (tens of seconds).
+* REQUANT_INTRIN: the int32 requantization of 16 accumulators (below).
+* DW_INTRIN: 4 depthwise taps of 16 channels, one byte shuffle + one `vpdpbusd` (below).
+
+The implementations are single expressions: a Python-level assignment inside them would become a
+"local" buffer, which TVM allocates as a heap workspace. For the same reason the accumulator tiles
+must stay below 1 KiB: smaller intermediate buffers go on the stack, and LLVM promotes them to
+registers once the tile is unrolled; larger ones stay in memory.
 """
 from __future__ import annotations
 
@@ -151,4 +157,5 @@ def register_dw() -> None:
     if DW_INTRIN not in _done:
         TensorIntrin.register(DW_INTRIN, _dw_desc, _dw_impl, override=True)
         _done.add(DW_INTRIN)
+
 

@@ -1,8 +1,10 @@
 """Compile-time (numpy) packing of weights and per-channel constants into the kernels' layouts.
 
-* conv/dense weights W[O, C, KH, KW] -> [O/16, C/cb, KH, KW, cb/4, 16, 4]: element
-  [ob, ib, y, x, k4, j, i] = W[16 ob + j, cb ib + 4 k4 + i, y, x], zero where the channel is padding.
-  The innermost 16 x 4 block is one `vpdpbusd` weight operand (64 bytes).
+* conv/dense weights W[O, C, KH, KW] -> [O/16/t, C/cb, KH, KW, cb/4, t, 16, 4] (t = the tile's
+  ocbi channel blocks): element [g, ib, y, x, k4, u, j, i] = W[16 (t g + u) + j, cb ib + 4 k4 + i, y, x],
+  zero where the channel is padding. The innermost 16 x 4 block is one `vpdpbusd` weight operand
+  (64 bytes); the t operands one reduction step of a tile needs are adjacent, so a layer's weights
+  are read as one sequential stream.
 * first layers on few-channel NCHW input (`rowtaps`): [O/16, C, KH, KW/4, 16, 4], 4 horizontal taps
   per `vpdpbusd` (zero-padded).
 * depthwise weights W[C, 1, KH, KW] -> [C/16, KH, KW, 16], or for VNNI [C/16, KH, KW/4, 16, 4] (taps
@@ -25,12 +27,13 @@ def _pad_to(v: np.ndarray, n: int, fill) -> np.ndarray:
     return np.concatenate([v, np.full(n - v.size, fill, v.dtype)]) if v.size < n else v
 
 
-def conv_weight(w: np.ndarray, cb: int) -> np.ndarray:
+def conv_weight(w: np.ndarray, cb: int, ocbi: int = 1) -> np.ndarray:
     o, c, kh, kw = w.shape
     ocb, icb = -(-o // 16), -(-c // cb)
     full = np.zeros((ocb * 16, icb * cb, kh, kw), np.int8)
     full[:o, :c] = w
-    return np.ascontiguousarray(full.reshape(ocb, 16, icb, cb // 4, 4, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4))
+    blocks = full.reshape(ocb // ocbi, ocbi, 16, icb, cb // 4, 4, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 3, 6, 7, 4, 1, 2, 5))
 
 
 def rowtaps_weight(w: np.ndarray) -> np.ndarray:
@@ -46,7 +49,7 @@ def weight(w: np.ndarray, sp) -> np.ndarray:
     """The packed weights for a `x86_conv.ConvSpec`."""
     if sp.depthwise:
         return depthwise_weight(w, sp.dw_vnni)
-    return rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb)
+    return rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0])
 
 
 def depthwise_weight(w: np.ndarray, taps4: bool = False) -> np.ndarray:

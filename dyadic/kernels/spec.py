@@ -84,7 +84,7 @@ class ConvSpec:
             return (self.ocb, self.kh, self.kwp // 4, 16, 4)
         if self.depthwise:
             return (self.ocb, self.kh, self.kw, 16)
-        return (self.ocb, self.icb, self.kh, self.kw, self.cb // 4, 16, 4)
+        return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // 4, self.tile[0], 16, 4)
 
 
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers

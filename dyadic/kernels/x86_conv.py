@@ -100,7 +100,8 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         ri = te.reduce_axis((0, 4), "ri")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
             dp[b, rk, y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + ri].astype("int32")
-            * wt[o, rk, ry, rx, r4, j, ri].astype("int32"), axis=[rk, ry, rx, r4, ri]), name="acc")
+            * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, j, ri].astype("int32"), axis=[rk, ry, rx, r4, ri]),
+            name="acc")
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
     args = [x, wt, bias, mul, rnd, shf]
     if sp.residual:
