@@ -138,7 +138,7 @@ def cmd_compile(a) -> int:
 def cmd_run(a) -> int:
     import json
 
-    from dyadic.arith import quantize_float
+    from dyadic.runtime import quantize_plan_inputs
     from dyadic.data import Normalize, load_npz
     from dyadic.remote import run_build
 
@@ -149,7 +149,7 @@ def cmd_run(a) -> int:
         plan = json.load(f)
     x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, Normalize.parse(a.mean, a.std),
                     a.limit)
-    q = {i["name"]: quantize_float(x[i["name"]], i["scale"], i["lo"], i["hi"]).astype(i["dtype"]) for i in plan["inputs"]}
+    q = quantize_plan_inputs(plan["inputs"], x)
     outs, timing, where = run_build(a.build, q, a.rpc, a.reps)
     n = len(next(iter(q.values())))
     print(f"ran {a.build} ({plan['target']['preset']}) on {where}: {n} inputs")

@@ -45,6 +45,12 @@ def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
     return out
 
 
+def quantize_plan_inputs(specs: list[dict], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float inputs -> the library's integer inputs, by the plan's `inputs` entries (scale, lo, hi, dtype)."""
+    return {i["name"]: quantize_float(inputs[i["name"]], i["scale"], i["lo"], i["hi"]).astype(i["dtype"])
+            for i in specs}
+
+
 class CompiledModel:
     def __init__(self, so_path: str, plan: dict):
         import tvm_ffi
@@ -61,8 +67,7 @@ class CompiledModel:
     def quantize_inputs(self, inputs) -> dict[str, np.ndarray]:
         if isinstance(inputs, np.ndarray):
             inputs = {self.inputs[0]["name"]: inputs}
-        return {i["name"]: quantize_float(inputs[i["name"]], i["scale"], i["lo"], i["hi"]).astype(i["dtype"])
-                for i in self.inputs}
+        return quantize_plan_inputs(self.inputs, inputs)
 
     def run_int(self, q_inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         import tvm_ffi
