@@ -50,14 +50,15 @@ def _unpacked(y: np.ndarray, c: int) -> np.ndarray:
 
 def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
               dout="uint8", clip=(0, 255), residual=None, shifts=(34, 40), isa="vnni", target=None,
-              depthwise=False, batch=2, seed=0):
+              depthwise=False, batch=2, seed=0, w4=False):
     """Build one kernel, run it on random data, return (got, want) in NCHW."""
     rng = np.random.default_rng(seed)
     o = c if depthwise else o
     oh, ow = _out_hw(h, w, k, stride, pads, dil)
     info = np.iinfo(din)
     x = rng.integers(info.min, info.max + 1, (batch, c, h, w)).astype(din)
-    wt = rng.integers(-127, 128, (o, 1 if depthwise else c, k, k)).astype(np.int8)
+    wmax = 8 if w4 else 128
+    wt = rng.integers(-wmax, wmax, (o, 1 if depthwise else c, k, k)).astype(np.int8)
     b = rng.integers(-3000, 3000, o).astype(np.int32)
     m = rng.integers(2 ** 30, 2 ** 31, o).astype(np.int64)
     s = rng.integers(*shifts, o).astype(np.int64)
@@ -79,7 +80,7 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
         want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
                                  {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
     sp = ConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec, hi32, isa,
-                  tile, depthwise)
+                  tile, depthwise, w4)
     lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(target or HOST))
     op = sp.ocb * 16
     wp = packing.weight(wt, sp)
@@ -123,6 +124,19 @@ CONV_CASES = {
 @pytest.mark.parametrize("name", list(CONV_CASES))
 def test_conv_kernel_bitexact(name):
     got, want = _run_conv(**CONV_CASES[name])
+    assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+W4_CASES = ["3x3_pad1_signed_nchw_odd", "3x3_packed_unsigned", "1x1_stride2_signed_packed", "7x7_stride2_first_layer",
+            "residual_int32_form", "dense_as_1x1", "depthwise_packed", "depthwise_5x5_nchw"]
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", W4_CASES)
+def test_conv_kernel_w4_bitexact(name):
+    """4-bit weights read two per byte and unpacked next to their `vpdpbusd` (`ConvSpec.w4`)."""
+    got, want = _run_conv(**CONV_CASES[name], w4=True)
     assert len(np.unique(want)) > 3, "degenerate case"
     np.testing.assert_array_equal(got, want)
 

@@ -13,8 +13,9 @@ Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
 `x86_conv` (conv / depthwise / dense with fused requant and residual add), `x86_ops` (add, pooling,
 layout changes), `intrin` (the tensor intrinsics), `epilogue` (the int32 residual add),
-`packing` (compile-time weight and constant layouts). Layers with 4-bit weights (w_bits != 8) and
-16-bit activations take the generic path.
+`packing` (compile-time weight and constant layouts). 4-bit weights go through `vpdpbusd` too
+(stored two per byte, unpacked per operand next to their use); on the AVX2/AVX-512 fallbacks they,
+and 16-bit activations everywhere, take the generic path.
 """
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ class X86Kernels:
                 self.deferred[n.output] = (n, xs)
                 return DEFERRED
             return self._result(n, self._conv(n, xs))
-        if op == "qdense" and n.attrs.get("w_bits") == 8 and self._dtype(n.inputs[0]) in _8BIT \
+        if op == "qdense" and self._wbits_ok(n) and self._dtype(n.inputs[0]) in _8BIT \
                 and len(self.g.shapes[n.inputs[0]]) == 2:
             return self._dense(n, xs[0])
         if op == "qadd":
@@ -127,11 +127,19 @@ class X86Kernels:
         return None
 
     # ---------------------------------------------------------------- convolutions
+    def _wbits_ok(self, n: Node) -> bool:
+        """8-bit weights always; 4-bit ones where `vpdpbusd` reads them (unpacked per operand)."""
+        wb = n.attrs.get("w_bits")
+        return wb == 8 or (wb == 4 and self.isa == "vnni")
+
     def _conv_ok(self, n: Node) -> bool:
         a, t = n.attrs, n.inputs[0]
-        if a.get("w_bits") != 8 or self._dtype(t) not in _8BIT or len(self.g.shapes[t]) != 4:
+        if not self._wbits_ok(n) or self._dtype(t) not in _8BIT or len(self.g.shapes[t]) != 4:
             return False
-        return a["group"] == 1 or self._depthwise(n)
+        if a["group"] == 1:
+            return True
+        # 4-bit depthwise only on the `vpdpbusd` path (width dilation 1)
+        return self._depthwise(n) and (a["w_bits"] == 8 or a["dilations"][1] == 1)
 
     def _depthwise(self, n: Node) -> bool:
         c, o = self.g.shapes[n.inputs[0]][1], n.params["W"].shape[0]
@@ -148,12 +156,12 @@ class X86Kernels:
             residual, out_dtype = (self._dtype(rt), add.attrs["lo"], add.attrs["hi"], r32), self._dtype(add.output)
         _, c, h, w = self.g.shapes[t]
         o, _, kh, kw = p["W"].shape
-        dw = self._depthwise(n)
+        dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
-        tile = choose_tile(16 if dw else o, oh, ow) if self.isa == "vnni" else (1, 1, 4)
+        tile = choose_tile(16 if dw else o, oh, ow, w4) if self.isa == "vnni" else (1, 1, 4)
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
-                      packing.hi32_ok(p["S"]), self.isa, tile, dw)
+                      packing.hi32_ok(p["S"]), self.isa, tile, dw, w4)
         op = sp.ocb * 16
         wp = packing.weight(p["W"], sp)
         args = [x, _c(wp, "int8"), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
@@ -176,12 +184,12 @@ class X86Kernels:
         o = p["W"].shape[0]
         din, dout = self._dtype(t), self._dtype(n.output)
         sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"],
-                      None, packing.hi32_ok(p["S"]), self.isa, (1, 1, 1))
+                      None, packing.hi32_ok(p["S"]), self.isa, (1, 1, 1), w4=a["w_bits"] == 4)
         op = sp.ocb * 16
-        w4 = p["W"].reshape(o, k, 1, 1)
+        wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
-        args = [x4, _c(packing.weight(w4, sp), "int8"),
-                _c(packing.bias(p["B"], w4, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
+        args = [x4, _c(packing.weight(wk, sp), "int8"),
+                _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)
         y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
         return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y

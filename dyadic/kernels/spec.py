@@ -35,6 +35,7 @@ class ConvSpec:
     isa: str = "vnni"                 # vnni | avx512 | avx2
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
+    w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand (VNNI)
 
     @property
     def cb(self) -> int:
@@ -78,6 +79,8 @@ class ConvSpec:
         return 128 if self.in_dtype == "int8" and (self.dw_vnni or not self.depthwise) else 0
 
     def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the int8 weight operand array; with `w4` the kernel's argument is
+        `weight_shape()[:-2] + (32,)`: each 16 x 4 operand as 32 bytes (`packing.nibbles`)."""
         if self.rowtaps:
             return (self.ocb, self.c, self.kh, self.kwp // 4, 16, 4)
         if self.dw_vnni:
@@ -90,13 +93,15 @@ class ConvSpec:
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
 
 
-def choose_tile(o: int, oh: int, ow: int) -> tuple[int, int, int]:
+def choose_tile(o: int, oh: int, ow: int, w4: bool = False) -> tuple[int, int, int]:
     """Register tile (ocbi, ohi, owi): ocbi blocks of 16 output channels x ohi x owi pixels.
 
     Accumulators ocbi*ohi*owi <= MAX_ACC; plus the ocbi weight vectors and (when ocbi > 1) the
     reused broadcasts ohi*owi they must fit the 32 zmm registers. Cost model: padding waste times
     (acc + 2) / acc (few independent accumulators leave the 4-5 cycle latency of `vpdpbusd`
-    exposed), ties to more channel blocks (fewer broadcast loads per instruction)."""
+    exposed), ties to more channel blocks (fewer broadcast loads per instruction). With 4-bit weights
+    each weight operand costs more instructions to unpack (`x86_conv`), shared by the ohi*owi
+    pixels of the tile: + ocbi in the numerator (a weight picked from timings of a few 3x3 convs)."""
     ocb = _ceil(o, 16)
     best, best_key = (1, 1, 1), None
     for ocbi in (1, 2, 3, 4):
@@ -109,7 +114,7 @@ def choose_tile(o: int, oh: int, ow: int) -> tuple[int, int, int]:
                 if regs > 31 or acc > MAX_ACC or ohi > oh or owi > ow:
                     continue
                 waste = _ceil(oh, ohi) * ohi * _ceil(ow, owi) * owi / (oh * ow)
-                key = (round(waste * (acc + 2) / acc, 3), -ocbi, ohi)
+                key = (round(waste * (acc + 2 + (ocbi if w4 else 0)) / acc, 3), -ocbi, ohi)
                 if best_key is None or key < best_key:
                     best, best_key = (ocbi, ohi, owi), key
     return best

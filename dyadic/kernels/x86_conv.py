@@ -51,7 +51,13 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     hp = max(sp.h + t + b_, (ohp - 1) * sh + (sp.kh - 1) * dh + 1)
     wp = max(sp.w + l + r_, (owp - 1) * sw + (sp.kwp - 1) * dw + 1)
     x = te.placeholder((n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w), sp.in_dtype, "x")
-    wt = te.placeholder(sp.weight_shape(), "int8", "w")
+    wshape = sp.weight_shape()
+    wt = wq = te.placeholder(wshape[:-2] + (32,) if sp.w4 else wshape, "int8", "w")
+    if sp.w4:  # one 16 x 4 operand from 32 bytes (`packing.nibbles`); scheduled next to its use
+        four = tirx.const(4, "int8")
+        wt = te.compute(wshape, lambda *ix: tirx.Select(
+            ix[-2] < 8, (wq[(*ix[:-2], (ix[-2] % 8) * 4 + ix[-1])] << four) >> four,
+            wq[(*ix[:-2], (ix[-2] % 8) * 4 + ix[-1])] >> four), name="unpack4")
     bias = te.placeholder((ocb * 16,), "int32", "b")
     mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
     off = sp.offset
@@ -103,7 +109,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
             * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, j, ri].astype("int32"), axis=[rk, ry, rx, r4, ri]),
             name="acc")
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
-    args = [x, wt, bias, mul, rnd, shf]
+    args = [x, wq, bias, mul, rnd, shf]
     if sp.residual:
         res = te.placeholder((n, ocb, oh, ow, 16), sp.residual[0], "res")
         q = te.placeholder((6,) if sp.residual[3] else (4,), "int32" if sp.residual[3] else "int64", "q")
@@ -159,6 +165,15 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             sch.unroll(red[-1])
         sch.vectorize(j)
     init = sch.decompose_reduction(blk, red[0])
+    if sp.w4:  # unpack each reduction step's operands (ocbi x 64 bytes) right before its vpdpbusd
+        up = sch.get_sblock("unpack4")
+        sch.compute_at(up, red[-2])
+        depth = [sch.get(lp).same_as(sch.get(red[-2])) for lp in sch.get_loops(blk)].index(True) + 1
+        *outer, j16, i4 = sch.get_loops(up)[depth:]
+        jh, jl = sch.split(j16, [2, 8])
+        sch.vectorize(sch.fuse(jl, i4))
+        for lp in [jh, *outer]:
+            sch.unroll(lp)
     if vnni:
         register_vnni()
         register_dw()
