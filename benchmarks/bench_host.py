@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                         log=lambda s: print(s, file=sys.stderr))
         print(bench.format_table(res), file=sys.stderr)
         for row in res["rows"]:
-            results.append({"model": label, "compile_s": compile_s, **row, "clock_ghz": res["meta"]["clock_ghz"]})
+            results.append({"model": label, "compile_s": compile_s, **row})
     print("| model | batch | threads | dyadic ms | ORT int8 ms | ORT fp32 ms | ORT int8 / dyadic | "
           "ORT fp32 / dyadic | GMAC/s | of VNNI peak | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -5,7 +5,9 @@ Per target kind:
 - arm: the same, for `aarch64-linux-gnu` with the preset's `-mattr`; the library is linked with the
   cross g++. Its dot-product instructions (sdot/udot/usdot/smmla...) are counted in the disassembly,
   because they are the evidence of whether the int8 MACs use the core's int8 hardware.
-- cuda: our own Relax pipeline. dlight's GPU rules crash on a convolution fused with its requant
+- cuda: our own Relax pipeline. Integer conv / dense layers are `dyadic.kernels.cuda_gemm` tensor-core
+  kernels (`mma.sync` s8/u8/s4/u4, already scheduled: marked `tirx.is_scheduled`, so dlight leaves
+  them alone); the rest is generic Relax, scheduled by dlight. dlight's GPU rules crash on a convolution fused with its requant
   epilogue, so reductions (conv, matmul, sums) are marked opaque to fusion and stay their own kernels
   (dlight schedules them as shared-memory implicit GEMMs) while each requant/add/cast chain still fuses
   into one elementwise kernel. Kernels are compiled with nvcc to PTX (kept, counted for dp4a/mma) and
@@ -29,7 +31,10 @@ from dyadic.targets import TargetSpec
 from dyadic.verify import verify_lowered
 
 ARM_DOT = ("sdot", "udot", "usdot", "sudot", "smmla", "ummla", "usmmla")
-PTX_INT8 = {"dp4a": r"\bdp4a\.", "dp2a": r"\bdp2a\.", "mma.sync": r"\bmma\.sync\.", "wmma": r"\bwmma\.mma"}
+_MMA = r"\bmma\.sync\.aligned\.m\d+n\d+k\d+\.row\.col\.s32\."
+#: counted in the PTX; "mma.int8" / "mma.int4": tensor-core MMAs with 8-bit (s8/u8) / 4-bit (s4/u4) operands
+PTX_INT8 = {"dp4a": r"\bdp4a\.", "dp2a": r"\bdp2a\.", "mma.sync": r"\bmma\.sync\.", "wmma": r"\bwmma\.mma",
+            "mma.int8": _MMA + r"[su]8\.s8\.", "mma.int4": _MMA + r"[su]4\.s4\."}
 _OP_OPAQUE, _OP_COMM_REDUCE = 8, 3
 
 
@@ -70,12 +75,28 @@ def export(built: Built, so_path: str) -> None:
 
 
 def count_instructions(built: Built, so_path: str) -> dict[str, int]:
-    """arm: dot-product mnemonics in `objdump -d` of the library; cuda: int8 MAC instructions in the PTX."""
+    """arm: dot-product mnemonics in `objdump -d` of the library; cuda: integer MAC instructions in the PTX
+    (dp4a, and tensor-core `mma.sync` in total and by operand width, see `PTX_INT8`)."""
     if built.target.kind == "arm":
         return count_arm_dot(so_path)
     if built.target.kind == "cuda":
         return count_ptx_int8(built.files.get("cuda/kernels.ptx", ""))
     return {}
+
+
+def dot_macs(mod: tvm.IRModule, graph: Graph) -> dict | None:
+    """MACs per image of the conv/dense layers, and how many of them the kernel family runs on its
+    int8 dot-product instruction (`vpdpbusd`, `sdot`, `usdot`: recorded by the lowering)."""
+    from dyadic.passes.measure_costs import macs
+
+    layers = [n for n in graph.nodes if n.op in ("qconv", "qdense")]
+    total = sum(macs(graph, n) for n in layers)
+    info = mod.attrs.get("dyadic_dot") if mod.attrs is not None else None
+    if info is None:
+        return {"isa": None, "macs": 0, "total_macs": total, "fraction": 0.0}
+    on = {str(x) for x in info["layers"]}
+    dot = sum(macs(graph, n) for n in layers if n.name in on)
+    return {"isa": str(info["isa"]), "macs": dot, "total_macs": total, "fraction": round(dot / max(total, 1), 4)}
 
 
 def count_arm_dot(so_path: str) -> dict[str, int]:

@@ -87,6 +87,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         ncal = len(next(iter(calib.values())))
         plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
         plan["target"]["instructions"] = build.count_instructions(built, so)
+        plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
         plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
         outputs = ["model.so", "model.json"] + deploy.write_files(tmp, built, plan)
         with open(os.path.join(tmp, "model.json"), "w") as f:

@@ -123,7 +123,11 @@ class _Lowerer:
                 outs = [env[o] for o in g.outputs]
                 result = self.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             self.bb.emit_func_output(result)
-        return self.bb.get()
+        mod = self.bb.get()
+        if getattr(self.kernels, "isa", None):  # which layers' MACs the kernel family put on its instruction
+            mod = mod.with_attr("dyadic_dot", {"isa": self.kernels.isa,
+                                               "layers": list(getattr(self.kernels, "dot_layers", []))})
+        return mod
 
 
 def lower_to_relax(graph: Graph, target: TargetSpec | None = None) -> tvm.IRModule:

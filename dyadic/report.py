@@ -31,6 +31,10 @@ def summary(plan: dict) -> str:
                 + ("bit-exact vs int64 reference: yes" if check.startswith("bit-exact") else f"self-check {check}"))
     if tgt.get("instructions"):
         rows.append("int8 instructions: " + ", ".join(f"{k} {v}" for k, v in tgt["instructions"].items()))
+    dm = tgt.get("dot_macs")
+    if dm and dm.get("isa"):
+        rows.append(f"MACs on {dm['isa']}: {dm['macs']:,} of {dm['total_macs']:,} per image "
+                    f"({100 * dm['fraction']:.1f} %)")
     ilp = plan.get("bit_selection", {}).get("ilp")
     if ilp:
         used = ", ".join(f"{k} {v['used']:.4g} of {v['limit']:.4g} (all-int8 {v['all_int8']:.4g})"

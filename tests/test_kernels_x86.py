@@ -190,7 +190,7 @@ def test_small_net_bitexact_and_uses_kernels(tgt, tmp_path):
     from dyadic import build
     from dyadic.compiler import quantize_inputs
     from dyadic.config import CompileConfig
-    from dyadic.kernels.lowering import X86Kernels
+    from dyadic.kernels.lowering import CpuKernels
     from dyadic.lower import _Lowerer
     from dyadic.reference import run_reference
 
@@ -199,7 +199,7 @@ def test_small_net_bitexact_and_uses_kernels(tgt, tmp_path):
     ig = res.int_graph
     spec = TargetSpec(tgt, HOST if tgt == "host" else HASWELL)
     low = _Lowerer(ig, spec)
-    assert isinstance(low.kernels, X86Kernels)
+    assert isinstance(low.kernels, CpuKernels)
     mod = low.run()
     names = [gv.name_hint for gv in mod.functions if gv.name_hint.startswith("dyadic_")]
     assert sum(n.startswith("dyadic_conv") for n in names) >= 4  # conv, fused conv+add, depthwise, dense
@@ -244,6 +244,16 @@ def test_bench_command_prints_table(r20_build, capsys):
     header, row = out.strip().splitlines()[-2:]
     assert "ort-int8 ms" in header and "ort-fp32 ms" in header and "of VNNI peak" in header
     assert row.split()[0] == "1" and row.strip().endswith("%")
+
+
+@needs_vnni
+def test_measured_vnni_peak_is_plausible():
+    """The bench's "of peak" denominator is measured, not nominal: within 64 MACs/instruction x
+    1-2 instructions/cycle x 0.5-6 GHz per thread."""
+    from dyadic.kernels.peak import vnni_peak_gmacs
+
+    one = vnni_peak_gmacs(1)
+    assert 64 * 0.5 < one < 2 * 64 * 6.0, one
 
 
 def test_generic_lowering_on_request(monkeypatch):

@@ -1,8 +1,10 @@
-"""--target cuda: builds without a GPU (nvcc + a stub libcuda), fatbin embedded, int8 MACs as dp4a.
+"""--target cuda: builds without a GPU (nvcc + a stub libcuda), fatbin embedded, MACs on tensor cores.
 
 Nothing here runs a kernel: that needs a GPU (benchmarks/gpu_check.py). What is checked is what a
 GPU-less machine can know: the library holds a real fatbin (not CUDA source), the PTX targets the
-requested architecture, and the int8 multiply-accumulates compiled to dp4a, as many as the plan says.
+requested architecture, and the integer convolutions / dense layers compiled to tensor-core
+`mma.sync` (s8/u8, and s4/u4 for W4A4 layers where the arch has int4 MMA), as many as the plan
+says, with no dp4a left. (The kernels' index logic is checked on the CPU in test_kernels_cuda.py.)
 """
 import os
 import re
@@ -10,13 +12,17 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import dyadic
 from dyadic import targets, toolchain
-from dyadic.config import CompileConfig
+from dyadic.config import BitMode, CompileConfig
 from dyadic.errors import TargetError
 from dyadic.models import build
+
+from _tiny_onnx import make_model
+from test_ops_bitexact import CASES, _data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
@@ -48,7 +54,7 @@ def test_cuda_presets():
 @needs_nvcc
 @pytest.mark.parametrize("name,kw,arch", [("resnet20", {}, "sm_75"), ("resnet18", {"image_size": 64}, "sm_90")],
                          ids=["resnet20-sm_75", "resnet18-sm_90"])
-def test_cuda_build_embeds_fatbin_with_dp4a(name, kw, arch, tmp_path):
+def test_cuda_build_embeds_fatbin_with_mma(name, kw, arch, tmp_path):
     res = dyadic.compile(build(name, **kw), str(tmp_path), None, CompileConfig(target=f"cuda:{arch}", quiet=True))
     assert sorted(os.listdir(tmp_path)) == ["cuda", "model.json", "model.so"]
     so = open(tmp_path / "model.so", "rb").read()
@@ -57,10 +63,39 @@ def test_cuda_build_embeds_fatbin_with_dp4a(name, kw, arch, tmp_path):
     ptx = open(tmp_path / "cuda" / "kernels.ptx").read()
     assert re.search(rf"^\.target {arch}\b", ptx, re.M)
     counts = res.plan["target"]["instructions"]
-    assert counts["dp4a"] == len(re.findall(r"\bdp4a\.", ptx)) > 0
+    mma = MMA8_SM75 if arch == "sm_75" else MMA8_SM80
+    assert counts["mma.int8"] == len(re.findall(mma, ptx)) == counts["mma.sync"] > 0
+    assert re.search(mma.replace("[su]8", "u8", 1), ptx), "uint8 activations should use the u8 x s8 MMA"
+    assert counts["dp4a"] == len(re.findall(r"\bdp4a\.", ptx)) == 0, "integer MACs left off the tensor cores"
+    assert counts["mma.int4"] == 0
     assert res.plan["target"]["gpu"]["arch"] == arch
     if not _gpu():
         assert res.plan["self_check"].startswith("not run: no CUDA GPU here")
+
+
+MMA8_SM75 = r"\bmma\.sync\.aligned\.m8n8k16\.row\.col\.s32\.[su]8\.s8\.s32"
+MMA8_SM80 = r"\bmma\.sync\.aligned\.m16n8k32\.row\.col\.s32\.[su]8\.s8\.s32"
+MMA4_SM75 = r"\bmma\.sync\.aligned\.m8n8k32\.row\.col\.s32\.[su]4\.s4\.s32"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_75", "sm_90"])
+def test_cuda_w4a4_int4_mma_where_the_arch_has_it(arch, tmp_path):
+    """W4A4 layers: int4 MMA on sm_75; on sm_90 (no int4 MMA) the nibble weights feed the int8 MMA."""
+    rng = np.random.default_rng(3)
+    nodes, inits, in_shape = CASES["conv_relu_conv"](rng)
+    cfg = CompileConfig(target=f"cuda:{arch}", bits=BitMode.INT4, pin_first_last=False, quiet=True)
+    res = dyadic.compile(make_model(nodes, inits, in_shape=in_shape), str(tmp_path),
+                         {"input": _data(rng, in_shape, 16, "signed")}, cfg)
+    layers = [n for n in res.int_graph.nodes if n.op in ("qconv", "qdense")]
+    assert layers and all(n.attrs["w_bits"] == 4 and n.attrs["a_bits"] == 4 for n in layers)
+    ptx = open(tmp_path / "cuda" / "kernels.ptx").read()
+    counts = res.plan["target"]["instructions"]
+    assert counts["dp4a"] == 0 and counts["mma.sync"] == counts["mma.int4"] + counts["mma.int8"]
+    if arch == "sm_75":
+        assert counts["mma.int4"] == len(re.findall(MMA4_SM75, ptx)) > 0 and counts["mma.int8"] == 0
+    else:
+        assert counts["mma.int4"] == 0 and counts["mma.int8"] == len(re.findall(MMA8_SM80, ptx)) > 0
 
 
 def _gpu() -> bool:

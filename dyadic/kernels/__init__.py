@@ -5,9 +5,13 @@
 `generic_inputs(node, xs)` (inputs converted back to what the generic Relax ops expect), or None
 when no kernel family fits the target (the generic Relax lowering then does everything).
 
-Families so far: x86 (`lowering.X86Kernels`), with
-  * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast path;
-  * "avx512" / "avx2": the same schedules with int32 vector multiply-adds (exact, slower).
+Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as implicit GEMMs on
+`mma.sync` tensor cores, s8/u8 and s4/u4, requant fused, see `cuda_gemm`), and CPU
+(`lowering.CpuKernels`), one set of loop nests and layouts for x86 and aarch64, with
+  * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast x86 path;
+  * "avx512" / "avx2": the same schedules with int32 vector multiply-adds (exact, slower);
+  * "sdot" / "usdot": aarch64 dot products (dotprod / i8mm cores, `arm_intrin`); a core without
+    dotprod (Cortex-A72) gets the generic lowering.
 Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for comparisons).
 
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
@@ -46,13 +50,25 @@ def x86_isa(tvm_target: dict) -> str | None:
     return None
 
 
+def arm_isa(target) -> str | None:
+    """'usdot' (i8mm), 'sdot' (dotprod) or None (no int8 dot product: generic ops) for an arm TargetSpec."""
+    cpu = getattr(target, "cpu", None)
+    if cpu is None:
+        return None
+    return "usdot" if cpu.i8mm else "sdot" if cpu.dotprod else None
+
+
 def for_lowerer(lowerer):
     """The kernel family for `lowerer.target` (a `dyadic.targets.TargetSpec`), or None."""
     if os.environ.get("DYADIC_KERNELS", "").lower() == "generic" or lowerer.target is None:
         return None
-    isa = x86_isa(lowerer.target.tvm_target)
+    if lowerer.target.kind == "cuda":
+        from dyadic.kernels.cuda_lowering import CudaKernels
+
+        return CudaKernels(lowerer, lowerer.target.gpu.name)
+    isa = arm_isa(lowerer.target) if lowerer.target.kind == "arm" else x86_isa(lowerer.target.tvm_target)
     if isa is None:
         return None
-    from dyadic.kernels.lowering import X86Kernels
+    from dyadic.kernels.lowering import CpuKernels
 
-    return X86Kernels(lowerer, isa)
+    return CpuKernels(lowerer, isa)

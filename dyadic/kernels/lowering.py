@@ -1,6 +1,7 @@
-"""Graph-level dispatch of the x86 kernels: which nodes they take, in which layout tensors travel.
+"""Graph-level dispatch of the CPU kernels (x86 and aarch64): which nodes they take, in which layout
+tensors travel.
 
-`X86Kernels.lower(node, xs)` returns the Relax value of a node it handles, or None; the generic
+`CpuKernels.lower(node, xs)` returns the Relax value of a node it handles, or None; the generic
 lowering in `dyadic.lower` then runs, on inputs that `generic_inputs` has converted back to NCHW.
 
 Layout: the output of a fast conv is packed ([N, C/16, H, W, 16]) and stays packed through the
@@ -21,7 +22,7 @@ from tvm import relax
 from dyadic.arith import rounding_term
 from dyadic.graph import Node
 from dyadic.kernels import epilogue, packing, x86_ops
-from dyadic.kernels.spec import ConvSpec, choose_tile
+from dyadic.kernels.spec import DOT_ISAS, ConvSpec, choose_tile
 from dyadic.kernels.x86_conv import conv_func
 
 _8BIT = ("uint8", "int8")
@@ -32,7 +33,7 @@ def _c(v: np.ndarray, dtype: str):
     return relax.const(np.ascontiguousarray(np.asarray(v).astype(dtype)), dtype)
 
 
-class X86Kernels:
+class CpuKernels:
     def __init__(self, lowerer, isa: str):
         self.L, self.g, self.isa = lowerer, lowerer.g, isa
         self.consumers = self.g.consumers()
@@ -41,6 +42,7 @@ class X86Kernels:
         self.plain: dict[str, object] = {}     # NCHW copies of packed tensors, made on demand
         self.deferred: dict[str, tuple] = {}   # conv output -> (node, xs), waiting for its add
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
+        self.dot_layers: list[str] = []        # layers whose MACs run on the dot-product instruction
 
     # ---------------------------------------------------------------- helpers
     def _call(self, key: tuple, make, args: list, shape: list, dtype: str):
@@ -128,9 +130,9 @@ class X86Kernels:
 
     # ---------------------------------------------------------------- convolutions
     def _wbits_ok(self, n: Node) -> bool:
-        """8-bit weights always; 4-bit ones where `vpdpbusd` reads them (unpacked per operand)."""
+        """8-bit weights always; 4-bit ones where a dot-product kernel reads them (unpacked per operand)."""
         wb = n.attrs.get("w_bits")
-        return wb == 8 or (wb == 4 and self.isa == "vnni")
+        return wb == 8 or (wb == 4 and self.isa in DOT_ISAS)
 
     def _conv_ok(self, n: Node) -> bool:
         a, t = n.attrs, n.inputs[0]
@@ -158,7 +160,8 @@ class X86Kernels:
         o, _, kh, kw = p["W"].shape
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
-        tile = choose_tile(16 if dw else o, oh, ow, w4) if self.isa == "vnni" else (1, 1, 4)
+        rpa = 1 if self.isa == "vnni" else 4  # registers per 16-lane vector: zmm / NEON q
+        tile = choose_tile(16 if dw else o, oh, ow, w4, rpa) if self.isa in DOT_ISAS else (1, 1, 4)
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
                       packing.hi32_ok(p["S"]), self.isa, tile, dw, w4)
@@ -171,6 +174,8 @@ class X86Kernels:
             q = epilogue.consts(mm if first else mm[::-1], add.params["S"], r32)
             args += [self.values[rt], _c(q, str(q.dtype))]
         shape = [self.L.batch, sp.ocb, *sp.out_hw, 16]
+        if sp.dot and (sp.dw_vnni or not dw):
+            self.dot_layers.append(n.name)
         return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
 
     @staticmethod
@@ -190,6 +195,8 @@ class X86Kernels:
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
         args = [x4, _c(packing.weight(wk, sp), "int8"),
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
+        if sp.dot:
+            self.dot_layers.append(n.name)
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)
         y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
         return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y

@@ -1,4 +1,4 @@
-"""What determines one x86 convolution kernel (`ConvSpec`), and the choice of its register tile.
+"""What determines one CPU convolution kernel (`ConvSpec`; x86 or aarch64), and its register tile.
 
 Weights, bias and the per-channel rescale constants are kernel arguments, so one compiled kernel
 serves every layer with the same `ConvSpec` (shapes, dtypes, clip bounds, variant and tile).
@@ -32,10 +32,20 @@ class ConvSpec:
     hi: int
     residual: tuple | None = None     # (residual dtype, lo, hi, int32 form) of a fused qadd
     hi32: bool = False                # every shift >= 33: int32 requant (m, 2^(s-33), s-32 as int32)
-    isa: str = "vnni"                 # vnni | avx512 | avx2
+    isa: str = "vnni"                 # vnni | avx512 | avx2 (x86); sdot | usdot (aarch64)
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand (VNNI)
+
+    @property
+    def dot(self) -> bool:
+        """Whether the reductions run on a 4-way int8 dot-product instruction."""
+        return self.isa in DOT_ISAS
+
+    @property
+    def operand_dtype(self) -> str:
+        """The activation operand's type: uint8 (`vpdpbusd`, `usdot`, and the x86 fallbacks), int8 (`sdot`)."""
+        return "int8" if self.isa == "sdot" else "uint8"
 
     @property
     def cb(self) -> int:
@@ -59,13 +69,13 @@ class ConvSpec:
     @property
     def dw_vnni(self) -> bool:
         """Depthwise with `vpdpbusd` over groups of 4 horizontal taps (needs width dilation 1)."""
-        return self.depthwise and self.isa == "vnni" and self.dil[1] == 1
+        return self.depthwise and self.dot and self.dil[1] == 1
 
     @property
     def rowtaps(self) -> bool:
         """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` are 4 horizontal taps
         of one input channel, contiguous in an NCHW row, so the input needs no channel blocking."""
-        return (not self.packed_in and not self.depthwise and self.isa == "vnni" and self.dil[1] == 1
+        return (not self.packed_in and not self.depthwise and self.dot and self.dil[1] == 1
                 and self.kw > 1 and self.c < 16)
 
     @property
@@ -75,8 +85,11 @@ class ConvSpec:
 
     @property
     def offset(self) -> int:
-        """Added to every input byte: 128 for int8 input to `vpdpbusd` (unsigned operand)."""
-        return 128 if self.in_dtype == "int8" and (self.dw_vnni or not self.depthwise) else 0
+        """Added to every input byte so it fits the operand type: +128 for int8 input to an unsigned
+        operand, -128 for uint8 input to `sdot`; the bias absorbs it (`packing.bias`)."""
+        if (self.depthwise and not self.dw_vnni) or self.in_dtype == self.operand_dtype:
+            return 0
+        return 128 if self.operand_dtype == "uint8" else -128
 
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the int8 weight operand array; with `w4` the kernel's argument is
@@ -90,14 +103,16 @@ class ConvSpec:
         return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // 4, self.tile[0], 16, 4)
 
 
+DOT_ISAS = ("vnni", "sdot", "usdot")
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
 
 
-def choose_tile(o: int, oh: int, ow: int, w4: bool = False) -> tuple[int, int, int]:
+def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 1) -> tuple[int, int, int]:
     """Register tile (ocbi, ohi, owi): ocbi blocks of 16 output channels x ohi x owi pixels.
 
     Accumulators ocbi*ohi*owi <= MAX_ACC; plus the ocbi weight vectors and (when ocbi > 1) the
-    reused broadcasts ohi*owi they must fit the 32 zmm registers. Cost model: padding waste times
+    reused broadcasts ohi*owi they must fit the 32 vector registers (a 16-lane accumulator or
+    weight operand takes `regs_per_acc` of them: 1 zmm on AVX-512, 4 q-registers on NEON). Cost model: padding waste times
     (acc + 2) / acc (few independent accumulators leave the 4-5 cycle latency of `vpdpbusd`
     exposed), ties to more channel blocks (fewer broadcast loads per instruction). With 4-bit weights
     each weight operand costs more instructions to unpack (`x86_conv`), shared by the ohi*owi
@@ -110,7 +125,7 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False) -> tuple[int, int, i
         for ohi in (1, 2, 3, 4):
             for owi in range(1, MAX_ACC + 1):
                 acc = ocbi * ohi * owi
-                regs = acc + ocbi + (ohi * owi if ocbi > 1 else 0)
+                regs = (acc + ocbi) * regs_per_acc + (ohi * owi if ocbi > 1 else 0)
                 if regs > 31 or acc > MAX_ACC or ohi > oh or owi > ow:
                     continue
                 waste = _ceil(oh, ohi) * ohi * _ceil(ow, owi) * owi / (oh * ow)

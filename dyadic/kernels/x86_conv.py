@@ -1,4 +1,5 @@
-"""x86 integer convolution (dense as a 1x1 one; depthwise) with the requantization fused.
+"""CPU integer convolution (dense as a 1x1 one; depthwise) with the requantization fused: x86
+(`vpdpbusd`) and aarch64 (`sdot`/`usdot`, `arm_intrin`) share these loop nests and layouts.
 
 Layout. Activations between fast kernels are *packed*: [N, ceil(C/16), H, W, 16] (NCHW16c; padded
 channels hold values no consumer reads: their weights are zero). A kernel reads packed or NCHW
@@ -26,6 +27,11 @@ every shift >= 33, else clip((acc * m + 2^(s-1)) >> s, lo, hi) in int64 as `dyad
 fused residual add (`epilogue`); the accumulators never go to memory. Width and height are padded
 up to whole tiles (extra pixels are computed on padding, not stored).
 
+aarch64: the same 16 x 4 step is four 128-bit `sdot`/`usdot` (`arm_intrin`); `sdot` takes a signed
+activation operand, so there uint8 input is fed as x - 128 (pad value -128) and B' = B + 128 sum_k w.
+4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 operand is stored as 32 bytes and unpacked
+in registers right before its dot products (`packing.nibbles`).
+
 Without VNNI (AVX-512 or AVX2 targets) the same loop nests run with the 16 output channels as int32
 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation does the same.
 """
@@ -34,7 +40,7 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
-from dyadic.kernels import epilogue
+from dyadic.kernels import arm_intrin, epilogue
 from dyadic.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
 from dyadic.kernels.spec import ConvSpec, _ceil
@@ -61,7 +67,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     bias = te.placeholder((ocb * 16,), "int32", "b")
     mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
     off = sp.offset
-    pdt = sp.in_dtype if sp.depthwise and not sp.dw_vnni else "uint8"
+    pdt = sp.in_dtype if sp.depthwise and not sp.dw_vnni else sp.operand_dtype
     direct = sp.packed_in and not off and (hp, wp) == (sp.h, sp.w)
 
     if direct:
@@ -70,7 +76,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         dp = te.compute((n, sp.c, hp, wp), lambda b, c, y, z: tirx.if_then_else(
             tirx.all(y >= t, y < sp.h + t, z >= l, z < sp.w + l),
             (x[b, c, tirx.min(tirx.max(y - t, 0), sp.h - 1), tirx.min(tirx.max(z - l, 0), sp.w - 1)].astype("int32")
-             + off).astype("uint8"), tirx.const(off, "uint8")), name="pad")
+             + off).astype(pdt), tirx.const(off, pdt)), name="pad")
     else:
         def pad_pack(b, i, y, z, c):
             ch = i * cb + c
@@ -143,7 +149,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
     oo, oi = sch.split(o, [None, ocbi])
     yo, yi = sch.split(y, [None, ohi])
     zo, zi = sch.split(z, [None, owi])
-    vnni = sp.isa == "vnni" and (sp.dw_vnni or not sp.depthwise)
+    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise)  # a dot-product instruction (x86 or arm)
     if vnni:  # (C/cb, KH, KW, cb/4) outside, the 4 input channels (or 4 taps) of one `vpdpbusd` inside
         sch.reorder(b, oo, yo, zo, *red[:-1], oi, yi, zi, j, red[-1])
     else:
@@ -175,9 +181,13 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
         for lp in [jh, *outer]:
             sch.unroll(lp)
     if vnni:
-        register_vnni()
-        register_dw()
-        sch.tensorize(j, DW_INTRIN if sp.dw_vnni else VNNI_INTRIN)
+        if sp.isa == "vnni":
+            register_vnni()
+            register_dw()
+            dot, dwi = VNNI_INTRIN, DW_INTRIN
+        else:
+            dot, dwi = arm_intrin.register(sp.isa)
+        sch.tensorize(j, dwi if sp.dw_vnni else dot)
     for lp in [oi, yi, zi] + tile[:-1]:
         sch.unroll(lp)
     tl = sch.get_loops(init)[2:]
