@@ -9,6 +9,11 @@ kind (latency, memory) and each r in `--ratios`, the ILP picks bit-widths under 
 bit-exact like any compile, and its top-1 accuracy is measured on `--data` with the library
 itself. Uniform W8A8, W4A8 and W4A4 and onnxruntime fp32 are measured too. Outputs in OUT/:
 `results.json`, `table.md` (printed) and `pareto.png`; each point's build is in OUT/<row>/.
+
+`--cost-target` plans for another target's latencies (e.g. `cuda:sm_75`, from its stated model in
+`dyadic.costmodel` when it cannot be timed here) while the accuracy is still measured here with host
+builds: the integer graph, and so every output, is the same on every target (each build is checked
+bit-exact against the same int64 reference).
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ def add_parser(sub, add_norm) -> None:
     s.add_argument("--limit", type=int, default=None, help="measure accuracy on the first N samples only")
     s.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="budget ratios r between all-int4 (0) and all-int8 (1)")
     s.add_argument("--hessian-samples", type=int, default=32, help="calibration images for the Hessian traces")
+    s.add_argument("--cost-target", default="host",
+                   help="target whose per-layer latencies the ILP plans with (host, arm[:CPU], cuda[:sm_XX]); "
+                        "accuracy is measured on host builds of the same integer graphs")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     add_norm(s)
 
@@ -43,14 +51,14 @@ def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
 
 
 def run_sweep(model, out_dir: str, calib: dict, data: dict, labels, ratios: list[float],
-              hessian_samples: int = 32, quiet: bool = False) -> list[dict]:
+              hessian_samples: int = 32, quiet: bool = False, cost_target: str = "host") -> list[dict]:
     import dyadic
     from dyadic.evaluate import evaluate
     from dyadic.passes import import_onnx
     from dyadic.passes.assign_bitwidths import pinned_layers
     from dyadic.pipeline import float_passes, run_passes
 
-    base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet)
+    base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet, target=cost_target)
     prepared = run_passes(import_onnx(model), float_passes(base, calib))
     totals = _totals(prepared, pinned_layers(prepared))
     rows: list[tuple[str, CompileConfig, dict]] = [
@@ -94,12 +102,12 @@ def _fp32_top1(model, data, labels, quiet) -> float | None:
 
 
 def table(results: list[dict], fp32: float | None) -> str:
-    lines = ["| row | top-1 % | drop vs fp32 | latency ms (sum of layers) | weights KB | GBOPs | W8A8/W4A8/W4A4 layers |",
+    lines = ["| row | top-1 % | drop vs fp32 | latency us (sum of layers) | weights KB | GBOPs | W8A8/W4A8/W4A4 layers |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         counts = [sum(v == c for v in r["bits"].values()) for c in ("W8A8", "W4A8", "W4A4")]
         drop = f"{100 * (fp32 - r['top1']):.2f}" if fp32 is not None else "-"
-        lines.append(f"| {r['row']} | {100 * r['top1']:.2f} | {drop} | {1e3 * r['latency_s']:.3f} | "
+        lines.append(f"| {r['row']} | {100 * r['top1']:.2f} | {drop} | {1e6 * r['latency_s']:.1f} | "
                      f"{r['weight_bytes'] / 1e3:.1f} | {r['bops'] / 1e9:.3f} | {counts[0]}/{counts[1]}/{counts[2]} |")
     if fp32 is not None:
         lines.append(f"\nfp32 (onnxruntime) top-1: {100 * fp32:.2f} %, on {results[0]['images']} images")
@@ -145,6 +153,9 @@ def cmd_sweep(a) -> int:
         ratios = [float(r) for r in a.ratios.split(",")]
     except ValueError:
         raise DyadicError(f"--ratios must be comma-separated numbers, got {a.ratios!r}") from None
+    from dyadic.targets import resolve
+
+    resolve(a.cost_target)  # a bad name fails before any work
     model = _load_model_arg(a.model, None)
     shapes = input_shapes(import_onnx(model))
     norm = Normalize.parse(a.mean, a.std)
@@ -153,9 +164,12 @@ def cmd_sweep(a) -> int:
     if labels is None:
         raise DyadicError(f"{a.data} has no 'labels': the sweep measures accuracy")
     os.makedirs(a.output, exist_ok=True)
-    results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet)
+    results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet,
+                                          a.cost_target)
     fp32 = _fp32_top1(model, data, labels, a.quiet)
-    text = table(results, fp32)
+    info = prepared.meta.get("costs_info", {})
+    text = table(results, fp32) + (f"\nlatency: {info.get('latency')} for target {info.get('target', {}).get('preset')}"
+                                   + (f" ({info['model']})" if info.get("model") else ""))
     with open(os.path.join(a.output, "results.json"), "w") as f:
         json.dump({"rows": results, "fp32_top1": fp32, "totals": totals,
                    "sensitivity_info": prepared.meta.get("sensitivity_info"),

@@ -30,9 +30,9 @@ def weight_error(w: np.ndarray, bits: int) -> float:
 
 
 def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> float:
-    from dyadic.passes.quantize_graph import _qparams
+    from dyadic.passes.quantize_graph import activation_qparams
 
-    q = _qparams(rng, bits)
+    q = activation_qparams(rng, bits)
     deq = np.clip(np.rint(a / q.scale), q.lo, q.hi) * q.scale
     return float(((deq - a) ** 2).sum())
 

@@ -24,8 +24,8 @@ signature earlier in this call) and cached (from the file), and the prologue bas
 Measurements are cached in a JSON file ($DYADIC_CACHE_DIR/latency.json, else the dyadic cache dir)
 keyed by the target description, a fingerprint of the lowering/kernel sources and TVM version, and
 the layer signature, so a second compile measures nothing. Where the target cannot run here or
-`measure` is False, latency comes from `CostModel`: latency_s = bops / bops_per_s (a fixed nominal
-throughput: it orders candidates by BOPs, so only relative budgets mean much with it).
+`measure` is False, latency comes from the target's stated model (`dyadic.costmodel`: a datasheet
+roofline for CUDA architectures, a nominal BOPs throughput elsewhere), named in each record.
 The result goes to `graph.meta["costs"]` and `graph.meta["costs_info"]`.
 """
 from __future__ import annotations
@@ -56,17 +56,6 @@ class Timing:
     min_repeat_ms: int = 10    #: each repeat loops the call until it lasts this long (averaged)
 
 
-@dataclass(frozen=True)
-class CostModel:
-    bops_per_s: float = 1e12   #: nominal integer throughput, not a measurement
-
-    def latency(self, bops: int) -> float:
-        return bops / self.bops_per_s
-
-    def describe(self, why: str) -> str:
-        return f"model: bops / {self.bops_per_s:.3g} BOP/s (nominal fixed throughput; {why})"
-
-
 def cache_file(cache_path: str | None = None) -> str:
     if cache_path:
         return cache_path
@@ -95,9 +84,9 @@ def code_fingerprint(kernels_env: str = "") -> str:
 
 
 def _out_qparams(graph: Graph, n: Node) -> QParams:
-    from dyadic.passes.quantize_graph import OUTPUT_BITS, _wide_tensors
+    from dyadic.passes.quantize_graph import OUTPUT_BITS, wide_tensors
 
-    if n.output in _wide_tensors(graph):
+    if n.output in wide_tensors(graph):
         return QParams(1.0, OUTPUT_BITS, True)
     return QParams(1.0, 8, graph.ranges[n.output][0] < 0)
 
@@ -117,6 +106,11 @@ def macs(graph: Graph, n: Node) -> int:
     if n.op == "dense":
         return int(w.shape[0] * w.shape[1])
     return int(np.prod(w.shape)) * int(np.prod(graph.shapes[n.output][2:]))
+
+
+def _elems(graph: Graph, n: Node) -> tuple[int, int]:
+    """Elements per image of the layer's input and output."""
+    return tuple(int(np.prod(graph.shapes[t][1:])) for t in (n.inputs[0], n.output))
 
 
 def is_depthwise(graph: Graph, n: Node) -> bool:
@@ -209,7 +203,9 @@ class _Cache:
 
 
 def measure_costs(graph: Graph, target: str = "host", cache_path: str | None = None, measure: bool = True,
-                  quiet: bool = False, timing: Timing = Timing(), model: CostModel = CostModel()) -> Graph:
+                  quiet: bool = False, timing: Timing = Timing(), model=None) -> Graph:
+    """`model`: a `dyadic.costmodel` model to use where latency is not measured (default: the target's)."""
+    from dyadic import costmodel
     from dyadic import targets
     from dyadic.passes.assign_bitwidths import CANDIDATES
     from dyadic.passes.estimate_sensitivity import CANDIDATE_NAMES
@@ -220,6 +216,7 @@ def measure_costs(graph: Graph, target: str = "host", cache_path: str | None = N
     why = None if measure and spec.runs_here else (
         "measure=False" if not measure else f"target {spec.name} cannot run on this machine")
     meter = _Meter(graph, spec, cache_file(cache_path), timing) if why is None else None
+    model = model or costmodel.for_target(spec)
     costs: dict[str, dict] = {}
     with Progress(f"costs ({'model' if why else 'timing on ' + spec.name})", total=len(layers), quiet=quiet) as pr:
         for n in layers:
@@ -228,7 +225,8 @@ def measure_costs(graph: Graph, target: str = "host", cache_path: str | None = N
             for wb, ab in CANDIDATES:
                 rec = {"bytes": math.ceil(w.size * wb / 8) + 4 * int(w.shape[0]), "bops": mac * wb * ab, "macs": mac}
                 if meter is None:
-                    rec.update(latency_s=model.latency(rec["bops"]), latency_source=model.describe(why))
+                    rec.update(latency_s=model.latency(mac, wb, ab, w.size, int(w.shape[0]), *_elems(graph, n)),
+                               latency_source=model.describe(why))
                 else:
                     rec.update(meter.latency(n, (wb, ab), costs[n.name]))
                 costs[n.name][CANDIDATE_NAMES[(wb, ab)]] = rec

@@ -34,7 +34,10 @@ from dyadic.graph import PASSTHROUGH_OPS, Graph, Node, QParams
 OUTPUT_BITS = 16
 
 
-def _qparams(rng: tuple[float, float], bits: int, signed: bool | None = None) -> QParams:
+def activation_qparams(rng: tuple[float, float], bits: int, signed: bool | None = None) -> QParams:
+    """Per-tensor symmetric (signed) or zero-based (unsigned) quantization of a calibrated range
+    [lo, hi] to `bits`; unsigned when the range is non-negative unless `signed` says otherwise.
+    Also used by the sensitivity and cost passes to quantize exactly as this pass will."""
     lo, hi = rng
     if signed is None:
         signed = lo < 0
@@ -57,7 +60,7 @@ def _scalar(v: int) -> np.ndarray:
     return np.array(v, np.int64)
 
 
-def _wide_tensors(graph: Graph) -> set[str]:
+def wide_tensors(graph: Graph) -> set[str]:
     """Graph outputs and the tensors they are reshaped/sliced from: these stay 16-bit."""
     wide = set(graph.outputs)
     for n in reversed(graph.nodes):
@@ -83,13 +86,13 @@ def quantize_graph(graph: Graph) -> Graph:
     missing = [n.name for n in graph.weighted_nodes() if n.name not in graph.bits]
     if missing or not graph.ranges:
         raise VerificationError(f"quantize_graph needs calibrated ranges and bits for every layer; missing {missing}")
-    wide, a4 = _wide_tensors(graph), _a4_tensors(graph)
+    wide, a4 = wide_tensors(graph), _a4_tensors(graph)
     qp: dict[str, QParams] = {}
 
     def out_q(t: str, signed: bool | None = None) -> QParams:
         if t in wide:
-            return _qparams(graph.ranges[t], OUTPUT_BITS, True)
-        return _qparams(graph.ranges[t], 4 if t in a4 else 8, signed)
+            return activation_qparams(graph.ranges[t], OUTPUT_BITS, True)
+        return activation_qparams(graph.ranges[t], 4 if t in a4 else 8, signed)
 
     for t in graph.inputs:
         qp[t] = out_q(t)
@@ -113,7 +116,7 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
         wb, ab = graph.bits[n.name]
         if ab == 4 and qp[x].bits != 4:  # the input is shared with 8-bit readers: requantize a copy
             name = f"{n.name}/a4"
-            q4 = qp[name] = _qparams(graph.ranges[x], 4, qp[x].signed)
+            q4 = qp[name] = activation_qparams(graph.ranges[x], 4, qp[x].signed)
             m, s = dyadic_array(np.array(qp[x].scale / q4.scale))
             nodes.append(Node("requant", name, (x,), (name,), _clip_bounds(q4, None), {"M": m, "S": s}))
             n, x = n.replace(inputs=(name,)), name

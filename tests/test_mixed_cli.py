@@ -72,13 +72,26 @@ def test_bad_budget_flags(r20, tmp_path, capsys, flags, needle):
 def test_sweep_writes_table_and_plot(r20, tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", str(r20 / "r20.onnx"), "-o", str(out), "--calib", str(r20 / "calib.npz"),
-                 "--data", str(r20 / "test.npz"), "--ratios", "0,1", *FAST])
+                 "--data", str(r20 / "test.npz"), "--ratios", "0,1", "--cost-target", "cuda:sm_75", *FAST])
     assert code == 0
     res = json.load(open(out / "results.json"))
+    # planned with the T4 roofline (no GPU here); accuracy from host builds of the same integer graphs
+    assert res["costs_info"]["target"]["preset"] == "cuda:sm_75" and res["costs_info"]["latency"] == "model"
+    assert "roofline of T4" in (out / "table.md").read_text()
     rows = {r["row"]: r for r in res["rows"]}
     assert set(rows) == {"uniform-8", "uniform-w4a8", "uniform-4", "latency-r0", "latency-r1", "memory-r0", "memory-r1"}
     assert rows["memory-r0"]["weight_bytes"] <= rows["memory-r1"]["weight_bytes"]
     assert rows["memory-r1"]["weight_bytes"] <= rows["uniform-8"]["weight_bytes"]
+    assert rows["latency-r0"]["latency_s"] < rows["latency-r1"]["latency_s"]
+    assert rows["latency-r0"]["bits"] != rows["latency-r1"]["bits"]
     with open(out / "pareto.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "| memory-r0 |" in (out / "table.md").read_text()
+
+
+def test_sweep_bad_cost_target_fails_before_work(r20, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(r20 / "r20.onnx"), "-o", str(out), "--calib", str(r20 / "calib.npz"),
+                 "--data", str(r20 / "test.npz"), "--cost-target", "cuda:sm_70", *FAST])
+    assert code == 2 and "sm_70" in capsys.readouterr().err
+    assert not out.exists()
