@@ -201,7 +201,11 @@ def add_subparser(sub) -> None:
                        "count; each measurement in its own process, repeated with the order rotated. Prints "
                        "medians, ratios and the fraction of the VNNI peak.")
     b.add_argument("build", help="a build directory from `dyadic compile`")
-    b.add_argument("--vs", required=True, metavar="MODEL.onnx", help="the ONNX model the build was compiled from")
+    b.add_argument("--vs", metavar="MODEL.onnx", help="the ONNX model the build was compiled from (required "
+                                                    "unless --rpc)")
+    b.add_argument("--rpc", metavar="HOST:PORT", help="time the build on the TVM RPC server at HOST:PORT (a board "
+                   "or GPU box); onnxruntime peers cannot run over TVM RPC: run `dyadic bench` on the device for "
+                   "ratios")
     b.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     b.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     b.add_argument("--repeat", type=int, default=3, help="rounds over all runners (default 3)")
@@ -211,9 +215,48 @@ def add_subparser(sub) -> None:
     b.add_argument("--json", help="also write the results to this file")
 
 
+def run_remote(build_dir: str, addr: str, batch: int, repeat: int, iters: int) -> dict:
+    """Time the build on an RPC device: `repeat` rounds of `iters` timed runs on synthetic input."""
+    from dyadic import data
+    from dyadic.remote import run_build
+    from dyadic.runtime import quantize_plan_inputs
+
+    plan = _plan(build_dir)
+    shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
+    q = quantize_plan_inputs(plan["inputs"], data.synthetic(shapes, batch))
+    medians, mins = [], []
+    for _ in range(repeat):
+        _, timing, _ = run_build(build_dir, q, addr, iters)
+        medians.append(timing["median_ms"])
+        mins.append(timing["min_ms"])
+    return {"rpc": addr, "batch": batch, "median_ms": float(np.median(medians)), "min_ms": float(min(mins)),
+            "repeat_medians_ms": medians, "target": plan["target"]["preset"]}
+
+
+def _plan(build_dir: str) -> dict:
+    with open(os.path.join(build_dir, "model.json")) as f:
+        return json.load(f)
+
+
 def cmd(a) -> int:
     from dyadic.errors import DyadicError
 
+    if a.rpc:
+        from dyadic.remote import parse_address
+
+        parse_address(a.rpc)
+        if not os.path.isfile(os.path.join(a.build, "model.json")):
+            raise DyadicError(f"{a.build!r} is not a build directory of `dyadic compile` (no model.json)")
+        res = run_remote(a.build, a.rpc, a.batch, a.repeat, a.iters)
+        print(f"{res['target']} build on {a.rpc} over TVM RPC, batch {a.batch}: median {res['median_ms']:.3f} ms, "
+              f"min {res['min_ms']:.3f} ms ({a.repeat} x {a.iters} runs, timed on the device). onnxruntime peers "
+              "are not run over RPC: run `dyadic bench BUILD --vs MODEL.onnx` on the device for ratios.")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0
+    if not a.vs:
+        raise DyadicError("--vs MODEL.onnx is required (the peers are timed on the same model), unless --rpc")
     if not os.path.isfile(a.vs):
         raise DyadicError(f"--vs {a.vs!r} is not a file")
     if not os.path.isfile(os.path.join(a.build, "model.so")):

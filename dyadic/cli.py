@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
 
 from dyadic.config import BitMode
 from dyadic.errors import DyadicError
@@ -44,8 +43,15 @@ def _config(a, target: str):
                                                             ("bops", a.bops_budget)) if v})
     if budgets.items() and a.bits != "mixed":
         raise DyadicError("budgets (--latency/--memory/--bops-budget) need --bits mixed")
+    rpc = getattr(a, "rpc", None)
+    if rpc:
+        from dyadic.remote import parse_address
+
+        parse_address(rpc)
+        if a.bits != "mixed":
+            raise DyadicError("--rpc times layers for --bits mixed; to run a build on a board use `dyadic run --rpc`")
     return CompileConfig(target=target, bits=BitMode(a.bits), budgets=budgets, pin_first_last=not a.free_first_last,
-                         hessian_samples=a.hessian_samples, quiet=a.quiet)
+                         hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--arch", default=None, help="GPU architecture for --target cuda: sm_75 (default), sm_80, "
                    "sm_86, sm_89, sm_90")
     c.add_argument("--quiet", action="store_true", help="no progress output")
+    c.add_argument("--rpc", default=None, metavar="HOST:PORT",
+                   help="mixed: time each layer's kernel on the --target device through the TVM RPC server at "
+                        "HOST:PORT (a board or GPU box) instead of using a cost model")
     _add_norm(c)
     _add_bits(c)
     from dyadic.sweep import add_parser as add_sweep

@@ -54,6 +54,7 @@ class Budgets:
 @dataclass(frozen=True)
 class CompileConfig:
     target: str = "host"          #: a preset name from `dyadic.targets.PRESETS`
+    rpc: str | None = None        #: HOST:PORT of a TVM RPC server on the target: mixed precision times layers there
     bits: BitMode = BitMode.INT8
     budgets: Budgets = field(default_factory=Budgets)
     pin_first_last: bool = True   #: keep the first and last weighted layers at W8A8

@@ -34,7 +34,8 @@ def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: boo
                                      quiet=config.quiet)),
         *([("estimate_sensitivity", partial(estimate_sensitivity, data=calib, samples=config.hessian_samples,
                                             quiet=config.quiet)),
-           ("measure_costs", partial(measure_costs, target=config.target, quiet=config.quiet))] if mixed else []),
+           ("measure_costs", partial(measure_costs, target=config.target, quiet=config.quiet, rpc=config.rpc))]
+          if mixed else []),
     ]
 
 

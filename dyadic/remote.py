@@ -81,6 +81,32 @@ def run_rpc(so_path: str, plan: dict, q_inputs: dict[str, np.ndarray], addr: str
                              f"({plan['target']['preset']})?") from None
 
 
+def time_module(sess, so_path: str, kind: str, inputs: list[np.ndarray], timing) -> list[float]:
+    """Seconds per call of `main` of the library at `so_path` on an open RPC session, one value per
+    repeat of `timing` (a `dyadic.latency.Timing`): the per-layer latency path of the ILP."""
+    import os
+
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    name = f"dyadic_layer_{os.getpid()}_{time_module.calls}.so"  # a fresh name: the server caches modules
+    time_module.calls += 1
+    try:
+        sess.upload(so_path, name)
+        dev = getattr(sess, _DEVICE[kind])(0)
+        vm = VirtualMachine(sess.load_module(name), dev)
+        args = [tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs]
+        for _ in range(timing.warmup):
+            vm["main"](*args)
+        res = vm.time_evaluator("main", dev, number=1, repeat=timing.repeat, min_repeat_ms=timing.min_repeat_ms)(*args)
+        return [float(r) for r in res.results]
+    except Exception as e:  # noqa: BLE001
+        raise ToolchainError(f"timing a layer over RPC failed: {str(e).strip().splitlines()[-1]}") from None
+
+
+time_module.calls = 0
+
+
 def local_cuda_available() -> bool:
     try:
         import tvm

@@ -37,6 +37,8 @@ def add_parser(sub, add_norm) -> None:
     s.add_argument("--cost-target", default="host",
                    help="target whose per-layer latencies the ILP plans with (host, arm[:CPU], cuda[:sm_XX]); "
                         "accuracy is measured on host builds of the same integer graphs")
+    s.add_argument("--rpc", default=None, metavar="HOST:PORT",
+                   help="time the layers on the --cost-target device through this TVM RPC server")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     add_norm(s)
 
@@ -51,14 +53,16 @@ def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
 
 
 def run_sweep(model, out_dir: str, calib: dict, data: dict, labels, ratios: list[float],
-              hessian_samples: int = 32, quiet: bool = False, cost_target: str = "host") -> list[dict]:
+              hessian_samples: int = 32, quiet: bool = False, cost_target: str = "host",
+              rpc: str | None = None) -> list[dict]:
     import dyadic
     from dyadic.evaluate import evaluate
     from dyadic.passes import import_onnx
     from dyadic.passes.assign_bitwidths import pinned_layers
     from dyadic.pipeline import float_passes, run_passes
 
-    base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet, target=cost_target)
+    base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet, target=cost_target,
+                         rpc=rpc)
     prepared = run_passes(import_onnx(model), float_passes(base, calib))
     totals = _totals(prepared, pinned_layers(prepared))
     rows: list[tuple[str, CompileConfig, dict]] = [
@@ -155,7 +159,11 @@ def cmd_sweep(a) -> int:
         raise DyadicError(f"--ratios must be comma-separated numbers, got {a.ratios!r}") from None
     from dyadic.targets import resolve
 
-    resolve(a.cost_target)  # a bad name fails before any work
+    resolve(a.cost_target)  # a bad name or address fails before any work
+    if a.rpc:
+        from dyadic.remote import parse_address
+
+        parse_address(a.rpc)
     model = _load_model_arg(a.model, None)
     shapes = input_shapes(import_onnx(model))
     norm = Normalize.parse(a.mean, a.std)
@@ -165,7 +173,7 @@ def cmd_sweep(a) -> int:
         raise DyadicError(f"{a.data} has no 'labels': the sweep measures accuracy")
     os.makedirs(a.output, exist_ok=True)
     results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet,
-                                          a.cost_target)
+                                          a.cost_target, a.rpc)
     fp32 = _fp32_top1(model, data, labels, a.quiet)
     info = prepared.meta.get("costs_info", {})
     text = table(results, fp32) + (f"\nlatency: {info.get('latency')} for target {info.get('target', {}).get('preset')}"

@@ -46,3 +46,23 @@ def i64(*v) -> np.ndarray:
 
 def f32(v) -> np.ndarray:
     return np.array(v, np.float32)
+
+
+def run_ort(model: onnx.ModelProto, x: np.ndarray, out: str = "out") -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([out], {"input": x.astype(np.float32)})[0]
+
+
+def matches_ort(model, x, rtol=1e-5, atol=1e-5):
+    """The imported float graph, executed by dyadic.float_exec, computes what onnxruntime computes."""
+    from dyadic.float_exec import execute
+    from dyadic.passes import import_onnx
+
+    g = import_onnx(model)
+    got = execute(g, {"input": x})[g.outputs[0]]
+    want = run_ort(model, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    return g

@@ -8,7 +8,8 @@ import pytest
 
 from dyadic.graph import Graph
 from dyadic.passes import calibrate_ranges, fold_batchnorm, fuse_activations, import_onnx
-from dyadic.passes.measure_costs import cache_file, is_depthwise, measure_costs, one_node_graph
+from dyadic.latency import cache_file, is_depthwise, one_node_graph
+from dyadic.passes.measure_costs import measure_costs
 from dyadic.verify import verify_integer_graph
 
 from _tiny_onnx import bias, conv_w, make_model, node

@@ -93,3 +93,41 @@ def test_no_server_is_one_clear_error(host_build, tmp_path, capsys):
     assert "cannot reach a TVM RPC server" in err and len(err.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 30
     assert issubclass(ToolchainError, dyadic.errors.DyadicError)
+
+
+def test_bench_over_rpc(host_build, rpc_server, tmp_path, capsys):
+    import json
+
+    _, out = host_build
+    js = tmp_path / "b.json"
+    assert main(["bench", out, "--rpc", rpc_server, "--repeat", "2", "--iters", "3", "--json", str(js)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"on {rpc_server} over TVM RPC, batch 1: median" in stdout and "onnxruntime peers" in stdout
+    res = json.load(open(js))
+    assert len(res["repeat_medians_ms"]) == 2 and 0 < res["min_ms"] <= res["median_ms"]
+    assert main(["bench", out]) == 2  # without --rpc the peers' model is required
+    assert "--vs MODEL.onnx is required" in capsys.readouterr().err
+
+
+def test_layer_latencies_measured_over_rpc(rpc_server, tmp_path, monkeypatch, capsys):
+    """The ILP's per-layer latencies can come from the device behind --rpc (here a loopback server):
+    each one-layer library is exported, uploaded and timed there; the cache key includes the address."""
+    import json
+
+    monkeypatch.setenv("DYADIC_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "tiny.onnx"
+    import onnx
+    onnx.save(_tiny_cnn(), model)
+    out = tmp_path / "o"
+    assert main(["compile", str(model), "-o", str(out), "--bits", "mixed", "--memory-budget", "0.8x",
+                 "--hessian-samples", "4", "--rpc", rpc_server, "--quiet"]) == 0
+    plan = json.load(open(out / "model.json"))
+    info = plan["bit_selection"]["costs_info"]
+    assert info["rpc"] == rpc_server and info["latency"] == "measured" and info["measured"] > 0
+    cache = json.load(open(tmp_path / "cache" / "latency.json"))["entries"]
+    assert cache and all(e["target"] == "host" for e in cache.values())
+    text = json.dumps(plan)
+    assert f"over TVM RPC at {rpc_server}" in text
+    # --rpc without --bits mixed is a usage error (it only times layers)
+    assert main(["compile", str(model), "-o", str(tmp_path / "o2"), "--rpc", rpc_server, "--quiet"]) == 2
+    assert "--bits mixed" in capsys.readouterr().err
