@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from dyadic.kernels.intrin import dot_16x4_desc, dw_desc
+
 _LLVM = {"sdot": "llvm.aarch64.neon.sdot.v4i32.v16i8", "usdot": "llvm.aarch64.neon.usdot.v4i32.v16i8"}
 _A = {"sdot": "int8", "usdot": "uint8"}
 _done: set[str] = set()
@@ -36,18 +38,6 @@ def _make_dot(isa: str):
     a_dt, llvm = _A[isa], _LLVM[isa]
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), a_dt, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), a_dt, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
@@ -59,24 +49,12 @@ def _make_dot(isa: str):
                     T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a_dt + "x4"), dtype="int32"), 4),
                                   dtype=a_dt + "x16"),
                     B.vload([q * 4, 0], dtype="int8x16"), dtype="int32x4")
-    return desc, impl
+    return dot_16x4_desc(a_dt), impl
 
 
 def _make_dw(isa: str):
     a_dt, llvm = _A[isa], _LLVM[isa]
     l0, l1, l2, l3 = ([t * 16 + 4 * q + j for j in range(4) for t in range(4)] for q in range(4))
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4, 16), a_dt, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for j in T.serial(0, 16):
-                for t in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vj, vt = T.axis.remap("SR", [j, t])
-                        C[vj] = C[vj] + T.cast(A[vt, vj], "int32") * T.cast(B[vj, vt], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4, 16), a_dt, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -98,7 +76,7 @@ def _make_dw(isa: str):
                 T.llvm_lookup_intrinsic_id(llvm), C.vload([12], dtype="int32x4"),
                 T.Shuffle([A.vload([0, 0], dtype=a_dt + "x64")], l3), B.vload([12, 0], dtype="int8x16"),
                 dtype="int32x4")
-    return desc, impl
+    return dw_desc(a_dt), impl
 
 
 def register(isa: str) -> tuple[str, str]:

@@ -22,17 +22,20 @@ VNNI_INTRIN = "dyadic_dot_16x4_vnni"
 _registered = False
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def dot_16x4_desc(a_dtype: str = "uint8"):
+    """C[16] int32 += A[4] . B[16, 4] int8 (A: `a_dtype`); shared with the aarch64 intrinsics."""
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -54,7 +57,7 @@ def register_vnni() -> None:
         return
     from tvm.s_tir import TensorIntrin
 
-    TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _vnni_impl, override=True)
+    TensorIntrin.register(VNNI_INTRIN, dot_16x4_desc(), _vnni_impl, override=True)
     _registered = True
 
 
@@ -125,17 +128,20 @@ _done: set[str] = set()
 DW_INTRIN = "dyadic_dw_4tap_vnni"
 
 
-@T.prim_func(s_tir=True)
-def _dw_desc(A: T.Buffer((4, 16), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+def dw_desc(a_dtype: str = "uint8"):
+    """C[16] int32 += sum_t A[t, j] * B[j, t] (4 taps x 16 channels); shared with aarch64."""
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4, 16), a_dtype, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for j in T.serial(0, 16):
-            for t in T.serial(0, 4):
-                with T.sblock("update"):
-                    vj, vt = T.axis.remap("SR", [j, t])
-                    C[vj] = C[vj] + T.cast(A[vt, vj], "int32") * T.cast(B[vj, vt], "int32")
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for j in T.serial(0, 16):
+                for t in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vj, vt = T.axis.remap("SR", [j, t])
+                        C[vj] = C[vj] + T.cast(A[vt, vj], "int32") * T.cast(B[vj, vt], "int32")
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -155,7 +161,7 @@ def register_dw() -> None:
     from tvm.s_tir import TensorIntrin
 
     if DW_INTRIN not in _done:
-        TensorIntrin.register(DW_INTRIN, _dw_desc, _dw_impl, override=True)
+        TensorIntrin.register(DW_INTRIN, dw_desc(), _dw_impl, override=True)
         _done.add(DW_INTRIN)
 
 
