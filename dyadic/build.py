@@ -94,9 +94,15 @@ def dot_macs(mod: tvm.IRModule, graph: Graph) -> dict | None:
     info = mod.attrs.get("dyadic_dot") if mod.attrs is not None else None
     if info is None:
         return {"isa": None, "macs": 0, "total_macs": total, "fraction": 0.0}
-    on = {str(x) for x in info["layers"]}
-    dot = sum(macs(graph, n) for n in layers if n.name in on)
-    return {"isa": str(info["isa"]), "macs": dot, "total_macs": total, "fraction": round(dot / max(total, 1), 4)}
+    names = [str(x) for x in info["layers"]]
+    instr = [str(x) for x in info["instr"]] or [str(info["isa"])] * len(names)
+    by_layer = {n.name: macs(graph, n) for n in layers}
+    by_instr: dict[str, int] = {}
+    for name, ins in zip(names, instr):
+        by_instr[ins] = by_instr.get(ins, 0) + by_layer.get(name, 0)
+    dot = sum(by_instr.values())
+    return {"isa": str(info["isa"]), "macs": dot, "total_macs": total, "fraction": round(dot / max(total, 1), 4),
+            "by_instruction": by_instr}
 
 
 def count_arm_dot(so_path: str) -> dict[str, int]:

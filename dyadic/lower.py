@@ -126,7 +126,8 @@ class _Lowerer:
         mod = self.bb.get()
         if getattr(self.kernels, "isa", None):  # which layers' MACs the kernel family put on its instruction
             mod = mod.with_attr("dyadic_dot", {"isa": self.kernels.isa,
-                                               "layers": list(getattr(self.kernels, "dot_layers", []))})
+                                               "layers": list(getattr(self.kernels, "dot_layers", [])),
+                                               "instr": list(getattr(self.kernels, "dot_instr", []))})
         return mod
 
 

@@ -33,8 +33,9 @@ def summary(plan: dict) -> str:
         rows.append("int8 instructions: " + ", ".join(f"{k} {v}" for k, v in tgt["instructions"].items()))
     dm = tgt.get("dot_macs")
     if dm and dm.get("isa"):
-        rows.append(f"MACs on {dm['isa']}: {dm['macs']:,} of {dm['total_macs']:,} per image "
-                    f"({100 * dm['fraction']:.1f} %)")
+        parts = ", ".join(f"{k} {v:,}" for k, v in dm.get("by_instruction", {}).items())
+        rows.append(f"MACs on int8 dot/MMA instructions: {dm['macs']:,} of {dm['total_macs']:,} per image "
+                    f"({100 * dm['fraction']:.1f} %: {parts})")
     ilp = plan.get("bit_selection", {}).get("ilp")
     if ilp:
         used = ", ".join(f"{k} {v['used']:.4g} of {v['limit']:.4g} (all-int8 {v['all_int8']:.4g})"

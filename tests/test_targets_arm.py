@@ -159,27 +159,34 @@ def test_resnet18_for_raspberry_pi4_has_no_dot_instructions_and_is_bit_exact(tmp
 
 @needs_cross
 @needs_qemu
-@pytest.mark.parametrize("cpu,bits,instr", [("neoverse-v1", "8", "usdot"), ("cortex-a76", "4", "sdot")],
-                         ids=["i8mm-usdot-int8", "dotprod-sdot-int4"])
-def test_dot_kernels_bit_exact_under_qemu(cpu, bits, instr, tmp_path):
-    """i8mm cores run u8 x s8 `usdot` (signed input +128); dotprod cores `sdot` (unsigned input
-    -128), here with 4-bit weights unpacked from nibbles and 4-bit activations. MobileNetV2-like
-    depthwise layers are in the x86 kernel tests' shapes; here a small ResNet-18 covers strided,
-    1x1 and residual-fused convs. Checked bit-exact on fresh inputs beyond the compile's self-check."""
+@pytest.mark.parametrize("cpu,bits,instr,size", [("neoverse-v1", "8", "usmmla", 56), ("cortex-a76", "4", "sdot", 32)],
+                         ids=["i8mm-usmmla-int8", "dotprod-sdot-int4"])
+def test_dot_kernels_bit_exact_under_qemu(cpu, bits, instr, size, tmp_path):
+    """i8mm cores run stride-1 convs on `usmmla` (2 pixels x 2 output channels x 8 inputs per
+    instruction) and the others (stride 2, the first layer) on u8 x s8 `usdot`; dotprod cores `sdot`
+    (unsigned input -128), here with 4-bit weights unpacked from nibbles and 4-bit activations.
+    A ResNet-18 covers 3x3/1x1, strided, odd-width (7x7 at 56 px) and residual-fused convs; checked
+    bit-exact on fresh inputs beyond the compile's self-check."""
     from dyadic.config import BitMode
 
     cfg = CompileConfig(target=f"arm:{cpu}", bits=BitMode(bits), pin_first_last=bits == "8", quiet=True)
     try:
-        res = dyadic.compile(build("resnet18", image_size=32), str(tmp_path), None, cfg)
+        res = dyadic.compile(build("resnet18", image_size=size), str(tmp_path), None, cfg)
     except ToolchainError as e:
         pytest.skip(f"aarch64 runtime wheels unavailable: {e}")
     counts, dm = res.plan["target"]["instructions"], res.plan["target"]["dot_macs"]
     assert counts[instr] > 0 and dm["isa"] == instr and dm["fraction"] == 1.0, (counts, dm)
-    assert counts["sdot" if instr == "usdot" else "usdot"] == 0
+    if instr == "usmmla":
+        assert counts["usdot"] > 0 and counts["sdot"] == 0  # strided convs and the first layer
+        assert set(dm["by_instruction"]) == {"usmmla", "usdot"}
+        assert dm["by_instruction"]["usmmla"] > 0.7 * dm["total_macs"]
+    else:
+        assert counts["usdot"] == counts["usmmla"] == 0 and set(dm["by_instruction"]) == {"sdot"}
     ig = res.int_graph
     if bits == "4":
         assert all(n.attrs["w_bits"] == 4 for n in ig.nodes if n.op in ("qconv", "qdense"))
-    q = quantize_inputs(ig, {ig.inputs[0]: np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)})
+    q = quantize_inputs(ig, {ig.inputs[0]: np.random.default_rng(5).standard_normal((2, 3, size, size))
+                             .astype(np.float32)})
     got, _ = deploy.run_bundle(str(tmp_path), res.plan, q)
     want = run_reference(ig, q)[ig.outputs[0]]
     assert want.std() > 0

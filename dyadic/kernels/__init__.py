@@ -10,8 +10,9 @@ Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as impl
 (`lowering.CpuKernels`), one set of loop nests and layouts for x86 and aarch64, with
   * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast x86 path;
   * "avx512" / "avx2": the same schedules with int32 vector multiply-adds (exact, slower);
-  * "sdot" / "usdot": aarch64 dot products (dotprod / i8mm cores, `arm_intrin`); a core without
-    dotprod (Cortex-A72) gets the generic lowering.
+  * "sdot" (dotprod cores) / "usmmla" (i8mm cores: `usmmla` matrix multiply-accumulate for
+    channel-blocked convs, `usdot` for the others), `arm_intrin`; a core without dotprod
+    (Cortex-A72) gets the generic lowering.
 Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for comparisons).
 
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
@@ -51,11 +52,12 @@ def x86_isa(tvm_target: dict) -> str | None:
 
 
 def arm_isa(target) -> str | None:
-    """'usdot' (i8mm), 'sdot' (dotprod) or None (no int8 dot product: generic ops) for an arm TargetSpec."""
+    """'usmmla' (i8mm: `usmmla` convs, `usdot` elsewhere), 'sdot' (dotprod) or None (no int8 dot
+    product: generic ops) for an arm TargetSpec."""
     cpu = getattr(target, "cpu", None)
     if cpu is None:
         return None
-    return "usdot" if cpu.i8mm else "sdot" if cpu.dotprod else None
+    return "usmmla" if cpu.i8mm else "sdot" if cpu.dotprod else None
 
 
 def for_lowerer(lowerer):

@@ -88,3 +88,53 @@ def register(isa: str) -> tuple[str, str]:
         TensorIntrin.register(dw_name(isa), *_make_dw(isa), override=True)
         _done.add(isa)
     return dot_name(isa), dw_name(isa)
+
+
+# ---------------------------------------------------------------------------------------------
+# MMLA_2x16x8 (i8mm `usmmla`): C[q, e] += sum_{k<8} A[e // 2, k] * B[2q + e % 2, k] for q < 8, e < 4:
+# 2 pixels (rows of A, 8 input channels each; A's row stride is free: the pixels sit `stride`
+# packed positions apart) times 16 output channels, as eight 2x2 tiles. One `usmmla` computes the
+# 2x2 int32 tile [p0o0, p0o1, p1o0, p1o1] of output channels 2q, 2q+1: the accumulator layout
+# C[q, e] is the instruction's own, so the reduction loop never shuffles (the kernel un-permutes
+# each finished tile once, before the epilogue).
+MMLA_INTRIN = "dyadic_mmla_2x16x8_usmmla"
+
+
+@T.prim_func(s_tir=True)
+def _mmla_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    s0 = T.int32()
+    A = T.match_buffer(a, (2, 8), "uint8", offset_factor=1, strides=[s0, 1])
+    B = T.match_buffer(b, (16, 8), "int8", offset_factor=1)
+    C = T.match_buffer(c, (8, 4), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:8, 0:4], A[0:2, 0:8], B[0:16, 0:8])
+        T.writes(C[0:8, 0:4])
+        for q, e, k in T.grid(8, 4, 8):
+            with T.sblock("update"):
+                vq, ve, vk = T.axis.remap("SSR", [q, e, k])
+                C[vq, ve] = C[vq, ve] + T.cast(A[ve // 2, vk], "int32") * T.cast(B[vq * 2 + ve % 2, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _mmla_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    s0 = T.int32()
+    A = T.match_buffer(a, (2, 8), "uint8", offset_factor=1, strides=[s0, 1])
+    B = T.match_buffer(b, (16, 8), "int8", offset_factor=1)
+    C = T.match_buffer(c, (8, 4), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:8, 0:4], A[0:2, 0:8], B[0:16, 0:8])
+        T.writes(C[0:8, 0:4])
+        for q in T.unroll(8):
+            C[q, T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.usmmla.v4i32.v16i8"), C.vload([q, 0], dtype="int32x4"),
+                T.Shuffle([A.vload([0, 0], dtype="uint8x8"), A.vload([1, 0], dtype="uint8x8")], list(range(16))),
+                B.vload([q * 2, 0], dtype="int8x16"), dtype="int32x4")
+
+
+def register_mmla() -> str:
+    from tvm.s_tir import TensorIntrin
+
+    if MMLA_INTRIN not in _done:
+        TensorIntrin.register(MMLA_INTRIN, _mmla_desc, _mmla_impl, override=True)
+        _done.add(MMLA_INTRIN)
+    return MMLA_INTRIN

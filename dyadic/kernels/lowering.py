@@ -16,13 +16,15 @@ Kernels are built once per distinct shape (`ConvSpec` etc.); weights and constan
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from tvm import relax
 
 from dyadic.arith import rounding_term
 from dyadic.graph import Node
 from dyadic.kernels import epilogue, packing, x86_ops
-from dyadic.kernels.spec import DOT_ISAS, ConvSpec, choose_tile
+from dyadic.kernels.spec import DOT_ISAS, ConvSpec, choose_tile, mmla_tile
 from dyadic.kernels.x86_conv import conv_func
 
 _8BIT = ("uint8", "int8")
@@ -43,6 +45,7 @@ class CpuKernels:
         self.deferred: dict[str, tuple] = {}   # conv output -> (node, xs), waiting for its add
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
         self.dot_layers: list[str] = []        # layers whose MACs run on the dot-product instruction
+        self.dot_instr: list[str] = []         # ... and which one (usmmla cores also use usdot)
 
     # ---------------------------------------------------------------- helpers
     def _call(self, key: tuple, make, args: list, shape: list, dtype: str):
@@ -165,6 +168,8 @@ class CpuKernels:
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
                       packing.hi32_ok(p["S"]), self.isa, tile, dw, w4)
+        if sp.mmla:
+            sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16
         wp = packing.weight(p["W"], sp)
         args = [x, _c(wp, "int8"), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
@@ -176,7 +181,12 @@ class CpuKernels:
         shape = [self.L.batch, sp.ocb, *sp.out_hw, 16]
         if sp.dot and (sp.dw_vnni or not dw):
             self.dot_layers.append(n.name)
+            self.dot_instr.append(self._instr(sp))
         return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
+
+    @staticmethod
+    def _instr(sp: ConvSpec) -> str:
+        return {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot"}.get(sp.isa, sp.isa)
 
     @staticmethod
     def _rq_consts(p, op: int, hi32: bool = False) -> list:
@@ -197,6 +207,7 @@ class CpuKernels:
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
         if sp.dot:
             self.dot_layers.append(n.name)
+            self.dot_instr.append(self._instr(sp))
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)
         y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
         return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y

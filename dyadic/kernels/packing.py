@@ -3,7 +3,7 @@
 * conv/dense weights W[O, C, KH, KW] -> [O/16/t, C/cb, KH, KW, cb/4, t, 16, 4] (t = the tile's
   ocbi channel blocks): element [g, ib, y, x, k4, u, j, i] = W[16 (t g + u) + j, cb ib + 4 k4 + i, y, x],
   zero where the channel is padding. The innermost 16 x 4 block is one `vpdpbusd` weight operand
-  (64 bytes); the t operands one reduction step of a tile needs are adjacent, so a layer's weights
+  (64 bytes; for `usmmla` 16 x 8: eight 16-byte operands of two output channels x 8 inputs); the t operands one reduction step of a tile needs are adjacent, so a layer's weights
   are read as one sequential stream.
 * first layers on few-channel NCHW input (`rowtaps`): [O/16, C, KH, KW/4, 16, 4], 4 horizontal taps
   per `vpdpbusd` (zero-padded).
@@ -30,12 +30,13 @@ def _pad_to(v: np.ndarray, n: int, fill) -> np.ndarray:
     return np.concatenate([v, np.full(n - v.size, fill, v.dtype)]) if v.size < n else v
 
 
-def conv_weight(w: np.ndarray, cb: int, ocbi: int = 1) -> np.ndarray:
+def conv_weight(w: np.ndarray, cb: int, ocbi: int = 1, kg: int = 4) -> np.ndarray:
+    """[O/16/t, C/cb, KH, KW, cb/kg, t, 16, kg]: kg = 4 (dot products), 8 (`usmmla`)."""
     o, c, kh, kw = w.shape
     ocb, icb = -(-o // 16), -(-c // cb)
     full = np.zeros((ocb * 16, icb * cb, kh, kw), np.int8)
     full[:o, :c] = w
-    blocks = full.reshape(ocb // ocbi, ocbi, 16, icb, cb // 4, 4, kh, kw)
+    blocks = full.reshape(ocb // ocbi, ocbi, 16, icb, cb // kg, kg, kh, kw)
     return np.ascontiguousarray(blocks.transpose(0, 3, 6, 7, 4, 1, 2, 5))
 
 
@@ -53,7 +54,7 @@ def weight(w: np.ndarray, sp) -> np.ndarray:
     if sp.depthwise:
         wp = depthwise_weight(w, sp.dw_vnni)
     else:
-        wp = rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0])
+        wp = rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0], 8 if sp.mmla else 4)
     return nibbles(wp) if sp.w4 else wp
 
 

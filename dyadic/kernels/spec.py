@@ -32,7 +32,7 @@ class ConvSpec:
     hi: int
     residual: tuple | None = None     # (residual dtype, lo, hi, int32 form) of a fused qadd
     hi32: bool = False                # every shift >= 33: int32 requant (m, 2^(s-33), s-32 as int32)
-    isa: str = "vnni"                 # vnni | avx512 | avx2 (x86); sdot | usdot (aarch64)
+    isa: str = "vnni"                 # vnni | avx512 | avx2 (x86); sdot | usdot | usmmla (aarch64)
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand (VNNI)
@@ -41,6 +41,14 @@ class ConvSpec:
     def dot(self) -> bool:
         """Whether the reductions run on a 4-way int8 dot-product instruction."""
         return self.isa in DOT_ISAS
+
+    @property
+    def mmla(self) -> bool:
+        """i8mm `usmmla` for a channel-blocked conv (2 pixels x 8 channels x 2 output channels per
+        instruction, `arm_intrin.MMLA_INTRIN`; the two pixels must be adjacent: width stride and
+        dilation 1); the other variants on such a core use `usdot`."""
+        return (self.isa == "usmmla" and not self.depthwise and not self.rowtaps and self.cb % 8 == 0
+                and not self.w4 and self.stride[1] == 1 and self.dil[1] == 1 and self.out_hw[1] >= 2)
 
     @property
     def operand_dtype(self) -> str:
@@ -100,10 +108,11 @@ class ConvSpec:
             return (self.ocb, self.kh, self.kwp // 4, 16, 4)
         if self.depthwise:
             return (self.ocb, self.kh, self.kw, 16)
-        return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // 4, self.tile[0], 16, 4)
+        kg = 8 if self.mmla else 4  # input channels per instruction operand row
+        return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // kg, self.tile[0], 16, kg)
 
 
-DOT_ISAS = ("vnni", "sdot", "usdot")
+DOT_ISAS = ("vnni", "sdot", "usdot", "usmmla")
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
 
 
@@ -133,3 +142,8 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
                 if best_key is None or key < best_key:
                     best, best_key = (ocbi, ohi, owi), key
     return best
+
+
+def mmla_tile(oh: int, ow: int) -> tuple[int, int, int]:
+    """Register tile of the `usmmla` conv: 2 pixel pairs (16 accumulator + 8 weight + 2 input q-registers)."""
+    return (1, 2, 2) if ow <= 2 and oh >= 2 else (1, 1, 4)

@@ -106,6 +106,14 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
             dp[b, o, y * sh + ry * dh, z * sw + rx * dw, j].astype("int32") * wt[o, ry, rx, j].astype("int32"),
             axis=[ry, rx]), name="acc")
+    elif sp.mmla:  # accumulators in the instruction's 2x2 tile order, un-permuted per finished tile
+        rk, r8, ri = te.reduce_axis((0, icb), "rk"), te.reduce_axis((0, cb // 8), "r8"), te.reduce_axis((0, 8), "ri")
+        accp = te.compute((n, ocb, ohp, owp // 2, 8, 4), lambda b, o, y, zp, qq, e: te.sum(
+            dp[b, rk, y * sh + ry * dh, (zp * 2 + e // 2) * sw + rx * dw, r8 * 8 + ri].astype("int32")
+            * wt[o // ocbi, rk, ry, rx, r8, o % ocbi, qq * 2 + e % 2, ri].astype("int32"),
+            axis=[rk, ry, rx, r8, ri]), name="acc")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: accp[b, o, y, z // 2, j // 2, (z % 2) * 2 + j % 2],
+                         name="unperm")
     else:
         rk = te.reduce_axis((0, icb), "rk")
         r4 = te.reduce_axis((0, cb // 4), "r4")
@@ -145,18 +153,25 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
     sch = tvm.s_tir.Schedule(func)
     ocbi, ohi, owi = sp.tile
     blk = sch.get_sblock("acc")
-    b, o, y, z, j, *red = sch.get_loops(blk)
+    if sp.mmla:  # (pixel pairs, channel pairs q, 2x2 tile e): the tensorized part is (q, e, ri)
+        b, o, y, z, j, e, *red = sch.get_loops(blk)
+    else:
+        (b, o, y, z, j, *red), e = sch.get_loops(blk), None
     oo, oi = sch.split(o, [None, ocbi])
     yo, yi = sch.split(y, [None, ohi])
-    zo, zi = sch.split(z, [None, owi])
+    zo, zi = sch.split(z, [None, owi // 2 if sp.mmla else owi])
     vnni = sp.dot and (sp.dw_vnni or not sp.depthwise)  # a dot-product instruction (x86 or arm)
     if vnni:  # (C/cb, KH, KW, cb/4) outside, the 4 input channels (or 4 taps) of one `vpdpbusd` inside
-        sch.reorder(b, oo, yo, zo, *red[:-1], oi, yi, zi, j, red[-1])
+        sch.reorder(b, oo, yo, zo, *red[:-1], oi, yi, zi, j, *([e] if e is not None else []), red[-1])
     else:
         sch.reorder(b, oo, yo, zo, *red, oi, yi, zi, j)
     sch.parallel(sch.fuse(b, oo, yo))
     # epilogue on the tile: per pixel, requant (+ residual add) of its 16 channels
     first = sch.get_sblock("rq" if sp.hi32 else "out")
+    if sp.mmla:  # the finished tile to [pixel, 16 channels] first, then the epilogue as usual
+        sch.reverse_compute_at(sch.get_sblock("unperm"), zo)
+        for lp in sch.get_loops(sch.get_sblock("unperm"))[2:]:
+            sch.unroll(lp)
     sch.reverse_compute_at(first, zo)
     tile = sch.get_loops(first)[2:]  # (ocbi, ohi, owi, 16) below (fused, zo)
     if sp.hi32:  # the store right after each pixel's requant keeps one vector live, not the tile
@@ -186,8 +201,8 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             register_dw()
             dot, dwi = VNNI_INTRIN, DW_INTRIN
         else:
-            dot, dwi = arm_intrin.register(sp.isa)
-        sch.tensorize(j, dwi if sp.dw_vnni else dot)
+            dot, dwi = arm_intrin.register("usdot" if sp.isa == "usmmla" else sp.isa)
+        sch.tensorize(j, arm_intrin.register_mmla() if sp.mmla else dwi if sp.dw_vnni else dot)
     for lp in [oi, yi, zi] + tile[:-1]:
         sch.unroll(lp)
     tl = sch.get_loops(init)[2:]
