@@ -18,7 +18,7 @@ tvm = pytest.importorskip("tvm")
 from dyadic.graph import Node  # noqa: E402
 from dyadic.kernels import epilogue, packing, x86_isa  # noqa: E402
 from dyadic.kernels.spec import ConvSpec, choose_tile  # noqa: E402
-from dyadic.kernels.x86_conv import conv_func  # noqa: E402
+from dyadic.kernels.cpu_conv import conv_func  # noqa: E402
 from dyadic.reference import run_int_node  # noqa: E402
 from dyadic.targets import TargetSpec  # noqa: E402
 

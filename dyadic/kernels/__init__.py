@@ -16,9 +16,11 @@ Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as impl
 Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for comparisons).
 
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
-`x86_conv` (conv / depthwise / dense with fused requant and residual add), `x86_ops` (add, pooling,
+`cpu_conv` (conv / depthwise / dense with fused requant and residual add), `cpu_ops` (add, pooling,
 layout changes), `intrin` (the tensor intrinsics), `epilogue` (the int32 residual add),
-`packing` (compile-time weight and constant layouts). 4-bit weights go through `vpdpbusd` too
+`arm_intrin` (the aarch64 ones), `packing` (compile-time weight and constant layouts), `peak`
+(measured `vpdpbusd` peak, for `dyadic bench`), `cuda_gemm`/`cuda_lowering` (tensor cores).
+4-bit weights go through the dot products too
 (stored two per byte, unpacked per operand next to their use); on the AVX2/AVX-512 fallbacks they,
 and 16-bit activations everywhere, take the generic path.
 """

@@ -1,6 +1,6 @@
 """The tensor intrinsics of the aarch64 kernels: the x86 ones' operand shapes, on NEON dot products.
 
-The kernels (`x86_conv`, shared by both ISAs) see the same 16 x 4 weight operand and the same
+The kernels (`cpu_conv`, shared by both ISAs) see the same 16 x 4 weight operand and the same
 16-lane int32 accumulator as on x86; here one such step is four 128-bit dot products, each
 acc[j] += sum_{i<4} a[4j+i] * b[4j+i] on 4 int32 lanes:
 

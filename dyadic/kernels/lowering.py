@@ -23,9 +23,9 @@ from tvm import relax
 
 from dyadic.arith import rounding_term
 from dyadic.graph import Node
-from dyadic.kernels import epilogue, packing, x86_ops
+from dyadic.kernels import epilogue, packing, cpu_ops
 from dyadic.kernels.spec import DOT_ISAS, ConvSpec, choose_tile, mmla_tile
-from dyadic.kernels.x86_conv import conv_func
+from dyadic.kernels.cpu_conv import conv_func
 
 _8BIT = ("uint8", "int8")
 DEFERRED = "deferred: emitted fused into the residual add that reads it"
@@ -71,7 +71,7 @@ class CpuKernels:
         if t not in self.plain:
             _, c, h, w = self.g.shapes[t]
             dt = self._dtype(t)
-            self.plain[t] = self._call(("unpack", c, h, w, dt), lambda: x86_ops.unpack_func(c, h, w, dt),
+            self.plain[t] = self._call(("unpack", c, h, w, dt), lambda: cpu_ops.unpack_func(c, h, w, dt),
                                        [self.values[t]], [self.L.batch, c, h, w], dt)
         return self.plain[t]
 
@@ -80,7 +80,7 @@ class CpuKernels:
         if t not in self.packed:
             _, c, h, w = self.g.shapes[t]
             dt = self._dtype(t)
-            self.values[t] = self._call(("pack", c, h, w, dt), lambda: x86_ops.pack_func(c, h, w, dt), [x],
+            self.values[t] = self._call(("pack", c, h, w, dt), lambda: cpu_ops.pack_func(c, h, w, dt), [x],
                                         self._pshape(t), dt)
             self.packed.add(t)
             self.plain[t] = x
@@ -116,7 +116,7 @@ class CpuKernels:
             _, c, h, w = self.g.shapes[n.inputs[0]]
             a, dt = n.attrs, self._dtype(n.inputs[0])
             key = ("maxpool", c, h, w, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]), dt)
-            y = self._call(key, lambda: x86_ops.maxpool_func(-(-c // 16), h, w, a["kernel"], a["strides"],
+            y = self._call(key, lambda: cpu_ops.maxpool_func(-(-c // 16), h, w, a["kernel"], a["strides"],
                                                              a["pads"], dt),
                            [self.values[n.inputs[0]]], self._pshape(n.output), dt)
             return self._result(n, y)
@@ -236,7 +236,7 @@ class CpuKernels:
         r32 = epilogue.int32_ok((int(a_info.min), int(a_info.max)), db, n.params["S"])
         key = ("add", c, h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)
         q = epilogue.consts(n.params["M"], n.params["S"], r32)
-        make = lambda: x86_ops.add_func(-(-c // 16), h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)  # noqa
+        make = lambda: cpu_ops.add_func(-(-c // 16), h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)  # noqa
         y = self._call(key, make, [self.values[ta], self.values[tb], _c(q, str(q.dtype))], self._pshape(n.output), dout)
         return self._result(n, y)
 
@@ -247,5 +247,5 @@ class CpuKernels:
         q = np.array([int(p["M"]), int(rounding_term(p["S"])), int(p["S"])], np.int64)
         key = ("mean", c, h, w, din, dout, a["lo"], a["hi"], keep)
         shape = [self.L.batch, c, 1, 1] if keep else [self.L.batch, c]
-        return self._call(key, lambda: x86_ops.mean_func(c, h, w, din, dout, a["lo"], a["hi"], keep),
+        return self._call(key, lambda: cpu_ops.mean_func(c, h, w, din, dout, a["lo"], a["hi"], keep),
                           [self.values[t], _c(q, "int64")], shape, dout)

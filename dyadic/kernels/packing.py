@@ -13,7 +13,7 @@
   e = 4 j + i) as 32 bytes: byte k holds e = k in its low nibble and e = k + 32 in its high one, so
   the kernel unpacks an operand with two vector shifts per half ((b << 4) >> 4, b >> 4), no shuffle.
 * bias: int32, padded to whole blocks of 16; for signed (int8) input the VNNI kernel adds 128 to
-  every input byte, so 128 * sum_k W[o, k] is subtracted here (exact, see `x86_conv`).
+  every input byte, so 128 * sum_k W[o, k] is subtracted here (exact, see `cpu_conv`).
 * requant multipliers m, rounding terms 2^(s-1) and shifts s: int64, padded with m = 0, s = 1
   (a padded channel computes clip(0) and nobody reads it); when every s >= 33, the int32 constants
   (m, 2^(s-33), s-32) of the cheaper form in `intrin.REQUANT_INTRIN`.
@@ -50,7 +50,7 @@ def rowtaps_weight(w: np.ndarray) -> np.ndarray:
 
 
 def weight(w: np.ndarray, sp) -> np.ndarray:
-    """The packed weights for a `x86_conv.ConvSpec` (4-bit ones two per byte when `sp.w4`)."""
+    """The packed weights for a `cpu_conv.ConvSpec` (4-bit ones two per byte when `sp.w4`)."""
     if sp.depthwise:
         wp = depthwise_weight(w, sp.dw_vnni)
     else:

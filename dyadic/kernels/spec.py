@@ -124,7 +124,7 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
     weight operand takes `regs_per_acc` of them: 1 zmm on AVX-512, 4 q-registers on NEON). Cost model: padding waste times
     (acc + 2) / acc (few independent accumulators leave the 4-5 cycle latency of `vpdpbusd`
     exposed), ties to more channel blocks (fewer broadcast loads per instruction). With 4-bit weights
-    each weight operand costs more instructions to unpack (`x86_conv`), shared by the ohi*owi
+    each weight operand costs more instructions to unpack (`cpu_conv`), shared by the ohi*owi
     pixels of the tile: + ocbi in the numerator (a weight picked from timings of a few 3x3 convs)."""
     ocb = _ceil(o, 16)
     best, best_key = (1, 1, 1), None

@@ -1,4 +1,4 @@
-"""x86 kernels besides the VNNI convolution, on the packed layout [N, C/16, H, W, 16] of `x86_conv`.
+"""CPU kernels besides the convolution (x86 and aarch64), on the packed layout [N, C/16, H, W, 16] of `cpu_conv`.
 
 * residual add (when not fused into the conv before it), max-pool, global mean (sum then requant;
   writes the plain [N, C] / [N, C, 1, 1] layout), and the conversions packed <-> NCHW between the
