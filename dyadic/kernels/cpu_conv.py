@@ -43,7 +43,7 @@ from tvm import te, tirx
 from dyadic.kernels import arm_intrin, epilogue
 from dyadic.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
-from dyadic.kernels.spec import ConvSpec, _ceil
+from dyadic.kernels.spec import ConvSpec, ceil_div
 
 
 def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
@@ -52,7 +52,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     cb, icb, ocb = sp.cb, sp.icb, sp.ocb
     (oh, ow), (sh, sw), (dh, dw) = sp.out_hw, sp.stride, sp.dil
     ocbi, ohi, owi = sp.tile
-    ohp, owp = _ceil(oh, ohi) * ohi, _ceil(ow, owi) * owi
+    ohp, owp = ceil_div(oh, ohi) * ohi, ceil_div(ow, owi) * owi
     t, l, b_, r_ = sp.pads
     hp = max(sp.h + t + b_, (ohp - 1) * sh + (sp.kh - 1) * dh + 1)
     wp = max(sp.w + l + r_, (owp - 1) * sw + (sp.kwp - 1) * dw + 1)

@@ -12,7 +12,7 @@ import tvm
 from tvm import te, tirx
 
 from dyadic.kernels import epilogue
-from dyadic.kernels.spec import _ceil
+from dyadic.kernels.spec import ceil_div
 
 
 def _i64(v: int):
@@ -77,7 +77,7 @@ def maxpool_func(cb: int, h: int, w: int, kernel, stride, pads, dtype: str) -> t
 def mean_func(c: int, h: int, w: int, in_dtype: str, out_dtype: str, lo: int, hi: int, keepdims: bool):
     """requant(sum over H, W) per channel; writes [N, C] (or [N, C, 1, 1]); q = [m, 2^(s-1), s]."""
     n = tirx.Var("n", "int32")
-    cb = _ceil(c, 16)
+    cb = ceil_div(c, 16)
     x = te.placeholder((n, cb, h, w, 16), in_dtype, "x")
     q = te.placeholder((3,), "int64", "q")
     ry, rx = te.reduce_axis((0, h), "ry"), te.reduce_axis((0, w), "rx")
@@ -102,7 +102,7 @@ def mean_func(c: int, h: int, w: int, in_dtype: str, out_dtype: str, lo: int, hi
 def unpack_func(c: int, h: int, w: int, dtype: str) -> tirx.PrimFunc:
     """[N, C/16, H, W, 16] -> [N, C, H, W]."""
     n = tirx.Var("n", "int32")
-    x = te.placeholder((n, _ceil(c, 16), h, w, 16), dtype, "x")
+    x = te.placeholder((n, ceil_div(c, 16), h, w, 16), dtype, "x")
     out = te.compute((n, c, h, w), lambda b, ch, y, z: x[b, ch // 16, y, z, ch % 16], name="out")
     return _func([x, out], lambda sch: _finish(sch, "out", 2))
 
@@ -111,6 +111,6 @@ def pack_func(c: int, h: int, w: int, dtype: str) -> tirx.PrimFunc:
     """[N, C, H, W] -> [N, C/16, H, W, 16] (zero channels appended)."""
     n = tirx.Var("n", "int32")
     x = te.placeholder((n, c, h, w), dtype, "x")
-    out = te.compute((n, _ceil(c, 16), h, w, 16), lambda b, i, y, z, j: tirx.if_then_else(
+    out = te.compute((n, ceil_div(c, 16), h, w, 16), lambda b, i, y, z, j: tirx.if_then_else(
         i * 16 + j < c, x[b, tirx.min(i * 16 + j, c - 1), y, z], tirx.const(0, dtype)), name="out")
     return _func([x, out], lambda sch: _finish(sch, "out", 3))

@@ -34,22 +34,11 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm import tirx
 
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
+from dyadic.kernels.spec import ConvGeometry, ceil_div
 
 
 @dataclass(frozen=True)
-class GemmSpec:
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    pads: tuple[int, int, int, int]   # top, left, bottom, right
-    dil: tuple[int, int]
+class GemmSpec(ConvGeometry):
     in_dtype: str                     # uint8 | int8 (4-bit activations also travel in these)
     out_dtype: str
     lo: int
@@ -57,13 +46,6 @@ class GemmSpec:
     a4: bool                          # int4 MMA (4-bit activations and weights)
     w_unpack: bool                    # int4 weights stored as nibbles, unpacked to int8 for the MMA
     sm: int                           # 75, 80, 86, 89, 90
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        t, l, b, r = self.pads
-        oh = (self.h + t + b - (self.kh - 1) * self.dil[0] - 1) // self.stride[0] + 1
-        ow = (self.w + l + r - (self.kw - 1) * self.dil[1] - 1) // self.stride[1] + 1
-        return oh, ow
 
     @property
     def e(self) -> int:                # elements per operand word
@@ -106,11 +88,11 @@ class GemmSpec:
 
     @property
     def np_(self) -> int:
-        return _ceil(self.o, self.bn) * self.bn
+        return ceil_div(self.o, self.bn) * self.bn
 
     @property
     def kwp(self) -> int:              # K words (E elements each) rounded up to BKW
-        return _ceil(_ceil(self.k, self.e), self.BKW) * self.BKW
+        return ceil_div(ceil_div(self.k, self.e), self.BKW) * self.BKW
 
     @property
     def w_words(self) -> tuple[int, int]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def _ceil(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
 @dataclass(frozen=True)
-class ConvSpec:
-    """Everything that determines one conv kernel (weights and rescale factors are arguments)."""
+class ConvGeometry:
+    """The shape of a convolution (dense: 1x1 on 1x1); shared by the CPU and CUDA kernel specs."""
 
     c: int
     h: int
@@ -25,6 +25,19 @@ class ConvSpec:
     stride: tuple[int, int]
     pads: tuple[int, int, int, int]   # top, left, bottom, right
     dil: tuple[int, int]
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        t, l, b, r = self.pads
+        oh = (self.h + t + b - (self.kh - 1) * self.dil[0] - 1) // self.stride[0] + 1
+        ow = (self.w + l + r - (self.kw - 1) * self.dil[1] - 1) // self.stride[1] + 1
+        return oh, ow
+
+
+@dataclass(frozen=True)
+class ConvSpec(ConvGeometry):
+    """Everything that determines one conv kernel (weights and rescale factors are arguments)."""
+
     packed_in: bool
     in_dtype: str                     # uint8 | int8
     out_dtype: str
@@ -60,19 +73,12 @@ class ConvSpec:
         return 16 if self.packed_in or self.depthwise else (4 if self.c % 16 else 16)
 
     @property
-    def out_hw(self) -> tuple[int, int]:
-        t, l, b, r = self.pads
-        oh = (self.h + t + b - (self.kh - 1) * self.dil[0] - 1) // self.stride[0] + 1
-        ow = (self.w + l + r - (self.kw - 1) * self.dil[1] - 1) // self.stride[1] + 1
-        return oh, ow
-
-    @property
     def ocb(self) -> int:
-        return _ceil(self.o, 16)
+        return ceil_div(self.o, 16)
 
     @property
     def icb(self) -> int:
-        return _ceil(self.c, self.cb)
+        return ceil_div(self.c, self.cb)
 
     @property
     def dw_vnni(self) -> bool:
@@ -89,7 +95,7 @@ class ConvSpec:
     @property
     def kwp(self) -> int:
         """Kernel width as computed: rounded up to whole groups of 4 taps for `dw_vnni`, `rowtaps`."""
-        return _ceil(self.kw, 4) * 4 if self.dw_vnni or self.rowtaps else self.kw
+        return ceil_div(self.kw, 4) * 4 if self.dw_vnni or self.rowtaps else self.kw
 
     @property
     def offset(self) -> int:
@@ -126,7 +132,7 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
     exposed), ties to more channel blocks (fewer broadcast loads per instruction). With 4-bit weights
     each weight operand costs more instructions to unpack (`cpu_conv`), shared by the ohi*owi
     pixels of the tile: + ocbi in the numerator (a weight picked from timings of a few 3x3 convs)."""
-    ocb = _ceil(o, 16)
+    ocb = ceil_div(o, 16)
     best, best_key = (1, 1, 1), None
     for ocbi in (1, 2, 3, 4):
         if ocb % ocbi:
@@ -137,7 +143,7 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
                 regs = (acc + ocbi) * regs_per_acc + (ohi * owi if ocbi > 1 else 0)
                 if regs > 31 or acc > MAX_ACC or ohi > oh or owi > ow:
                     continue
-                waste = _ceil(oh, ohi) * ohi * _ceil(ow, owi) * owi / (oh * ow)
+                waste = ceil_div(oh, ohi) * ohi * ceil_div(ow, owi) * owi / (oh * ow)
                 key = (round(waste * (acc + 2 + (ocbi if w4 else 0)) / acc, 3), -ocbi, ohi)
                 if best_key is None or key < best_key:
                     best, best_key = (ocbi, ohi, owi), key
