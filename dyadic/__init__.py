@@ -16,10 +16,11 @@ def compile(*args, **kwargs):  # noqa: A001  (the user-facing name)
     return _compile(*args, **kwargs)
 
 
-def load(path: str):
+def load(path: str, threads: int | None = None):
+    """A compiled build, runnable with the TVM runtime only (`dyadic.runtime.load`)."""
     from dyadic.runtime import load as _load
 
-    return _load(path)
+    return _load(path, threads)
 
 
 __all__ = ["compile", "load", "__version__"]

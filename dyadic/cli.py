@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rpc", default=None, metavar="HOST:PORT", help="run on the TVM RPC server at HOST:PORT")
     r.add_argument("--limit", type=int, default=None, help="use only the first N samples (one batch)")
     r.add_argument("--reps", type=int, default=0, help="also time N runs of main (not under emulation)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="threads of a host build (default: the physical cores, or $TVM_NUM_THREADS)")
     _add_norm(r)
     e = sub.add_parser("eval", help="top-1 accuracy of a compiled library or an ONNX model (onnxruntime fp32)",
                        description="Run a compiled build directory (integer library) or an .onnx file "
@@ -105,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     e.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
     e.add_argument("--quiet", action="store_true", help="no progress output")
+    e.add_argument("--threads", type=int, default=None,
+                   help="threads of a build (default: the physical cores, or $TVM_NUM_THREADS)")
     _add_norm(e)
     from dyadic import bench  # `dyadic bench`: parser and command live in dyadic/bench.py
     bench.add_subparser(sub)
@@ -159,7 +163,7 @@ def cmd_run(a) -> int:
     x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, Normalize.parse(a.mean, a.std),
                     a.limit)
     q = quantize_plan_inputs(plan["inputs"], x)
-    outs, timing, where = run_build(a.build, q, a.rpc, a.reps)
+    outs, timing, where = run_build(a.build, q, a.rpc, a.reps, a.threads)
     n = len(next(iter(q.values())))
     print(f"ran {a.build} ({plan['target']['preset']}) on {where}: {n} inputs")
     for spec, o in zip(plan["outputs"], outs):
@@ -178,7 +182,7 @@ def cmd_eval(a) -> int:
     from dyadic.evaluate import evaluate
 
     norm = Normalize.parse(a.mean, a.std)
-    runner, shapes = _runner(a.model)
+    runner, shapes = _runner(a.model, a.threads)
     x, y = load_npz(a.data, shapes, norm, a.limit)
     if y is None:
         raise DyadicError(f"{a.data} has no 'labels' array: eval needs labels")
@@ -187,7 +191,7 @@ def cmd_eval(a) -> int:
     return 0
 
 
-def _runner(path: str):
+def _runner(path: str, threads: int | None = None):
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
@@ -200,7 +204,7 @@ def _runner(path: str):
     import dyadic
 
     try:
-        m = dyadic.load(path)
+        m = dyadic.load(path, threads)
     except FileNotFoundError as e:
         raise DyadicError(str(e)) from None
     return (lambda xs: m.run(xs)), {i["name"]: tuple(i["shape"]) for i in m.inputs}

@@ -124,7 +124,8 @@ def run_local(so_path: str, plan: dict, q_inputs: dict[str, np.ndarray], device:
     return _run_vm(lib, getattr(tvm, device)(0), plan, q_inputs, reps)
 
 
-def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None = None, reps: int = 0):
+def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None = None, reps: int = 0,
+              threads: int | None = None):
     """Run a build directory wherever its target says: over RPC, on a local GPU, as an arm bundle
     (natively or under qemu) or on this CPU. Returns (outputs, timing or None, where it ran)."""
     import json
@@ -155,7 +156,7 @@ def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None =
         return outs, timing, "this aarch64 machine"
     from dyadic.runtime import load
 
-    m = load(build_dir)
+    m = load(build_dir, threads)
     outs = m.run_int(q_inputs)
     timing = None
     if reps:

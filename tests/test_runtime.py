@@ -67,3 +67,22 @@ def test_any_batch_size(tiny_build):
     m = dyadic.load(out)
     for n in (1, 5):
         assert m.run(np.zeros((n, 3, 32, 32), np.float32)).shape == (n, 10)
+
+
+@pytest.mark.parametrize("env,threads,want", [({}, None, "cores"), ({}, 1, "1"), ({"TVM_NUM_THREADS": "3"}, None, "3"),
+                                              ({"OMP_NUM_THREADS": "1"}, None, None)],
+                         ids=["default-physical-cores", "threads-arg", "user-env-kept", "omp-env-respected"])
+def test_thread_count(tiny_build, env, threads, want):
+    """TVM's own default on x86 is half the logical CPUs (it assumes SMT): `load` asks for the
+    physical cores instead, unless the user set a count (argument or environment)."""
+    from dyadic.runtime import physical_cores
+
+    _, out = tiny_build
+    code = f"import os, dyadic; dyadic.load({out!r}, {threads!r}); print(os.environ.get('TVM_NUM_THREADS'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**base, **env})
+    assert proc.returncode == 0, proc.stderr
+    got = proc.stdout.strip().splitlines()[-1]
+    assert got == (str(physical_cores()) if want == "cores" else str(want))
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
