@@ -1,8 +1,8 @@
 """`dyadic bench BUILD --vs MODEL.onnx`: time the integer library against onnxruntime, same machine.
 
-Three runners on the same model, batch size and thread count:
-  * dyadic:   the compiled library (`dyadic.load(BUILD).run_int` on quantized input), threads set
-              with TVM_NUM_THREADS;
+Three runners on the same model, batch size and thread count, float input to float output:
+  * dyadic:   the compiled library (`dyadic.load(BUILD).run`: numpy input quantization, the
+              integer library, output dequantization), threads set with TVM_NUM_THREADS;
   * ort-int8: onnxruntime on a QDQ model from `quantize_static` (per-channel, uint8 activations,
               int8 weights), made from MODEL after `quant_pre_process` (batch-norm folded) and
               calibrated on the data the library was calibrated on (or --calib);
@@ -40,8 +40,10 @@ def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: 
 
         m = dyadic.load(path)
         spec = m.inputs[0]
-        x = {spec["name"]: rng.integers(spec["lo"], spec["hi"] + 1, [batch] + spec["shape"][1:]).astype(spec["dtype"])}
-        call = lambda: m.run_int(x)  # noqa: E731
+        # float in, float out like the onnxruntime runners: the input quantization and the output
+        # dequantization (numpy) are timed too
+        x = {spec["name"]: rng.standard_normal([batch] + spec["shape"][1:]).astype(np.float32)}
+        call = lambda: m.run(x)  # noqa: E731
     else:
         import onnxruntime as ort
 
@@ -111,7 +113,7 @@ def measured_peaks(threads) -> dict[int, float]:
         return {}
     peaks = {}
     for t in threads:  # in a subprocess: TVM's thread pool size is fixed per process (TVM_NUM_THREADS)
-        env = dict(os.environ, TVM_NUM_THREADS=str(t))
+        env = {"TVM_BIND_THREADS": "0", **os.environ, "TVM_NUM_THREADS": str(t)}  # see dyadic.runtime
         code = f"from dyadic.kernels.peak import vnni_peak_gmacs; print(vnni_peak_gmacs({int(t)}))"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         peaks[t] = float(proc.stdout.strip().splitlines()[-1])

@@ -11,7 +11,9 @@ Threads: TVM's runtime defaults to half the logical CPUs on x86 (it assumes hype
 on a VM without SMT is half the cores (measured: ResNet-50 ran on 1 of 2 cores, 27 ms instead of
 14). Unless TVM_NUM_THREADS or OMP_NUM_THREADS is set, `load` sets TVM_NUM_THREADS to the physical
 cores this process may use; `load(path, threads=N)` asks for N. Either only takes effect before the
-process first runs a library: TVM creates its thread pool once.
+process first runs a library: TVM creates its thread pool once. It also sets TVM_BIND_THREADS=0
+unless set: TVM's thread pinning put both threads of a 2-thread pool on one core in 3 of 5 fresh
+processes on the 2-core VM (a `vpdpbusd` loop then ran at 1-thread speed); unpinned, 5 of 5 scaled.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def physical_cores() -> int:
 
 
 def _set_threads(threads: int | None) -> None:
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(int(threads))
     elif not (os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
