@@ -159,12 +159,13 @@ def test_resnet18_for_raspberry_pi4_has_no_dot_instructions_and_is_bit_exact(tmp
 
 @needs_cross
 @needs_qemu
-@pytest.mark.parametrize("cpu,bits,instr,size", [("neoverse-v1", "8", "usmmla", 56), ("cortex-a76", "4", "sdot", 32)],
-                         ids=["i8mm-usmmla-int8", "dotprod-sdot-int4"])
+@pytest.mark.parametrize("cpu,bits,instr,size", [("neoverse-v1", "8", "usmmla", 56), ("cortex-a76", "4", "sdot", 32),
+                                                ("neoverse-v1", "4", "usmmla", 32)],
+                         ids=["i8mm-usmmla-int8", "dotprod-sdot-int4", "i8mm-usmmla-int4"])
 def test_dot_kernels_bit_exact_under_qemu(cpu, bits, instr, size, tmp_path):
     """i8mm cores run stride-1 convs on `usmmla` (2 pixels x 2 output channels x 8 inputs per
     instruction) and the others (stride 2, the first layer) on u8 x s8 `usdot`; dotprod cores `sdot`
-    (unsigned input -128), here with 4-bit weights unpacked from nibbles and 4-bit activations.
+    (unsigned input -128); with 4-bit weights unpacked from nibbles and 4-bit activations on both.
     A ResNet-18 covers 3x3/1x1, strided, odd-width (7x7 at 56 px) and residual-fused convs; checked
     bit-exact on fresh inputs beyond the compile's self-check."""
     from dyadic.config import BitMode
@@ -179,7 +180,7 @@ def test_dot_kernels_bit_exact_under_qemu(cpu, bits, instr, size, tmp_path):
     if instr == "usmmla":
         assert counts["usdot"] > 0 and counts["sdot"] == 0  # strided convs and the first layer
         assert set(dm["by_instruction"]) == {"usmmla", "usdot"}
-        assert dm["by_instruction"]["usmmla"] > 0.7 * dm["total_macs"]
+        assert dm["by_instruction"]["usmmla"] > 0.5 * dm["total_macs"]  # 1-pixel-wide layers: usdot
     else:
         assert counts["usdot"] == counts["usmmla"] == 0 and set(dm["by_instruction"]) == {"sdot"}
     ig = res.int_graph

@@ -29,8 +29,8 @@ up to whole tiles (extra pixels are computed on padding, not stored).
 
 aarch64: the same 16 x 4 step is four 128-bit `sdot`/`usdot` (`arm_intrin`); `sdot` takes a signed
 activation operand, so there uint8 input is fed as x - 128 (pad value -128) and B' = B + 128 sum_k w.
-4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 operand is stored as 32 bytes and unpacked
-in registers right before its dot products (`packing.nibbles`).
+4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
+as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
 
 Without VNNI (AVX-512 or AVX2 targets) the same loop nests run with the 16 output channels as int32
 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation does the same.
@@ -58,12 +58,13 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     wp = max(sp.w + l + r_, (owp - 1) * sw + (sp.kwp - 1) * dw + 1)
     x = te.placeholder((n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w), sp.in_dtype, "x")
     wshape = sp.weight_shape()
-    wt = wq = te.placeholder(wshape[:-2] + (32,) if sp.w4 else wshape, "int8", "w")
-    if sp.w4:  # one 16 x 4 operand from 32 bytes (`packing.nibbles`); scheduled next to its use
+    kg = wshape[-1]  # inputs per operand row: 4 (dot products), 8 (usmmla)
+    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, "int8", "w")
+    if sp.w4:  # one 16 x kg operand from 8 kg bytes (`packing.nibbles`); scheduled next to its use
         four = tirx.const(4, "int8")
         wt = te.compute(wshape, lambda *ix: tirx.Select(
-            ix[-2] < 8, (wq[(*ix[:-2], (ix[-2] % 8) * 4 + ix[-1])] << four) >> four,
-            wq[(*ix[:-2], (ix[-2] % 8) * 4 + ix[-1])] >> four), name="unpack4")
+            ix[-2] < 8, (wq[(*ix[:-2], (ix[-2] % 8) * kg + ix[-1])] << four) >> four,
+            wq[(*ix[:-2], (ix[-2] % 8) * kg + ix[-1])] >> four), name="unpack4")
     bias = te.placeholder((ocb * 16,), "int32", "b")
     mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
     off = sp.offset
@@ -186,7 +187,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             sch.unroll(red[-1])
         sch.vectorize(j)
     init = sch.decompose_reduction(blk, red[0])
-    if sp.w4:  # unpack each reduction step's operands (ocbi x 64 bytes) right before its vpdpbusd
+    if sp.w4:  # unpack each reduction step's operands (ocbi x 16 kg bytes) right before their use
         up = sch.get_sblock("unpack4")
         sch.compute_at(up, red[-2])
         depth = [sch.get(lp).same_as(sch.get(red[-2])) for lp in sch.get_loops(blk)].index(True) + 1

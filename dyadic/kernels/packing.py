@@ -9,8 +9,8 @@
   per `vpdpbusd` (zero-padded).
 * depthwise weights W[C, 1, KH, KW] -> [C/16, KH, KW, 16], or for VNNI [C/16, KH, KW/4, 16, 4] (taps
   in groups of 4, zero-padded: one `vpdpbusd` per group).
-* 4-bit weights (`ConvSpec.w4`): each 16 x 4 operand above (64 values in [-8, 7], flat index
-  e = 4 j + i) as 32 bytes: byte k holds e = k in its low nibble and e = k + 32 in its high one, so
+* 4-bit weights (`ConvSpec.w4`): each 16 x kg operand above (16 kg values in [-8, 7], flat index
+  e = kg j + i) as 8 kg bytes: byte k holds e = k in its low nibble and e = k + 8 kg in its high one, so
   the kernel unpacks an operand with two vector shifts per half ((b << 4) >> 4, b >> 4), no shuffle.
 * bias: int32, padded to whole blocks of 16; for signed (int8) input the VNNI kernel adds 128 to
   every input byte, so 128 * sum_k W[o, k] is subtracted here (exact, see `cpu_conv`).
@@ -59,19 +59,20 @@ def weight(w: np.ndarray, sp) -> np.ndarray:
 
 
 def nibbles(wp: np.ndarray) -> np.ndarray:
-    """[..., 16, 4] int8 operands in [-8, 7] -> [..., 32] bytes (layout in the module docstring)."""
-    flat = np.asarray(wp, np.int8).reshape(*wp.shape[:-2], 64)
+    """[..., 16, kg] int8 operands in [-8, 7] -> [..., 8 kg] bytes (layout in the module docstring)."""
+    n = 16 * wp.shape[-1]
+    flat = np.asarray(wp, np.int8).reshape(*wp.shape[:-2], n)
     if flat.size and (flat.min() < -8 or flat.max() > 7):
         raise ValueError("4-bit weights out of [-8, 7]")
-    lo, hi = flat[..., :32].astype(np.uint8) & 0x0F, (flat[..., 32:].astype(np.uint8) & 0x0F) << 4
+    lo, hi = flat[..., :n // 2].astype(np.uint8) & 0x0F, (flat[..., n // 2:].astype(np.uint8) & 0x0F) << 4
     return np.ascontiguousarray((lo | hi).view(np.int8))
 
 
 def unnibble(b: np.ndarray) -> np.ndarray:
-    """Inverse of `nibbles` (the kernel's unpack, in numpy): [..., 32] -> [..., 16, 4]."""
+    """Inverse of `nibbles` (the kernel's unpack, in numpy): [..., 8 kg] -> [..., 16, kg]."""
     b = np.asarray(b, np.int8)
     lo, hi = (b << 4).astype(np.int8) >> 4, b >> 4
-    return np.concatenate([lo, hi], axis=-1).reshape(*b.shape[:-1], 16, 4)
+    return np.concatenate([lo, hi], axis=-1).reshape(*b.shape[:-1], 16, b.shape[-1] // 8)
 
 
 def depthwise_weight(w: np.ndarray, taps4: bool = False) -> np.ndarray:

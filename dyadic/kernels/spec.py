@@ -48,7 +48,7 @@ class ConvSpec(ConvGeometry):
     isa: str = "vnni"                 # vnni | avx512 | avx2 (x86); sdot | usdot | usmmla (aarch64)
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
-    w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand (VNNI)
+    w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand
 
     @property
     def dot(self) -> bool:
@@ -61,7 +61,7 @@ class ConvSpec(ConvGeometry):
         instruction, `arm_intrin.MMLA_INTRIN`; the two pixels must be adjacent: width stride and
         dilation 1); the other variants on such a core use `usdot`."""
         return (self.isa == "usmmla" and not self.depthwise and not self.rowtaps and self.cb % 8 == 0
-                and not self.w4 and self.stride[1] == 1 and self.dil[1] == 1 and self.out_hw[1] >= 2)
+                and self.stride[1] == 1 and self.dil[1] == 1 and self.out_hw[1] >= 2)
 
     @property
     def operand_dtype(self) -> str:
@@ -107,7 +107,7 @@ class ConvSpec(ConvGeometry):
 
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the int8 weight operand array; with `w4` the kernel's argument is
-        `weight_shape()[:-2] + (32,)`: each 16 x 4 operand as 32 bytes (`packing.nibbles`)."""
+        `weight_shape()[:-2] + (8 kg,)`: each 16 x kg operand in half the bytes (`packing.nibbles`)."""
         if self.rowtaps:
             return (self.ocb, self.c, self.kh, self.kwp // 4, 16, 4)
         if self.dw_vnni:
