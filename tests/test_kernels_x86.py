@@ -263,3 +263,24 @@ def test_generic_lowering_on_request(monkeypatch):
         target = TargetSpec("host", {"kind": "llvm", "mcpu": "znver4"})
     monkeypatch.setenv("DYADIC_KERNELS", "generic")
     assert for_lowerer(L()) is None
+
+
+@needs_avx2
+@pytest.mark.parametrize("case", ["avgpool_excl_pad", "avgpool_incl_pad", "avgpool_excl_pad_relu_s2"])
+def test_avgpool_takes_the_packed_kernel(case, tmp_path):
+    """An average pool after a conv runs on the packed layout (window sum + requant by the
+    per-position multiplier map, `cpu_ops.avgpool_func`), not the generic depthwise-conv lowering;
+    its bit-exactness is checked by tests/test_ops_bitexact.py's avgpool cases, which use this path."""
+    import dyadic
+    from dyadic.config import CompileConfig
+    from dyadic.lower import lower_to_relax
+    from dyadic.targets import resolve
+    from test_ops_bitexact import CASES, _data
+
+    rng = np.random.default_rng(3)
+    nodes, inits, in_shape = CASES[case](rng)
+    res = dyadic.compile(make_model(nodes, inits, in_shape=in_shape), str(tmp_path), {"input": _data(rng, in_shape, 8, "signed")},
+                         CompileConfig(quiet=True))
+    names = {gv.name_hint for gv in lower_to_relax(res.int_graph, resolve("host")).functions}
+    assert any(nm.startswith("dyadic_avgpool") for nm in names), names
+    assert not any("conv2d" in nm for nm in names), names

@@ -120,6 +120,8 @@ class CpuKernels:
                                                              a["pads"], dt),
                            [self.values[n.inputs[0]]], self._pshape(n.output), dt)
             return self._result(n, y)
+        if op == "qavgpool" and n.inputs[0] in self.packed:
+            return self._avgpool(n)
         if op == "qmean_hw" and n.inputs[0] in self.packed:
             return self._mean(n)
         if op == "requant" and n.inputs[0] in self.packed and np.size(n.params["M"]) == 1:
@@ -238,6 +240,19 @@ class CpuKernels:
         q = epilogue.consts(n.params["M"], n.params["S"], r32)
         make = lambda: cpu_ops.add_func(-(-c // 16), h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)  # noqa
         y = self._call(key, make, [self.values[ta], self.values[tb], _c(q, str(q.dtype))], self._pshape(n.output), dout)
+        return self._result(n, y)
+
+    def _avgpool(self, n: Node):
+        t, a, p = n.inputs[0], n.attrs, n.params
+        _, c, h, w = self.g.shapes[t]
+        din, dout, per_pos = self._dtype(t), self._dtype(n.output), np.size(p["M"]) > 1
+        q = np.array([int(rounding_term(p["S"])), int(p["S"])], np.int64)
+        key = ("avgpool", c, h, w, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]), din, dout,
+               a["lo"], a["hi"], per_pos)
+        make = lambda: cpu_ops.avgpool_func(-(-c // 16), h, w, a["kernel"], a["strides"], a["pads"], din,  # noqa
+                                            dout, a["lo"], a["hi"], per_pos)
+        m = np.asarray(p["M"], np.int64).reshape(self.g.shapes[n.output][2:] if per_pos else (1,))
+        y = self._call(key, make, [self.values[t], _c(m, "int64"), _c(q, "int64")], self._pshape(n.output), dout)
         return self._result(n, y)
 
     def _mean(self, n: Node):
