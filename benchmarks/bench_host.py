@@ -5,7 +5,8 @@
 For each model (built-in seeded weights, `dyadic.models`): write the ONNX file, compile it with the
 CLI in a fresh process (timed: that is the compile time reported), then run `dyadic.bench.run`
 (each runner in its own subprocess, repeated with the order rotated) and print one table. Default
-set: ResNet-18, ResNet-50, MobileNetV2 at 224x224 batch 1; ResNet-20 (CIFAR) at batch 1 and 64.
+set: ResNet-18, ResNet-50, MobileNetV2 at 224x224 and InceptionV3 at 299x299, batch 1; ResNet-20
+(CIFAR) at batch 1 and 64.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CONFIGS = {  # label: (builder name, batch)
     "resnet18": ("resnet18", 1),
     "resnet50": ("resnet50", 1),
     "mobilenet_v2": ("mobilenet_v2", 1),
+    "inception_v3": ("inception_v3", 1),
     "resnet20": ("resnet20", 1),
     "resnet20_b64": ("resnet20", 64),
 }
