@@ -86,7 +86,8 @@ def count_instructions(built: Built, so_path: str) -> dict[str, int]:
 
 def dot_macs(mod: tvm.IRModule, graph: Graph) -> dict | None:
     """MACs per image of the conv/dense layers, and how many of them the kernel family runs on its
-    int8 dot-product instruction (`vpdpbusd`, `sdot`, `usdot`: recorded by the lowering)."""
+    int8 dot-product / MMA instructions (`vpdpbusd`, `sdot`, `usdot`, `usmmla`, `mma.sync`: recorded
+    by the lowering, per layer)."""
     from dyadic.passes.measure_costs import macs
 
     layers = [n for n in graph.nodes if n.op in ("qconv", "qdense")]
@@ -94,12 +95,10 @@ def dot_macs(mod: tvm.IRModule, graph: Graph) -> dict | None:
     info = mod.attrs.get("dyadic_dot") if mod.attrs is not None else None
     if info is None:
         return {"isa": None, "macs": 0, "total_macs": total, "fraction": 0.0}
-    names = [str(x) for x in info["layers"]]
-    instr = [str(x) for x in info["instr"]] or [str(info["isa"])] * len(names)
     by_layer = {n.name: macs(graph, n) for n in layers}
     by_instr: dict[str, int] = {}
-    for name, ins in zip(names, instr):
-        by_instr[ins] = by_instr.get(ins, 0) + by_layer.get(name, 0)
+    for name, ins in info["layers"].items():
+        by_instr[str(ins)] = by_instr.get(str(ins), 0) + by_layer.get(str(name), 0)
     dot = sum(by_instr.values())
     return {"isa": str(info["isa"]), "macs": dot, "total_macs": total, "fraction": round(dot / max(total, 1), 4),
             "by_instruction": by_instr}

@@ -124,10 +124,8 @@ class _Lowerer:
                 result = self.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             self.bb.emit_func_output(result)
         mod = self.bb.get()
-        if getattr(self.kernels, "isa", None):  # which layers' MACs the kernel family put on its instruction
-            mod = mod.with_attr("dyadic_dot", {"isa": self.kernels.isa,
-                                               "layers": list(getattr(self.kernels, "dot_layers", [])),
-                                               "instr": list(getattr(self.kernels, "dot_instr", []))})
+        if getattr(self.kernels, "isa", None):  # which layers' MACs the kernel family put on which instruction
+            mod = mod.with_attr("dyadic_dot", {"isa": self.kernels.isa, "layers": dict(self.kernels.dot_layers)})
         return mod
 
 

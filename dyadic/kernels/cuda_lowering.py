@@ -92,7 +92,7 @@ class CudaKernels:
         self.L, self.g, self.sm, self.emulate = lowerer, lowerer.g, sm_of(arch), emulate
         self.funcs: dict[GemmSpec, object] = {}
         self.specs: list[GemmSpec] = []        # one per lowered node, for reports and tests
-        self.isa, self.dot_layers = "mma.sync", []   # recorded by dyadic.lower (plan: target.dot_macs)
+        self.isa, self.dot_layers = "mma.sync", {}   # layer -> instruction (dyadic.lower -> plan: target.dot_macs)
 
     def generic_inputs(self, n: Node, xs: list) -> list:
         return xs                              # everything stays NCHW
@@ -114,7 +114,7 @@ class CudaKernels:
         sp = make_spec(shape, p["W"].shape, n.attrs, self.g.dtypes[t], self.g.dtypes[n.output], self.sm,
                        int(n.attrs.get("a_bits", 8)))
         self.specs.append(sp)
-        self.dot_layers.append(n.name)
+        self.dot_layers[n.name] = self.isa
         if sp not in self.funcs:
             name = f"dyadic_mma_gemm{len(self.funcs)}"
             self.funcs[sp] = self.L.bb.add_func(gemm_func(sp, self.emulate).with_attr("global_symbol", name), name)

@@ -24,7 +24,7 @@ from tvm import relax
 from dyadic.arith import rounding_term
 from dyadic.graph import Node
 from dyadic.kernels import epilogue, packing, cpu_ops
-from dyadic.kernels.spec import DOT_ISAS, ConvSpec, choose_tile, mmla_tile
+from dyadic.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
 from dyadic.kernels.cpu_conv import conv_func
 
 _8BIT = ("uint8", "int8")
@@ -44,8 +44,7 @@ class CpuKernels:
         self.plain: dict[str, object] = {}     # NCHW copies of packed tensors, made on demand
         self.deferred: dict[str, tuple] = {}   # conv output -> (node, xs), waiting for its add
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
-        self.dot_layers: list[str] = []        # layers whose MACs run on the dot-product instruction
-        self.dot_instr: list[str] = []         # ... and which one (usmmla cores also use usdot)
+        self.dot_layers: dict[str, str] = {}   # layer -> the dot-product instruction its MACs run on
 
     # ---------------------------------------------------------------- helpers
     def _call(self, key: tuple, make, args: list, shape: list, dtype: str):
@@ -59,7 +58,7 @@ class CpuKernels:
 
     def _pshape(self, t: str) -> list:
         _, c, h, w = self.g.shapes[t]
-        return [self.L.batch, -(-c // 16), h, w, 16]
+        return [self.L.batch, ceil_div(c, 16), h, w, 16]
 
     def _result(self, n: Node, y):
         """Record a packed result; graph outputs are returned in NCHW."""
@@ -116,7 +115,7 @@ class CpuKernels:
             _, c, h, w = self.g.shapes[n.inputs[0]]
             a, dt = n.attrs, self._dtype(n.inputs[0])
             key = ("maxpool", c, h, w, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]), dt)
-            y = self._call(key, lambda: cpu_ops.maxpool_func(-(-c // 16), h, w, a["kernel"], a["strides"],
+            y = self._call(key, lambda: cpu_ops.maxpool_func(ceil_div(c, 16), h, w, a["kernel"], a["strides"],
                                                              a["pads"], dt),
                            [self.values[n.inputs[0]]], self._pshape(n.output), dt)
             return self._result(n, y)
@@ -181,14 +180,13 @@ class CpuKernels:
             q = epilogue.consts(mm if first else mm[::-1], add.params["S"], r32)
             args += [self.values[rt], _c(q, str(q.dtype))]
         shape = [self.L.batch, sp.ocb, *sp.out_hw, 16]
-        if sp.dot and (sp.dw_vnni or not dw):
-            self.dot_layers.append(n.name)
-            self.dot_instr.append(self._instr(sp))
+        self._record_dot(n, sp)
         return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
 
-    @staticmethod
-    def _instr(sp: ConvSpec) -> str:
-        return {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot"}.get(sp.isa, sp.isa)
+    def _record_dot(self, n: Node, sp: ConvSpec) -> None:
+        if sp.dot and (sp.dw_vnni or not sp.depthwise):  # usmmla cores run some layers on usdot
+            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot"}
+            self.dot_layers[n.name] = names.get(sp.isa, sp.isa)
 
     @staticmethod
     def _rq_consts(p, op: int, hi32: bool = False) -> list:
@@ -207,9 +205,7 @@ class CpuKernels:
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
         args = [x4, _c(packing.weight(wk, sp), "int8"),
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
-        if sp.dot:
-            self.dot_layers.append(n.name)
-            self.dot_instr.append(self._instr(sp))
+        self._record_dot(n, sp)
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)
         y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
         return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y
@@ -238,7 +234,7 @@ class CpuKernels:
         r32 = epilogue.int32_ok((int(a_info.min), int(a_info.max)), db, n.params["S"])
         key = ("add", c, h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)
         q = epilogue.consts(n.params["M"], n.params["S"], r32)
-        make = lambda: cpu_ops.add_func(-(-c // 16), h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)  # noqa
+        make = lambda: cpu_ops.add_func(ceil_div(c, 16), h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)  # noqa
         y = self._call(key, make, [self.values[ta], self.values[tb], _c(q, str(q.dtype))], self._pshape(n.output), dout)
         return self._result(n, y)
 
@@ -249,7 +245,7 @@ class CpuKernels:
         q = np.array([int(rounding_term(p["S"])), int(p["S"])], np.int64)
         key = ("avgpool", c, h, w, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]), din, dout,
                a["lo"], a["hi"], per_pos)
-        make = lambda: cpu_ops.avgpool_func(-(-c // 16), h, w, a["kernel"], a["strides"], a["pads"], din,  # noqa
+        make = lambda: cpu_ops.avgpool_func(ceil_div(c, 16), h, w, a["kernel"], a["strides"], a["pads"], din,  # noqa
                                             dout, a["lo"], a["hi"], per_pos)
         m = np.asarray(p["M"], np.int64).reshape(self.g.shapes[n.output][2:] if per_pos else (1,))
         y = self._call(key, make, [self.values[t], _c(m, "int64"), _c(q, "int64")], self._pshape(n.output), dout)
