@@ -113,9 +113,9 @@ def measured_peaks(threads) -> dict[int, float]:
         return {}
     peaks = {}
     for t in threads:  # in a subprocess: TVM's thread pool size is fixed per process (TVM_NUM_THREADS)
-        env = {"TVM_BIND_THREADS": "0", **os.environ, "TVM_NUM_THREADS": str(t)}  # see dyadic.runtime
-        code = f"from dyadic.kernels.peak import vnni_peak_gmacs; print(vnni_peak_gmacs({int(t)}))"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        code = (f"from dyadic.runtime import set_threads; set_threads({int(t)}); "
+                f"from dyadic.kernels.peak import vnni_peak_gmacs; print(vnni_peak_gmacs({int(t)}))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         peaks[t] = float(proc.stdout.strip().splitlines()[-1])
     return peaks
 

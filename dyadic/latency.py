@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dyadic.errors import ToolchainError
 from dyadic.graph import Graph, Node, QParams
 
 CACHE_VERSION = 1
@@ -135,13 +136,14 @@ def _layer_input(g: Graph) -> np.ndarray:
     return np.random.default_rng(1).integers(q.lo, q.hi + 1, (1, *g.shapes[t][1:])).astype(g.dtypes[t])
 
 
-def time_graph(g: Graph, built, timing: Timing) -> list[float]:
-    """Seconds per call of the built graph at batch 1: one value per repeat."""
+def time_graph(g: Graph, exe, timing: Timing, dev=None) -> list[float]:
+    """Seconds per call of graph g's executable at batch 1, one value per repeat: built here and run
+    on this CPU, or (`dev` an RPC session's device) a module loaded on that session."""
     import tvm
     from tvm import relax
 
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(built, dev)
+    dev = dev or tvm.cpu()
+    vm = relax.VirtualMachine(exe, dev)
     x = tvm.runtime.tensor(_layer_input(g), dev)
     for _ in range(timing.warmup):
         vm["main"](x)
@@ -228,7 +230,14 @@ class Meter:
         with tempfile.TemporaryDirectory(prefix="dyadic-layer-") as tmp:
             so = os.path.join(tmp, "layer.so")
             build.export(built, so)
-            return remote.time_module(self._sess, so, self.spec.kind, [_layer_input(g)], self.timing)
+            try:
+                lib, dev = remote.load_remote(self._sess, so, self.spec.kind)
+                return time_graph(g, lib, self.timing, dev)
+            except ToolchainError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise ToolchainError(f"timing a layer over RPC at {self.rpc} failed: "
+                                     f"{str(e).strip().splitlines()[-1]}") from None
 
     def latency(self, n: Node, bits, done: dict) -> dict:
         from dyadic.passes.estimate_sensitivity import CANDIDATE_NAMES

@@ -17,6 +17,8 @@ what needs cloudpickle. Either server executes whatever a client uploads: truste
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import socket
 import sys
 
@@ -25,6 +27,7 @@ import numpy as np
 from dyadic.errors import TargetError, ToolchainError
 
 _DEVICE = {"host": "cpu", "arm": "cpu", "cuda": "cuda"}
+_UPLOADS = itertools.count()
 
 
 def parse_address(addr: str) -> tuple[str, int]:
@@ -69,9 +72,7 @@ def run_rpc(so_path: str, plan: dict, q_inputs: dict[str, np.ndarray], addr: str
     sess = connect(addr)
     kind = plan["target"].get("kind", "host")
     try:
-        sess.upload(so_path, "dyadic_model.so")
-        lib = sess.load_module("dyadic_model.so")
-        dev = getattr(sess, _DEVICE[kind])(0)
+        lib, dev = load_remote(sess, so_path, kind, "dyadic_model.so")
         return _run_vm(lib, dev, plan, q_inputs, reps)
     except (ToolchainError, TargetError):
         raise
@@ -81,30 +82,12 @@ def run_rpc(so_path: str, plan: dict, q_inputs: dict[str, np.ndarray], addr: str
                              f"({plan['target']['preset']})?") from None
 
 
-def time_module(sess, so_path: str, kind: str, inputs: list[np.ndarray], timing) -> list[float]:
-    """Seconds per call of `main` of the library at `so_path` on an open RPC session, one value per
-    repeat of `timing` (a `dyadic.latency.Timing`): the per-layer latency path of the ILP."""
-    import os
-
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
-    name = f"dyadic_layer_{os.getpid()}_{time_module.calls}.so"  # a fresh name: the server caches modules
-    time_module.calls += 1
-    try:
-        sess.upload(so_path, name)
-        dev = getattr(sess, _DEVICE[kind])(0)
-        vm = VirtualMachine(sess.load_module(name), dev)
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs]
-        for _ in range(timing.warmup):
-            vm["main"](*args)
-        res = vm.time_evaluator("main", dev, number=1, repeat=timing.repeat, min_repeat_ms=timing.min_repeat_ms)(*args)
-        return [float(r) for r in res.results]
-    except Exception as e:  # noqa: BLE001
-        raise ToolchainError(f"timing a layer over RPC failed: {str(e).strip().splitlines()[-1]}") from None
-
-
-time_module.calls = 0
+def load_remote(sess, so_path: str, kind: str, name: str | None = None):
+    """Upload `so_path` to an open RPC session and load it there: (module, the session's device).
+    Without `name` a fresh one per call: the server caches loaded modules by file name."""
+    name = name or f"dyadic_layer_{os.getpid()}_{next(_UPLOADS)}.so"
+    sess.upload(so_path, name)
+    return sess.load_module(name), getattr(sess, _DEVICE[kind])(0)
 
 
 def local_cuda_available() -> bool:
@@ -129,7 +112,6 @@ def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None =
     """Run a build directory wherever its target says: over RPC, on a local GPU, as an arm bundle
     (natively or under qemu) or on this CPU. Returns (outputs, timing or None, where it ran)."""
     import json
-    import os
 
     from dyadic import deploy
 

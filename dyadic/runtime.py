@@ -75,7 +75,8 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
+    """The thread policy of the module docstring, for this process (before its first run)."""
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(int(threads))
@@ -87,7 +88,7 @@ class CompiledModel:
     def __init__(self, so_path: str, plan: dict, threads: int | None = None):
         import tvm_ffi
 
-        _set_threads(threads)
+        set_threads(threads)
         _ensure_runtime()
         self.plan = plan
         self._lib = tvm_ffi.load_module(so_path)
