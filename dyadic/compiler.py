@@ -48,7 +48,7 @@ def build_graph(model, calib: dict[str, np.ndarray], config: CompileConfig = Com
     """Import and run the graph passes: returns (float graph as imported, integer graph)."""
     from dyadic.passes import import_onnx
 
-    float_graph = import_onnx(model)
+    float_graph = import_onnx(model, dict(config.input_shapes))
     int_graph = run_passes(float_graph, graph_passes(config, calib), log)
     return float_graph, int_graph
 
@@ -64,7 +64,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
 
     t_start = time.perf_counter()
     log = PassLog()
-    fg = import_onnx(model)
+    fg = import_onnx(model, dict(config.input_shapes))
     if calib is None:
         calib, calib_source = data.synthetic(input_shapes(fg)), "synthetic normal(0,1), 32 samples"
     _check_calib(fg, calib)

@@ -64,3 +64,5 @@ class CompileConfig:
     hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
     check_samples: int = 4        #: inputs used for the post-build bit-exactness self-check
     quiet: bool = False
+    #: pinned input dims ((input name, (d0, d1, ...)), ...), the CLI's --input-shape
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()

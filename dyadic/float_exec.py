@@ -7,6 +7,7 @@ import numpy as np
 
 from dyadic import npops
 from dyadic.graph import Graph, Node
+from dyadic.ops import FLOAT
 
 
 def _act(y, node: Node):
@@ -16,6 +17,8 @@ def _act(y, node: Node):
 
 def run_node(node: Node, xs: list[np.ndarray]) -> np.ndarray:
     a, op = node.attrs, node.op
+    if op in FLOAT:
+        return FLOAT[op].run_float(node, xs)
     x = xs[0]
     if op == "conv":
         y = npops.conv2d(x, node.params["W"], a["strides"], a["pads"], a["dilations"], a["group"], exact=False)

@@ -14,6 +14,7 @@ from tvm import relax
 from dyadic.arith import pack_int4, rounding_term
 from dyadic import lower_int4
 from dyadic.graph import Graph, Node
+from dyadic.ops import INT
 from dyadic.targets import TargetSpec
 
 _BC = (1, -1, 1, 1)
@@ -65,6 +66,8 @@ class _Lowerer:
                 return y
             xs = self.kernels.generic_inputs(n, xs)  # --- end dyadic.kernels ---
         a, p, op = n.attrs, n.params, n.op
+        if op in INT:
+            return INT[op].lower(self, n, xs)
         out_dtype = self.g.dtypes[n.output]
         x = xs[0]
         if op in ("qconv", "qdense") and a["w_bits"] == 4:

@@ -20,7 +20,7 @@ from dyadic.graph import Graph
 from dyadic.verify import verify_float_graph, verify_integer_graph
 from dyadic.config import BitMode
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
-                           fuse_activations, measure_costs, quantize_graph)
+                           fuse_activations, fuse_unary, measure_costs, quantize_graph)
 
 Pass = Callable[[Graph], Graph]
 
@@ -29,6 +29,7 @@ def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: boo
     mixed = mixed or config.bits is BitMode.MIXED
     return [
         ("fold_batchnorm", fold_batchnorm),
+        ("fuse_unary", fuse_unary),
         ("fuse_activations", fuse_activations),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
                                      quiet=config.quiet)),

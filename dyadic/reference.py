@@ -10,12 +10,15 @@ import numpy as np
 from dyadic import npops
 from dyadic.arith import requantize, rounding_term
 from dyadic.graph import Graph, Node
+from dyadic.ops import INT
 
 _BC = (1, -1, 1, 1)  # per-channel parameters broadcast over NCHW
 
 
 def run_int_node(node: Node, xs: list[np.ndarray], out_shape) -> np.ndarray:
     a, p, op = node.attrs, node.params, node.op
+    if op in INT:
+        return INT[op].run_int(node, xs, out_shape)
     x = xs[0]
     if op == "qconv":
         acc = npops.conv2d(x, p["W"], a["strides"], a["pads"], a["dilations"], a["group"], exact=True)

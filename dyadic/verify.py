@@ -18,6 +18,7 @@ import numpy as np
 
 from dyadic.errors import VerificationError
 from dyadic.graph import FLOAT_OPS, INT_DTYPES, INT_OPS, Graph
+from dyadic.ops import FLOAT as TABLE_FLOAT, INT as TABLE_INT
 
 INT32_LIMIT = 2 ** 31
 INT64_LIMIT = 2 ** 63
@@ -25,7 +26,8 @@ _FLOAT_RE = re.compile(r"\b(b?float(?:8|16|32|64)\w*)")
 
 
 def verify_float_graph(graph: Graph, after: str) -> None:
-    problems = [f"{n.name}: op {n.op} is not a float-graph op" for n in graph.nodes if n.op not in FLOAT_OPS]
+    problems = [f"{n.name}: op {n.op} is not a float-graph op" for n in graph.nodes
+                if n.op not in FLOAT_OPS and n.op not in TABLE_FLOAT]
     problems += [f"{t}: no shape" for n in graph.nodes for t in n.outputs if t not in graph.shapes]
     _raise(problems, after)
 
@@ -38,7 +40,7 @@ def _amax(graph: Graph, t: str) -> int:
 def verify_integer_graph(graph: Graph, after: str) -> None:
     problems = []
     for n in graph.nodes:
-        if n.op not in INT_OPS:
+        if n.op not in INT_OPS and n.op not in TABLE_INT:
             problems.append(f"{n.name}: op {n.op} is not an integer op")
             continue
         for t in n.inputs + n.outputs:
@@ -69,6 +71,13 @@ def verify_integer_graph(graph: Graph, after: str) -> None:
             bound = sum(_amax(graph, t) * int(mv) for t, mv in zip(n.inputs, p["M"])) + (1 << 61)
             if bound >= INT64_LIMIT:
                 problems.append(f"{n.name}: int64 add product can overflow")
+        elif n.op == "qaffine":
+            bound = _amax(graph, n.inputs[0]) * int(np.asarray(p["M"]).max()) + int(np.abs(p["K"]).max()) + (1 << 61)
+            if bound >= INT64_LIMIT:
+                problems.append(f"{n.name}: int64 affine product can overflow")
+        elif n.op == "qmul":
+            if _amax(graph, n.inputs[0]) * _amax(graph, n.inputs[1]) * int(p["M"]) + (1 << 61) >= INT64_LIMIT:
+                problems.append(f"{n.name}: int64 product can overflow")
         elif n.op in ("qavgpool", "qmean_hw"):
             k = np.prod(n.attrs["kernel"]) if n.op == "qavgpool" else np.prod(graph.shapes[n.inputs[0]][2:])
             if _amax(graph, n.inputs[0]) * int(k) >= INT32_LIMIT:

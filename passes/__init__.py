@@ -7,11 +7,12 @@ from .calibrate_ranges import calibrate_ranges
 from .estimate_sensitivity import estimate_sensitivity
 from .fold_batchnorm import fold_batchnorm
 from .fuse_activations import fuse_activations
+from .fuse_unary import fuse_unary
 from .import_onnx import import_onnx
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
 
 __all__ = [
-    "import_onnx", "fold_batchnorm", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
+    "import_onnx", "fold_batchnorm", "fuse_unary", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "quantize_graph",
 ]

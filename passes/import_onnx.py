@@ -1,9 +1,13 @@
 """ONNX -> float `Graph`. The only module that reads ONNX protobufs.
 
-It loads the model, checks the opset (13..21), runs ONNX shape inference, and scans the whole graph
-before converting anything: every unsupported op (or unsupported attribute of a supported op) is
-collected with its node name and reported in one `ModelError`. The input's batch dimension may be
-dynamic; its spatial dimensions must be static.
+It loads the model, normalizes it (`dyadic.frontend.normalize`: opset upgrade, pinned input shapes,
+constant folding, Identity/Dropout removal), and scans the whole graph before converting anything:
+every unsupported op, unsupported attribute or bad operand is collected and reported in one
+`ModelError`, grouped by op type with a count and the first node names. The input's batch dimension
+may be dynamic; other dynamic dimensions must be pinned (`input_shapes`, the CLI's --input-shape).
+
+Ops come from two places: the op table (`dyadic.ops.IMPORTERS`, one rule per ONNX op type) and the
+older rules below (`SUPPORTED`); the table wins where both name an op.
 
 Constant operands (weights, biases, Pad/Slice/Clip/ReduceMean operands) become `Node.params` or
 attributes, so nodes only read activations. Identity and Dropout (inference) are removed.
@@ -17,9 +21,11 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from dyadic.errors import ModelError
+from dyadic.frontend.normalize import normalize
 from dyadic.graph import Graph, Node
+from dyadic.ops import IMPORTERS, ImportContext
 
-OPSET_RANGE = (13, 21)
+OPSET_RANGE = (7, 21)
 SUPPORTED = frozenset({
     "Conv", "BatchNormalization", "Relu", "Clip", "Add", "Gemm", "MatMul", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Concat", "Pad", "Slice", "Identity",
@@ -51,8 +57,8 @@ def _unsupported_reason(node, attrs, consts) -> str | None:
         return "op not supported"
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
         return "auto_pad SAME_* (export with explicit pads)"
-    if op in ("MaxPool", "AveragePool") and attrs.get("ceil_mode", 0):
-        return "ceil_mode=1"
+    if op == "AveragePool" and attrs.get("ceil_mode", 0) and attrs.get("count_include_pad", 0):
+        return "ceil_mode=1 with count_include_pad=1"
     if op == "MaxPool" and (any(d != 1 for d in attrs.get("dilations", [])) or len(node.output) > 1):
         return "dilations or indices output"
     if op == "Pad":
@@ -62,8 +68,6 @@ def _unsupported_reason(node, attrs, consts) -> str | None:
             return "non-zero pad value"
     if op == "Gemm" and attrs.get("transA", 0):
         return "transA=1"
-    if op == "Add" and sum(i in consts for i in node.input) == 1:
-        return "Add with a constant operand"
     needs_const = {"Conv": node.input[1:], "Gemm": node.input[1:], "MatMul": node.input[1:],
                    "BatchNormalization": node.input[1:], "Pad": node.input[1:],
                    "Slice": node.input[1:], "Clip": node.input[1:], "Reshape": node.input[1:],
@@ -77,46 +81,61 @@ def _dims(vi) -> tuple:
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
 
 
-def import_onnx(model) -> Graph:
-    """Read an ONNX model (path or ModelProto) into a float Graph, or raise ModelError listing every problem."""
+def _group(problems: list[tuple[str, str, str]]) -> str:
+    """'OpType: reason xN (first, node, names)' lines, grouped, under ~2,000 characters."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for op, reason, name in problems:
+        groups.setdefault((op, reason), []).append(name)
+    lines = []
+    for (op, reason), names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        lines.append(f"{op}: {reason} x{len(names)} ({shown})")
+    text = "; ".join(lines[:12]) + (f"; and {len(lines) - 12} more groups" if len(lines) > 12 else "")
+    return text if len(text) <= 1900 else text[:1900] + " ..."
+
+
+def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """Read an ONNX model (path or ModelProto) into a float Graph, or raise ModelError listing every problem.
+    `input_shapes` pins input dims ({name: dims}); a dynamic batch dim may stay dynamic."""
     mp = _load(model)
     opset = next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ModelError(f"model opset {opset} is outside the supported range "
-                         f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}; convert it with onnx.version_converter")
-    try:
-        mp = shape_inference.infer_shapes(mp, data_prop=True)
-    except Exception as e:
-        raise ModelError(f"ONNX shape inference failed: {e}") from None
+                         f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+    mp = normalize(mp, input_shapes)
     g = mp.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant":
-            consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"])
-    problems = []
-    for i, n in enumerate(g.node):
-        reason = _unsupported_reason(n, _attrs(n), consts)
-        if reason:
-            problems.append(f"{n.name or f'#{i}'} ({n.op_type}: {reason})")
     shapes = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    for name, v in consts.items():
+        shapes.setdefault(name, tuple(v.shape))
     inputs = tuple(vi.name for vi in g.input if vi.name not in consts)
-    for name in inputs:
-        shp = shapes[name]
-        if len(shp) < 2 or any(d <= 0 for d in shp[1:]):
-            problems.append(f"input {name!r} has shape {shp}: only the batch dimension may be dynamic")
-    if problems:
-        raise ModelError("the model cannot be compiled: " + "; ".join(problems)
-                         + f". Supported ops: {', '.join(sorted(SUPPORTED - {'Constant'}))}.")
-    rename: dict[str, str] = {}
+    problems: list[tuple[str, str, str]] = []
     nodes: list[Node] = []
+    rename: dict[str, str] = {}
     for i, n in enumerate(g.node):
-        if n.op_type == "Constant":
-            continue
+        name = n.name or f"{n.op_type}_{i}"
         ins = [rename.get(x, x) for x in n.input]
-        if n.op_type in ("Identity", "Dropout"):
+        if n.op_type in ("Identity", "Dropout") and n.domain in ("", "ai.onnx"):
             rename[n.output[0]] = ins[0]
             continue
-        nodes.append(_convert(n, n.name or f"{n.op_type}_{i}", ins, consts, shapes))
+        a = _attrs(n)
+        try:
+            if n.domain in ("", "ai.onnx") and n.op_type in IMPORTERS:
+                ctx = ImportContext(n.op_type, name, ins, list(n.output), a, consts, shapes)
+                nodes.extend(IMPORTERS[n.op_type].convert(ctx))
+                continue
+            reason = _unsupported_reason(n, a, consts)
+            if reason:
+                problems.append((n.op_type, reason, name))
+                continue
+            nodes.append(_convert(n, name, ins, consts, shapes))
+        except ModelError as e:
+            problems.append((n.op_type, str(e).removeprefix(f"{name} ({n.op_type}): "), name))
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            problems.append((n.op_type, f"malformed node ({type(e).__name__}: {e})", name))
+    if problems:
+        raise ModelError("the model cannot be compiled: " + _group(problems) + ". Supported ONNX ops: "
+                         + ", ".join(sorted((SUPPORTED | set(IMPORTERS)) - {"Constant"})) + ".")
     for name in set(shapes):
         shapes[name] = (-1,) + tuple(shapes[name][1:]) if shapes[name] else shapes[name]
     outputs = tuple(rename.get(o.name, o.name) for o in g.output)
@@ -126,6 +145,15 @@ def import_onnx(model) -> Graph:
     dtypes = {t: "float32" for t in shapes}
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes, dtypes=dtypes,
                  meta={"opset": opset, "producer": mp.producer_name})
+
+
+def _ceil_pads(in_hw, out_hw, k, strides, pads) -> tuple:
+    """ceil_mode=1 as extra end padding: enough that the floor formula gives the inferred output
+    size (padding never wins a max; average pools count only real inputs, see _unsupported_reason)."""
+    n = len(k)
+    extra = [max(0, (o - 1) * s + kk - (i + pads[d] + pads[n + d])) for d, (i, o, kk, s)
+             in enumerate(zip(in_hw, out_hw, k, strides))]
+    return tuple(pads[:n]) + tuple(pads[n + d] + extra[d] for d in range(n))
 
 
 def _pair(v, default):
@@ -139,7 +167,10 @@ def _convert(n, name, ins, consts, shapes) -> Node:
     if op in ("Conv", "MaxPool", "AveragePool"):
         k = tuple(a["kernel_shape"]) if "kernel_shape" in a else tuple(consts[ins[1]].shape[2:])
         pads = _pair(a.get("pads"), (0,) * 2 * len(k))
-        attrs = dict(kernel=k, strides=_pair(a.get("strides"), (1,) * len(k)), pads=pads)
+        strides = _pair(a.get("strides"), (1,) * len(k))
+        if op != "Conv" and a.get("ceil_mode", 0):
+            pads = _ceil_pads(shapes[ins[0]][2:], shapes[out[0]][2:], k, strides, pads)
+        attrs = dict(kernel=k, strides=strides, pads=pads)
         if op == "Conv":
             attrs.update(dilations=_pair(a.get("dilations"), (1,) * len(k)), group=int(a.get("group", 1)))
             w = consts[ins[1]].astype(np.float32)

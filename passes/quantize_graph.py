@@ -30,6 +30,7 @@ from dyadic import npops
 from dyadic.arith import dyadic_array, dyadic_shared, quantize_weight
 from dyadic.errors import VerificationError
 from dyadic.graph import PASSTHROUGH_OPS, Graph, Node, QParams
+from dyadic.ops import FLOAT, QuantContext
 
 OUTPUT_BITS = 16
 
@@ -64,7 +65,8 @@ def wide_tensors(graph: Graph) -> set[str]:
     """Graph outputs and the tensors they are reshaped/sliced from: these stay 16-bit."""
     wide = set(graph.outputs)
     for n in reversed(graph.nodes):
-        if n.output in wide and n.op in PASSTHROUGH_OPS and n.op != "concat":
+        if n.output in wide and (n.op in PASSTHROUGH_OPS and n.op != "concat"
+                                 or n.op in FLOAT and FLOAT[n.op].passthrough):
             wide.add(n.inputs[0])
     return wide
 
@@ -77,6 +79,7 @@ def _a4_tensors(graph: Graph) -> set[str]:
     for t, users in graph.consumers().items():
         src = producers.get(t)
         if users and src is not None and src.op not in PASSTHROUGH_OPS and t not in graph.outputs \
+                and not (src.op in FLOAT and FLOAT[src.op].passthrough) \
                 and all(u.op in ("conv", "dense") and graph.bits[u.name][1] == 4 for u in users):
             a4.add(t)
     return a4
@@ -112,6 +115,13 @@ def quantize_graph(graph: Graph) -> Graph:
 
 def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: list[Node]) -> None:
     x = n.inputs[0]
+    if n.op in FLOAT:  # an op-table entry (`dyadic.ops`)
+        if FLOAT[n.op].passthrough:
+            qp[n.output] = qp[x]
+            nodes.append(n)
+        else:
+            FLOAT[n.op].quantize(QuantContext(graph, qp, out_q, nodes), n)
+        return
     if n.op in ("conv", "dense"):
         wb, ab = graph.bits[n.name]
         if ab == 4 and qp[x].bits != 4:  # the input is shared with 8-bit readers: requantize a copy

@@ -23,6 +23,7 @@ from tvm import relax
 
 from dyadic.arith import rounding_term
 from dyadic.graph import Node
+from dyadic.ops import INT
 from dyadic.kernels import epilogue, packing, cpu_ops
 from dyadic.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
 from dyadic.kernels.cpu_conv import conv_func
@@ -127,6 +128,9 @@ class CpuKernels:
             a, p = n.attrs, n.params
             return self._result(n, self.L.requant(self.values[n.inputs[0]], p["M"], p["S"], a["lo"], a["hi"],
                                                   self._dtype(n.output)))
+        if op in INT and INT[op].elementwise and len(n.inputs) == 1 and n.inputs[0] in self.packed:
+            # a layout-agnostic op (a table lookup) runs on the packed tensor as it is
+            return self._result(n, INT[op].lower(self.L, n, [self.values[n.inputs[0]]]))
         if op == "concat" and n.attrs["axis"] == 1 and all(t in self.packed and self.g.shapes[t][1] % 16 == 0
                                                            for t in n.inputs):
             return self._result(n, self.L.emit(relax.op.concat([self.values[t] for t in n.inputs], axis=1)))
