@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.errors import ModelError
-from dyadic.graph import Graph
+from dyadic.core.errors import ModelError
+from dyadic.core.graph import Graph
 
 
 def fold_batchnorm(graph: Graph) -> Graph:

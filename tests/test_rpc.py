@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import dyadic
-from dyadic.cli import main
+from dyadic.cli.main import main
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
-from dyadic.errors import TargetError, ToolchainError
-from dyadic.reference import run_reference
-from dyadic.remote import parse_address, run_rpc
+from dyadic.core.config import CompileConfig
+from dyadic.core.errors import TargetError, ToolchainError
+from dyadic.core.reference import run_reference
+from dyadic.runtime.remote import parse_address, run_rpc
 
 from _tiny_onnx import bias, conv_w, make_model, node
 
@@ -41,7 +41,7 @@ def rpc_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "dyadic.remote", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "dyadic.runtime.remote", "--host", "127.0.0.1", "--port", str(port),
                              "--port-end", str(port + 50)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "dyadic rpc server listening on 127.0.0.1:PORT"
     if "listening on" not in line:

@@ -11,9 +11,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from dyadic.arith import pack_int4, rounding_term
-from dyadic import lower_int4
-from dyadic.graph import Graph, Node
+from dyadic.core.arith import pack_int4, rounding_term
+from dyadic.backend import lower_int4
+from dyadic.core.graph import Graph, Node
 from dyadic.targets import TargetSpec
 
 _BC = (1, -1, 1, 1)
@@ -30,7 +30,7 @@ class _Lowerer:
         self.bb = relax.BlockBuilder()
         self.batch = tvm.tirx.Var("n", "int64")
         # --- dyadic.kernels: fused target-specific kernels (x86 VNNI), None = generic ops only ---
-        from dyadic import kernels
+        from dyadic.backend import kernels
         self.kernels = kernels.for_lowerer(self)
 
     def emit(self, expr):

@@ -1,7 +1,7 @@
 """Generic TE kernels that read 4-bit weights packed two per byte, unpacking inside the reduction.
 
 The fallback for W4 layers no kernel family takes (grouped non-depthwise convs, CPUs without a
-dot-product instruction, dense layers on 16-bit input): `dyadic.kernels` run W4 layers on the
+dot-product instruction, dense layers on 16-bit input): `dyadic.backend.kernels` run W4 layers on the
 int8 dot-product / MMA instructions with their own nibble layouts. This plain loop nest is slow.
 
 Unpacking in a separate Relax op would be undone by constant folding (the weights are constants),

@@ -15,7 +15,7 @@ Every (runner, threads) measurement runs in its own subprocess; the whole set is
 mode (seen here with 2 threads). The table reports the median over all timed iterations of all
 repeats, the ratios ORT / dyadic (> 1: dyadic is faster), and the library's integer throughput as
 a fraction of the VNNI peak *measured* on this machine with the same thread count
-(`dyadic.kernels.peak`: independent `vpdpbusd` chains, no memory traffic). The nominal peak from
+(`dyadic.backend.kernels.peak`: independent `vpdpbusd` chains, no memory traffic). The nominal peak from
 the /proc/cpuinfo clock is not used: boosting cores exceed it.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def quantize_for_ort(model_path: str, out_dir: str, calib: dict[str, np.ndarray]
 
 def model_macs(model_path: str) -> int:
     """Multiply-accumulates of one sample in the convolutions and dense layers."""
-    from dyadic.passes import import_onnx
+    from dyadic.frontend import import_onnx
 
     g = import_onnx(model_path)
     total = 0
@@ -106,15 +106,15 @@ def model_macs(model_path: str) -> int:
 
 def measured_peaks(threads) -> dict[int, float]:
     """{threads: measured vpdpbusd GMAC/s}, empty where the host has no AVX512-VNNI."""
-    from dyadic.kernels import x86_isa
+    from dyadic.backend.kernels import x86_isa
     from dyadic.targets import host_target
 
     if x86_isa(host_target().tvm_target) != "vnni":
         return {}
     peaks = {}
     for t in threads:  # in a subprocess: TVM's thread pool size is fixed per process (TVM_NUM_THREADS)
-        code = (f"from dyadic.runtime import set_threads; set_threads({int(t)}); "
-                f"from dyadic.kernels.peak import vnni_peak_gmacs; print(vnni_peak_gmacs({int(t)}))")
+        code = (f"from dyadic.runtime.loader import set_threads; set_threads({int(t)}); "
+                f"from dyadic.backend.kernels.peak import vnni_peak_gmacs; print(vnni_peak_gmacs({int(t)}))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         peaks[t] = float(proc.stdout.strip().splitlines()[-1])
     return peaks
@@ -123,11 +123,11 @@ def measured_peaks(threads) -> dict[int, float]:
 # ------------------------------------------------------------------------- driver
 def _measure(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int) -> list[float]:
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "dyadic.bench", "--worker", kind, path, str(threads), str(batch), str(iters),
+    cmd = [sys.executable, "-m", "dyadic.cli.bench", "--worker", kind, path, str(threads), str(batch), str(iters),
            str(warmup)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        from dyadic.errors import DyadicError
+        from dyadic.core.errors import DyadicError
 
         raise DyadicError(f"bench worker {kind} ({threads} threads) failed: {proc.stderr.strip()[-800:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["times_ms"]
@@ -136,8 +136,8 @@ def _measure(kind: str, path: str, threads: int, batch: int, iters: int, warmup:
 def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat: int = 3, iters: int = 20,
         warmup: int = 3, calib: dict[str, np.ndarray] | None = None, log=print) -> dict:
     """Measure the three runners; returns {"rows": [...], "meta": {...}} (and prints via `log`)."""
-    from dyadic import data
-    from dyadic.runtime import load
+    from dyadic.frontend import data
+    from dyadic.runtime.loader import load
 
     plan = load(build_dir).plan
     if calib is None:
@@ -152,7 +152,7 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
         try:
             int8 = quantize_for_ort(model_path, tmp, calib)
         except Exception as e:  # onnxruntime's quantizer rejects the model: say so, in one paragraph
-            from dyadic.errors import DyadicError
+            from dyadic.core.errors import DyadicError
 
             raise DyadicError(f"onnxruntime cannot quantize {model_path!r} for the int8 baseline: "
                               f"{type(e).__name__}: {e}") from None
@@ -219,9 +219,9 @@ def add_subparser(sub) -> None:
 
 def run_remote(build_dir: str, addr: str, batch: int, repeat: int, iters: int) -> dict:
     """Time the build on an RPC device: `repeat` rounds of `iters` timed runs on synthetic input."""
-    from dyadic import data
-    from dyadic.remote import run_build
-    from dyadic.runtime import quantize_plan_inputs
+    from dyadic.frontend import data
+    from dyadic.runtime.remote import run_build
+    from dyadic.runtime.loader import quantize_plan_inputs
 
     plan = _plan(build_dir)
     shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
@@ -241,10 +241,10 @@ def _plan(build_dir: str) -> dict:
 
 
 def cmd(a) -> int:
-    from dyadic.errors import DyadicError
+    from dyadic.core.errors import DyadicError
 
     if a.rpc:
-        from dyadic.remote import parse_address
+        from dyadic.runtime.remote import parse_address
 
         parse_address(a.rpc)
         if not os.path.isfile(os.path.join(a.build, "model.json")):
@@ -265,8 +265,8 @@ def cmd(a) -> int:
         raise DyadicError(f"{a.build!r} is not a build directory of `dyadic compile` (no model.so)")
     calib = None
     if a.calib:
-        from dyadic.data import load_npz
-        from dyadic.runtime import load
+        from dyadic.frontend.data import load_npz
+        from dyadic.runtime.loader import load
 
         shapes = {i["name"]: tuple(i["shape"]) for i in load(a.build).plan["inputs"]}
         calib, _ = load_npz(a.calib, shapes)

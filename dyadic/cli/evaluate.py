@@ -5,8 +5,8 @@ from typing import Callable
 
 import numpy as np
 
-from dyadic.float_exec import batches
-from dyadic.progress import Progress
+from dyadic.core.float_exec import batches
+from dyadic.core.progress import Progress
 
 
 def evaluate(run: Callable[[dict], np.ndarray], x: dict[str, np.ndarray], y: np.ndarray,

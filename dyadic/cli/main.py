@@ -9,9 +9,8 @@ import argparse
 import os
 import sys
 
-
-from dyadic.config import BitMode
-from dyadic.errors import DyadicError
+from dyadic.core.config import BitMode
+from dyadic.core.errors import DyadicError
 
 
 def _add_norm(p: argparse.ArgumentParser) -> None:
@@ -37,7 +36,7 @@ def _add_bits(p: argparse.ArgumentParser) -> None:
 
 
 def _config(a, target: str):
-    from dyadic.config import Budget, Budgets, CompileConfig
+    from dyadic.core.config import Budget, Budgets, CompileConfig
 
     budgets = Budgets(**{k: Budget.parse(v, k) for k, v in (("latency", a.latency_budget), ("memory", a.memory_budget),
                                                             ("bops", a.bops_budget)) if v})
@@ -45,7 +44,7 @@ def _config(a, target: str):
         raise DyadicError("budgets (--latency/--memory/--bops-budget) need --bits mixed")
     rpc = getattr(a, "rpc", None)
     if rpc:
-        from dyadic.remote import parse_address
+        from dyadic.runtime.remote import parse_address
 
         parse_address(rpc)
         if a.bits != "mixed":
@@ -83,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                         "HOST:PORT (a board or GPU box) instead of using a cost model")
     _add_norm(c)
     _add_bits(c)
-    from dyadic.sweep import add_parser as add_sweep
+    from dyadic.cli.sweep import add_parser as add_sweep
     add_sweep(sub, _add_norm)
     r = sub.add_parser("run", help="run a build directory on a data file (locally, under qemu, or over RPC)",
                        description="Quantize the inputs of a .npz data file, run the build's integer library "
@@ -110,33 +109,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None,
                    help="threads of a build (default: the physical cores, or $TVM_NUM_THREADS)")
     _add_norm(e)
-    from dyadic import bench  # `dyadic bench`: parser and command live in dyadic/bench.py
+    from dyadic.cli import bench  # `dyadic bench`: parser and command live in dyadic/cli/bench.py
     bench.add_subparser(sub)
     return ap
 
 
-def _load_model_arg(name: str, image_size: int | None):
-    if os.path.exists(name) or name.endswith(".onnx"):
-        return name
-    from dyadic.models import BUILDERS, build
-
-    if name not in BUILDERS:
-        raise DyadicError(f"{name!r} is neither an existing file nor a built-in model ({', '.join(BUILDERS)})")
-    return build(name, **({"image_size": image_size} if image_size else {}))
-
-
 def cmd_compile(a) -> int:
     import dyadic
-    from dyadic.data import Normalize, load_npz
-    from dyadic.passes import import_onnx
-    from dyadic.compiler import input_shapes
-    from dyadic.report import summary
+    from dyadic.frontend.data import Normalize, load_npz
+    from dyadic.core.io import input_shapes
+    from dyadic.frontend import import_onnx, load_model_arg
+    from dyadic.cli.report import summary
 
     from dyadic.targets import preset_name
 
     target = preset_name(a.target, a.cpu, a.arch)  # before any work: a bad flag fails fast
     config = _config(a, target)
-    model = _load_model_arg(a.model, a.image_size)
+    model = load_model_arg(a.model, a.image_size)
     calib, source = None, ""
     if a.calib:
         shapes = input_shapes(import_onnx(model))
@@ -151,9 +140,9 @@ def cmd_compile(a) -> int:
 def cmd_run(a) -> int:
     import json
 
-    from dyadic.runtime import quantize_plan_inputs
-    from dyadic.data import Normalize, load_npz
-    from dyadic.remote import run_build
+    from dyadic.runtime.loader import quantize_plan_inputs
+    from dyadic.frontend.data import Normalize, load_npz
+    from dyadic.runtime.remote import run_build
 
     js = os.path.join(a.build, "model.json")
     if not os.path.isfile(js):
@@ -178,8 +167,8 @@ def cmd_run(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from dyadic.data import Normalize, load_npz
-    from dyadic.evaluate import evaluate
+    from dyadic.frontend.data import Normalize, load_npz
+    from dyadic.cli.evaluate import evaluate
 
     norm = Normalize.parse(a.mean, a.std)
     runner, shapes = _runner(a.model, a.threads)
@@ -213,8 +202,8 @@ def _runner(path: str, threads: int | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from dyadic.sweep import cmd_sweep
-        from dyadic.bench import cmd as cmd_bench
+        from dyadic.cli.sweep import cmd_sweep
+        from dyadic.cli.bench import cmd as cmd_bench
         return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run, "sweep": cmd_sweep,
                 "bench": cmd_bench}[args.cmd](args)
     except DyadicError as e:

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+#: the per-layer (weight bits, activation bits) choices: W8A8, W4A8, W4A4 (`passes.assign_bitwidths`,
+#: the ILP of `dyadic.mixed.ilp`)
+CANDIDATES: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
+
+
 class BitMode(Enum):
     INT8 = "8"          #: every layer W8A8
     INT4 = "4"          #: every free layer W4A4 (first/last pinned to 8 bits)
@@ -31,7 +36,7 @@ class Budget:
         allowed = {"latency": ("ms", "s", "us"), "memory": ("b", "kb", "mb", "kib", "mib"),
                    "bops": ("bops", "kbops", "mbops", "gbops")}[kind]
         if not m or (m.group(2) not in allowed + ("x",)):
-            from dyadic.errors import DyadicError
+            from dyadic.core.errors import DyadicError
             raise DyadicError(f"--{kind}-budget {text!r}: give a number with a unit ({', '.join(allowed)}) "
                               f"or a ratio to all-int8 like 0.6x")
         v, unit = float(m.group(1)), m.group(2)

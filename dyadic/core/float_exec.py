@@ -5,8 +5,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from dyadic import npops
-from dyadic.graph import Graph, Node
+from dyadic.core import npops
+from dyadic.core.graph import Graph, Node
 
 
 def _act(y, node: Node):

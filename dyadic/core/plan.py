@@ -11,7 +11,7 @@ import platform
 
 import numpy as np
 
-from dyadic.graph import Graph, QParams
+from dyadic.core.graph import Graph, QParams
 
 PLAN_VERSION = 1
 

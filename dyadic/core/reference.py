@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic import npops
-from dyadic.arith import requantize, rounding_term
-from dyadic.graph import Graph, Node
+from dyadic.core import npops
+from dyadic.core.arith import requantize, rounding_term
+from dyadic.core.graph import Graph, Node
 
 _BC = (1, -1, 1, 1)  # per-channel parameters broadcast over NCHW
 

@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from dyadic.errors import VerificationError
-from dyadic.graph import FLOAT_OPS, INT_DTYPES, INT_OPS, Graph
+from dyadic.core.errors import VerificationError
+from dyadic.core.graph import FLOAT_OPS, INT_DTYPES, INT_OPS, Graph
 
 INT32_LIMIT = 2 ** 31
 INT64_LIMIT = 2 ** 63

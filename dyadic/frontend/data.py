@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.errors import DataError
+from dyadic.core.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from dyadic.errors import ModelError
-from dyadic.graph import Graph, Node
+from dyadic.core.errors import ModelError
+from dyadic.core.graph import Graph, Node
 
 OPSET_RANGE = (13, 21)
 SUPPORTED = frozenset({

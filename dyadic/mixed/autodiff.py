@@ -6,7 +6,7 @@ then back-propagates a loss on the output logits:
   * labels given (int array): mean cross-entropy;
   * soft targets given (float [N, K] probabilities): mean KL(target || softmax(logits)).
 It returns the loss and the gradient for every key of `theta`. Hessian-vector products come from
-central differences of two such gradients (`dyadic.hessian`). Only the ops of the float graph after
+central differences of two such gradients (`dyadic.mixed.hessian`). Only the ops of the float graph after
 `fold_batchnorm` and `fuse_activations` are differentiated.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic import npops
-from dyadic.float_exec import run_node
-from dyadic.graph import Graph, Node
+from dyadic.core import npops
+from dyadic.core.float_exec import run_node
+from dyadic.core.graph import Graph, Node
 
 Key = object  # a layer name (its weight) or ("act", tensor name) (a perturbation of that tensor)
 

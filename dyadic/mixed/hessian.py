@@ -13,7 +13,7 @@ Rademacher vectors in logit space and w_n = A_n^{1/2} u_n / sqrt(N),
 
     E_u ‖ Σ_n J_{k,n}^T w_n ‖² = Tr(H_kk)
 
-and Σ_n J_{k,n}^T w_n is the gradient of <w, z> — one reverse pass (`dyadic.autodiff.backward`)
+and Σ_n J_{k,n}^T w_n is the gradient of <w, z> — one reverse pass (`dyadic.mixed.autodiff.backward`)
 yields a sample for every block at once, with no cross-block terms and no finite differences. The
 mean trace Tr(H_kk) / n_k is the running mean over probes; probing stops once every block's
 relative standard error (sample std / sqrt(p) / mean) is at most `rel_se`, or after `max_probes`.
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.autodiff import backward, forward, loss_and_grads
-from dyadic.graph import Graph
-from dyadic.progress import Progress
+from dyadic.mixed.autodiff import backward, forward, loss_and_grads
+from dyadic.core.graph import Graph
+from dyadic.core.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The HAWQ-V3 bit-width ILP: pick one candidate per layer, least Hessian sensitivity under budgets.
 
 Layers i = 1..n are the weighted layers of the graph; candidates c ∈ C = {W8A8, W4A8, W4A4}
-(`passes.assign_bitwidths.CANDIDATES`). With Ω_ic the sensitivity of layer i at candidate c
+(`dyadic.core.config.CANDIDATES`). With Ω_ic the sensitivity of layer i at candidate c
 (`graph.meta["sensitivity"][i]["omega"][c]`, see `passes.estimate_sensitivity`) and r^k_ic its cost
 of kind k (`graph.meta["costs"]`, see `passes.measure_costs`: k = latency -> latency_s,
 memory -> bytes, bops -> bops), solve over binaries x_ic
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.config import Budgets
-from dyadic.errors import BudgetError, DyadicError
-from dyadic.graph import Graph
+from dyadic.core.config import Budgets
+from dyadic.core.errors import BudgetError, DyadicError
+from dyadic.core.graph import Graph
 
 KINDS = {"latency": "latency_s", "memory": "bytes", "bops": "bops"}   #: budget kind -> cost key
 UNITS = {"latency": (1e-3, "ms"), "memory": (1e3, "KB"), "bops": (1e9, "GBOPs")}
@@ -94,7 +94,7 @@ def tie_groups(graph: Graph) -> list[list[str]]:
 
 
 def make_problem(graph: Graph, pinned: set[str]) -> Problem:
-    from dyadic.passes.assign_bitwidths import CANDIDATES
+    from dyadic.core.config import CANDIDATES
     from dyadic.passes.estimate_sensitivity import CANDIDATE_NAMES
 
     cands = tuple(CANDIDATE_NAMES[c] for c in CANDIDATES)
@@ -219,7 +219,7 @@ def _given(b) -> str | float | None:
 
 def solve_bitwidths(graph: Graph, pinned: set[str], budgets: Budgets) -> tuple[dict[str, tuple[int, int]], dict]:
     """Bits {layer: (wb, ab)} for every weighted layer, and a report of the ILP (see module doc)."""
-    from dyadic.passes.assign_bitwidths import CANDIDATES
+    from dyadic.core.config import CANDIDATES
 
     t0 = time.perf_counter()
     p = make_problem(graph, pinned)

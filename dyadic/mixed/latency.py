@@ -3,8 +3,8 @@
 The latency of layer i at candidate (b_w, b_a) is the median over `Timing.repeat` repeats of one
 call of a library that holds only this layer, at batch 1, on the target: a one-node integer graph
 (`qconv`/`qdense` with random weights in range for b_w, the layer's real shapes, attributes and
-input/output signedness, an input in range for b_a) lowered by `dyadic.lower.lower_to_relax` and
-built by `dyadic.build` exactly as a compile does, so it times whichever kernel the compile would
+input/output signedness, an input in range for b_a) lowered by `dyadic.backend.lower.lower_to_relax` and
+built by the target (`dyadic.targets`) exactly as a compile does, so it times whichever kernel the compile would
 pick. The call includes the layer's fused bias/requant epilogue, the conversion of its output back
 to NCHW when the kernel writes a packed layout, and the VM's call overhead (microseconds).
 Depthwise convs only get a fast kernel when their input comes packed from another conv kernel, so
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.errors import ToolchainError
-from dyadic.graph import Graph, Node, QParams
+from dyadic.core.errors import ToolchainError
+from dyadic.core.graph import Graph, Node, QParams
 
 CACHE_VERSION = 1
 PROLOGUE_CIN = 16   #: input channels of the conv put in front of a depthwise layer
@@ -53,7 +53,7 @@ def cache_file(cache_path: str | None = None) -> str:
         return cache_path
     if os.environ.get("DYADIC_CACHE_DIR"):
         return os.path.join(os.environ["DYADIC_CACHE_DIR"], "latency.json")
-    from dyadic import toolchain
+    from dyadic.targets import toolchain
 
     return str(toolchain.cache_dir() / "latency.json")
 
@@ -64,12 +64,11 @@ def code_fingerprint(kernels_env: str = "") -> str:
     Taken once per process (the code this process runs is what it imported)."""
     import tvm
 
-    import dyadic
-
-    root = os.path.dirname(dyadic.__file__)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dyadic/
     h = hashlib.sha256(f"tvm {tvm.__version__} kernels={kernels_env}".encode())
-    for f in sorted([os.path.join(root, p) for p in ("lower.py", "lower_int4.py", "build.py")]
-                    + glob.glob(os.path.join(root, "kernels", "*.py"))):
+    for f in sorted([os.path.join(root, "backend", p) for p in ("lower.py", "lower_int4.py", "build.py")]
+                    + glob.glob(os.path.join(root, "targets", "*.py"))
+                    + glob.glob(os.path.join(root, "backend", "kernels", "*.py"))):
         with open(f, "rb") as fh:
             h.update(os.path.basename(f).encode() + fh.read())
     return h.hexdigest()[:16]
@@ -99,7 +98,7 @@ def is_depthwise(graph: Graph, n: Node) -> bool:
 
 
 def _qnode(op, name, x, y, rng, w_shape, wb, ab, q_out, attrs) -> Node:
-    from dyadic.arith import dyadic_array
+    from dyadic.core.arith import dyadic_array
 
     wmax, o = (1 << (wb - 1)) - 1, w_shape[0]
     m, s = dyadic_array(np.full(o, 1e-4))
@@ -209,7 +208,7 @@ class Meter:
         if k not in self.lowered:
             import tvm_ffi
 
-            from dyadic.lower import lower_to_relax
+            from dyadic.backend.lower import lower_to_relax
 
             g = one_node_graph(self.g, n, *bits, prologue=prologue, layer=layer)
             mod = lower_to_relax(g, self.spec)
@@ -218,18 +217,16 @@ class Meter:
         return self.lowered[k]
 
     def _time(self, g: Graph, mod) -> list[float]:
-        from dyadic import build
-
         if not self.rpc:
-            return time_graph(g, build.build(mod, self.spec), self.timing)
-        from dyadic import remote
+            return time_graph(g, self.spec.build(mod).executable, self.timing)
+        from dyadic.runtime import remote
 
         if self._sess is None:
             self._sess = remote.connect(self.rpc)
-        built = build.build_for(mod, self.spec)
+        built = self.spec.build(mod)
         with tempfile.TemporaryDirectory(prefix="dyadic-layer-") as tmp:
             so = os.path.join(tmp, "layer.so")
-            build.export(built, so)
+            self.spec.export(built, so)
             try:
                 lib, dev = remote.load_remote(self._sess, so, self.spec.kind)
                 return time_graph(g, lib, self.timing, dev)

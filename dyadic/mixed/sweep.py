@@ -1,4 +1,4 @@
-"""`dyadic sweep`: the accuracy / cost Pareto front of mixed precision (HAWQ-V3's Table rows).
+"""The sweep behind `dyadic sweep` (command: `dyadic.cli.sweep`): the accuracy / cost Pareto front of mixed precision (HAWQ-V3's Table rows).
 
 The float passes (calibration, Hessian sensitivities, measured costs) run once. Then, for each cost
 kind (latency, memory) and each r in `--ratios`, the ILP picks bit-widths under the budget
@@ -11,36 +11,15 @@ itself. Uniform W8A8, W4A8 and W4A4 and onnxruntime fp32 are measured too. Outpu
 `results.json`, `table.md` (printed) and `pareto.png`; each point's build is in OUT/<row>/.
 
 `--cost-target` plans for another target's latencies (e.g. `cuda:sm_75`, from its stated model in
-`dyadic.costmodel` when it cannot be timed here) while the accuracy is still measured here with host
+`dyadic.mixed.costmodel` when it cannot be timed here) while the accuracy is still measured here with host
 builds: the integer graph, and so every output, is the same on every target (each build is checked
 bit-exact against the same int64 reference).
 """
 from __future__ import annotations
 
-import json
 import os
 
-from dyadic.config import BitMode, Budget, Budgets, CompileConfig
-from dyadic.errors import DyadicError
-
-
-def add_parser(sub, add_norm) -> None:
-    s = sub.add_parser("sweep", help="Pareto front of mixed precision: accuracy vs latency and memory budgets",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
-    s.add_argument("model", help=".onnx file or a built-in model name")
-    s.add_argument("-o", "--output", required=True, help="output directory for results.json, table.md, pareto.png")
-    s.add_argument("--calib", required=True, help="calibration .npz (as for compile)")
-    s.add_argument("--data", required=True, help="labelled .npz to measure accuracy on")
-    s.add_argument("--limit", type=int, default=None, help="measure accuracy on the first N samples only")
-    s.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="budget ratios r between all-int4 (0) and all-int8 (1)")
-    s.add_argument("--hessian-samples", type=int, default=32, help="calibration images for the Hessian traces")
-    s.add_argument("--cost-target", default="host",
-                   help="target whose per-layer latencies the ILP plans with (host, arm[:CPU], cuda[:sm_XX]); "
-                        "accuracy is measured on host builds of the same integer graphs")
-    s.add_argument("--rpc", default=None, metavar="HOST:PORT",
-                   help="time the layers on the --cost-target device through this TVM RPC server")
-    s.add_argument("--quiet", action="store_true", help="no progress output")
-    add_norm(s)
+from dyadic.core.config import BitMode, Budget, Budgets, CompileConfig
 
 
 def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
@@ -56,8 +35,8 @@ def run_sweep(model, out_dir: str, calib: dict, data: dict, labels, ratios: list
               hessian_samples: int = 32, quiet: bool = False, cost_target: str = "host",
               rpc: str | None = None) -> list[dict]:
     import dyadic
-    from dyadic.evaluate import evaluate
-    from dyadic.passes import import_onnx
+    from dyadic.cli.evaluate import evaluate
+    from dyadic.frontend import import_onnx
     from dyadic.passes.assign_bitwidths import pinned_layers
     from dyadic.pipeline import float_passes, run_passes
 
@@ -98,7 +77,7 @@ def _fp32_top1(model, data, labels, quiet) -> float | None:
         return None
     import onnxruntime as ort
 
-    from dyadic.evaluate import evaluate
+    from dyadic.cli.evaluate import evaluate
 
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     correct, n = evaluate(lambda xs: sess.run(None, xs)[0], data, labels, 250, quiet=quiet)
@@ -145,46 +124,3 @@ def plot(results: list[dict], fp32: float | None, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def cmd_sweep(a) -> int:
-    from dyadic.cli import _load_model_arg
-    from dyadic.compiler import input_shapes
-    from dyadic.data import Normalize, load_npz
-    from dyadic.passes import import_onnx
-
-    try:
-        ratios = [float(r) for r in a.ratios.split(",")]
-    except ValueError:
-        raise DyadicError(f"--ratios must be comma-separated numbers, got {a.ratios!r}") from None
-    from dyadic.targets import resolve
-
-    resolve(a.cost_target)  # a bad name or address fails before any work
-    if a.rpc:
-        from dyadic.remote import parse_address
-
-        parse_address(a.rpc)
-    model = _load_model_arg(a.model, None)
-    shapes = input_shapes(import_onnx(model))
-    norm = Normalize.parse(a.mean, a.std)
-    calib, _ = load_npz(a.calib, shapes, norm)
-    data, labels = load_npz(a.data, shapes, norm, a.limit)
-    if labels is None:
-        raise DyadicError(f"{a.data} has no 'labels': the sweep measures accuracy")
-    os.makedirs(a.output, exist_ok=True)
-    results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet,
-                                          a.cost_target, a.rpc)
-    fp32 = _fp32_top1(model, data, labels, a.quiet)
-    info = prepared.meta.get("costs_info", {})
-    text = table(results, fp32) + (f"\nlatency: {info.get('latency')} for target {info.get('target', {}).get('preset')}"
-                                   + (f" ({info['model']})" if info.get("model") else ""))
-    with open(os.path.join(a.output, "results.json"), "w") as f:
-        json.dump({"rows": results, "fp32_top1": fp32, "totals": totals,
-                   "sensitivity_info": prepared.meta.get("sensitivity_info"),
-                   "costs_info": prepared.meta.get("costs_info")}, f, indent=1)
-    with open(os.path.join(a.output, "table.md"), "w") as f:
-        f.write(text + "\n")
-    plot(results, fp32, os.path.join(a.output, "pareto.png"))
-    print(text)
-    print(f"wrote {a.output}/results.json, table.md, pareto.png")
-    return 0

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from dyadic.arith import quantize_float
+from dyadic.core.arith import quantize_float
 
 _RUNTIME_LOADED = False
 

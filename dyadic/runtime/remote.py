@@ -9,7 +9,7 @@ runs `main` there; only tensors travel. Timings come from TVM's `time_evaluator`
 board. Start a server on the board with either
 
     python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090   # TVM's own; needs `cloudpickle`
-    python -m dyadic.remote --host 0.0.0.0 --port 9090          # the same server loop, in-process
+    python -m dyadic.runtime.remote --host 0.0.0.0 --port 9090  # the same server loop, in-process
 
 The second runs TVM's listen/serve loop directly instead of through TVM's Popen worker, which is
 what needs cloudpickle. Either server executes whatever a client uploads: trusted networks only.
@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from dyadic.errors import TargetError, ToolchainError
+from dyadic.core.errors import TargetError, ToolchainError
 
 _DEVICE = {"host": "cpu", "arm": "cpu", "cuda": "cuda"}
 _UPLOADS = itertools.count()
@@ -46,7 +46,7 @@ def connect(addr: str):
         return rpc.connect(host, port)
     except Exception as e:  # noqa: BLE001  (socket and TVM errors alike mean: no usable server there)
         raise ToolchainError(f"cannot reach a TVM RPC server at {host}:{port} ({e}); start one on the board: "
-                             "python -m dyadic.remote --host 0.0.0.0 --port 9090") from None
+                             "python -m dyadic.runtime.remote --host 0.0.0.0 --port 9090") from None
 
 
 def _run_vm(lib, dev, plan: dict, q_inputs: dict[str, np.ndarray], reps: int):
@@ -113,7 +113,7 @@ def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None =
     (natively or under qemu) or on this CPU. Returns (outputs, timing or None, where it ran)."""
     import json
 
-    from dyadic import deploy
+    from dyadic.runtime import bundle
 
     if not os.path.isfile(os.path.join(build_dir, "model.json")):
         raise TargetError(f"{build_dir} has no model.json: is it the output directory of `dyadic compile`?")
@@ -129,14 +129,14 @@ def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None =
         outs, timing = run_local(so, plan, q_inputs, "cuda", reps)
         return outs, timing, "the local GPU"
     if kind == "arm":
-        outs, text = deploy.run_bundle(build_dir, plan, q_inputs, reps=reps)
-        if deploy.runner_prefix():  # emulated: timings mean nothing, do not report them
+        outs, text = bundle.run_bundle(build_dir, plan, q_inputs, reps=reps)
+        if bundle.runner_prefix():  # emulated: timings mean nothing, do not report them
             return outs, None, "qemu-user (emulated aarch64; no timing)"
         line = next((l for l in text.splitlines() if l.startswith("timing:")), None)
         timing = None if line is None else {"median_ms": float(line.split()[2]), "min_ms": float(line.split()[5]),
                                              "runs": reps}
         return outs, timing, "this aarch64 machine"
-    from dyadic.runtime import load
+    from dyadic.runtime.loader import load
 
     m = load(build_dir, threads)
     outs = m.run_int(q_inputs)
@@ -166,7 +166,7 @@ def serve(host: str = "0.0.0.0", port: int = 9090, port_end: int | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dyadic.remote", description="Start a TVM RPC server "
+    ap = argparse.ArgumentParser(prog="python -m dyadic.runtime.remote", description="Start a TVM RPC server "
                                  "(trusted networks only: clients can run any code).")
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=9090)

@@ -1,6 +1,6 @@
 // dyadic-run: run a dyadic model library (a Relax VM executable) with the TVM runtime only.
 //
-// Built by dyadic.deploy for the target (e.g. aarch64) and shipped in the deploy bundle, so a board
+// Built by dyadic.targets.arm for the target (e.g. aarch64) and shipped in the deploy bundle, so a board
 // needs no Python. It depends only on the tvm-ffi headers and links libtvm_ffi + libtvm_runtime.
 //
 //   dyadic-run MODEL.so -i FILE:DTYPE:SHAPE [-i ...] -o OUT_PREFIX [-r REPS]

@@ -1,14 +1,20 @@
-"""Deploy bundles: a build directory a board can use as is, without Python or a TVM install.
+"""The arm target (aarch64 Linux, cross-compiled): core presets, the cross build, and deploy bundles.
+
+Build: `relax.build` for `aarch64-linux-gnu` with the preset's `-mattr`; the library is linked with the
+cross g++. Its dot-product instructions (sdot/udot/usdot/smmla...) are counted in the disassembly,
+because they are the evidence of whether the int8 MACs use the core's int8 hardware.
+
+Deploy bundles: a build directory a board can use as is, without Python or a TVM install.
 
 An `--target arm` build directory holds, besides model.so and model.json:
 
     lib/libtvm_runtime.so, lib/libtvm_ffi.so   aarch64 TVM runtime (from the PyPI aarch64 wheels)
-    bin/dyadic-run                              prebuilt aarch64 runner (source: dyadic/runner.cc)
+    bin/dyadic-run                              prebuilt aarch64 runner (source: dyadic/runtime/runner.cc)
     README.txt                                  how to run it on the board
 
 Why the wheels: TVM publishes no standalone aarch64 runtime, but its manylinux aarch64 wheels hold
 exactly the two runtime libraries, built from the same sources as the compiler we use. They are
-fetched with `pip download` (no install) and cached under `dyadic.toolchain.cache_dir()`. The runner
+fetched with `pip download` (no install) and cached under `dyadic.targets.toolchain.cache_dir()`. The runner
 is compiled against the tvm-ffi headers of our own (host) tvm-ffi wheel, which are the same files.
 
 The same runner runs the bundle here under qemu-user: that is the arm compile's bit-exact self-check.
@@ -18,22 +24,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import zipfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from dyadic import toolchain
-from dyadic.errors import ToolchainError
+from dyadic.core.errors import TargetError, ToolchainError
+from dyadic.targets import toolchain
+from dyadic.targets.base import Built, Target, compare_outputs
 
 TVM_VERSION = "0.27.0.post1"
 TVM_FFI_VERSION = "0.1.14.post1"
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
-RUNNER_SOURCE = Path(__file__).with_name("runner.cc")
+RUNNER_SOURCE = Path(__file__).parents[1] / "runtime" / "runner.cc"
 RUNTIME_LIBS = {"tvm/lib/libtvm_runtime.so": "libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so": "libtvm_ffi.so"}
 
 _README = """dyadic deploy bundle for {preset} ({examples})
@@ -122,75 +128,73 @@ def write_bundle(out_dir: str, plan: dict) -> list[str]:
     return ["lib", "bin", "README.txt"]
 
 
-def runner_prefix() -> list[str]:
-    """How to start an aarch64 program here: directly on aarch64, else through qemu-user."""
-    return [] if platform.machine() in ("aarch64", "arm64") else toolchain.qemu_command()
+@dataclass(frozen=True)
+class ArmCpu:
+    """An aarch64 core. `mcpu` is LLVM's name for it; the features are the int8 extensions it has."""
+    name: str
+    dotprod: bool      #: Armv8.2 dot product: SDOT/UDOT (4 int8 products per int32 lane)
+    i8mm: bool         #: Armv8.6 int8 matrix multiply: SMMLA/UMMLA/USMMLA and USDOT
+    examples: str
+
+    @property
+    def mattr(self) -> tuple[str, ...]:
+        return ("+neon",) + (("+dotprod",) if self.dotprod else ()) + (("+i8mm",) if self.i8mm else ())
 
 
-def can_run_bundle() -> bool:
-    return platform.machine() in ("aarch64", "arm64") or toolchain.find_qemu() is not None
+ARM_CPUS: dict[str, ArmCpu] = {c.name: c for c in (
+    ArmCpu("cortex-a76", dotprod=True, i8mm=False, examples="Raspberry Pi 5, RK3588 big cores"),
+    ArmCpu("cortex-a55", dotprod=True, i8mm=False, examples="RK3588/RK3566 little cores, many phones"),
+    ArmCpu("neoverse-n1", dotprod=True, i8mm=False, examples="AWS Graviton2, Ampere Altra"),
+    ArmCpu("cortex-a72", dotprod=False, i8mm=False, examples="Raspberry Pi 4"),
+    ArmCpu("neoverse-v1", dotprod=True, i8mm=True, examples="AWS Graviton3"),
+)}
+DEFAULT_ARM_CPU = "cortex-a76"
+AARCH64_TRIPLE = "aarch64-linux-gnu"
+ARM_DOT = ("sdot", "udot", "usdot", "sudot", "smmla", "ummla", "usmmla")
 
 
-def run_bundle(bundle_dir: str, plan: dict, q_inputs: dict[str, np.ndarray], reps: int = 0,
-               timeout: float = 600) -> tuple[list[np.ndarray], str]:
-    """Run bin/dyadic-run of an arm bundle on integer inputs; returns (outputs, the runner's stdout)."""
-    runner = os.path.join(bundle_dir, "bin", "dyadic-run")
-    if not os.path.isfile(runner):
-        raise ToolchainError(f"{bundle_dir} has no bin/dyadic-run: is it an `--target arm` build directory?")
-    with tempfile.TemporaryDirectory(prefix="dyadic-run-") as d:
-        cmd = runner_prefix() + [runner, os.path.join(bundle_dir, "model.so")]
-        for spec in plan["inputs"]:
-            a = np.ascontiguousarray(q_inputs[spec["name"]].astype(spec["dtype"]))
-            path = os.path.join(d, f"in_{len(cmd)}.bin")
-            a.tofile(path)
-            cmd += ["-i", f"{path}:{spec['dtype']}:{'x'.join(map(str, a.shape))}"]
-        cmd += ["-o", os.path.join(d, "out")] + (["-r", str(reps)] if reps else [])
-        proc = toolchain.run(cmd, "the aarch64 runner" + (" under qemu" if runner_prefix() else ""), timeout=timeout)
-        outs = []
-        for k, line in enumerate(l for l in proc.stdout.splitlines() if l.startswith("output ")):
-            _, _, dtype, shape, path = line.split()
-            outs.append(np.fromfile(path, dtype=dtype).reshape([int(s) for s in shape.split("x")]))
-        if len(outs) != len(plan["outputs"]):
-            raise ToolchainError(f"the runner returned {len(outs)} outputs, the plan lists {len(plan['outputs'])}")
-    return outs, proc.stdout
+def count_arm_dot(so_path: str) -> dict[str, int]:
+    objdump = toolchain.find(toolchain.AARCH64_OBJDUMP, "count instructions in an aarch64 library",
+                             toolchain.APT_ARM)
+    text = toolchain.run([objdump, "-d", "--no-show-raw-insn", so_path], "aarch64 objdump").stdout
+    seen = Counter(parts[1].split()[0] for line in text.splitlines()
+                   if len(parts := line.split("\t")) >= 2 and parts[1].strip())
+    return {m: seen.get(m, 0) for m in ARM_DOT}
 
 
-def write_files(out_dir: str, built, plan: dict) -> list[str]:
-    """The files a target adds beside model.so/model.json; returns their top-level names."""
-    if built.target.kind == "arm":
+@dataclass(frozen=True)
+class ArmTarget(Target):
+    def export(self, built: Built, so_path: str) -> None:
+        """Cross-links the aarch64 code with aarch64-linux-gnu-g++."""
+        from tvm.support import cc
+
+        cxx = toolchain.find(toolchain.AARCH64_CXX, "link an aarch64 library", toolchain.APT_ARM)
+        built.executable.export_library(so_path, fcompile=cc.cross_compiler(cxx))
+
+    def package(self, built: Built, out_dir: str, plan: dict) -> list[str]:
         return write_bundle(out_dir, plan)
-    for rel, text in built.files.items():  # cuda: kernels.cu and kernels.ptx, for inspection
-        os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
-        with open(os.path.join(out_dir, rel), "w") as f:
-            f.write(text)
-    return sorted({rel.split("/")[0] for rel in built.files})
 
+    def count_instructions(self, built: Built, so_path: str) -> dict[str, int]:
+        """Dot-product mnemonics in `objdump -d` of the library."""
+        return count_arm_dot(so_path)
 
-def self_check_target(graph, build_dir: str, plan: dict, sample: dict[str, np.ndarray]) -> str:
-    """Run a cross-built library where possible (arm: natively or under qemu; cuda: on a local GPU)
-    and compare it with the int64 reference. Returns the status line recorded in the plan."""
-    from dyadic.compiler import quantize_inputs
-    from dyadic.errors import VerificationError
-    from dyadic.reference import run_reference
+    def self_check(self, int_graph, build_dir: str, plan: dict, sample) -> str:
+        """Run the bundle natively or under qemu-user and compare it with the int64 reference."""
+        from dyadic.core.io import quantize_inputs
+        from dyadic.runtime.bundle import can_run_bundle, run_bundle, runner_prefix
 
-    kind = plan["target"]["kind"]
-    if kind == "arm" and not can_run_bundle():
-        return f"not run: qemu-aarch64-static not found ({toolchain.APT_ARM})"
-    if kind == "cuda":
-        from dyadic import remote
-
-        if not remote.local_cuda_available():
-            return "not run: no CUDA GPU here (run benchmarks/gpu_check.py on a GPU machine)"
-    q = quantize_inputs(graph, sample)
-    if kind == "arm":
+        if not can_run_bundle():
+            return f"not run: qemu-aarch64-static not found ({toolchain.APT_ARM})"
+        q = quantize_inputs(int_graph, sample)
         got, _ = run_bundle(build_dir, plan, q)
         how = "aarch64 natively" if not runner_prefix() else "aarch64 under qemu-user"
-    else:
-        got, how = remote.run_local(os.path.join(build_dir, "model.so"), plan, q, "cuda")[0], "on the local GPU"
-    want = run_reference(graph, q)
-    for o, g in zip(graph.outputs, got):
-        if g.shape != want[o].shape or not np.array_equal(g, want[o]):
-            raise VerificationError(f"self-check: the {kind} library's output {o!r} differs from the int64 "
-                                    f"reference in {int((g != want[o]).sum())} of {g.size} values")
-    return f"bit-exact vs int64 reference ({len(next(iter(q.values())))} inputs, {how})"
+        compare_outputs(int_graph, q, got, self.kind)
+        return f"bit-exact vs int64 reference ({len(next(iter(q.values())))} inputs, {how})"
 
+
+def arm_target(cpu: str = DEFAULT_ARM_CPU) -> ArmTarget:
+    if cpu not in ARM_CPUS:
+        raise TargetError(f"unknown ARM CPU preset {cpu!r}; known: {', '.join(ARM_CPUS)}")
+    c = ARM_CPUS[cpu]
+    tgt = {"kind": "llvm", "mtriple": AARCH64_TRIPLE, "mcpu": c.name, "mattr": list(c.mattr)}
+    return ArmTarget(f"arm:{c.name}", tgt, kind="arm", cpu=c)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from dyadic.errors import ToolchainError
+from dyadic.core.errors import ToolchainError
 
 AARCH64_CXX = "aarch64-linux-gnu-g++"
 AARCH64_OBJDUMP = "aarch64-linux-gnu-objdump"

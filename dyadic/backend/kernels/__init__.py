@@ -1,6 +1,6 @@
 """Target-specific integer kernels (TE/TIR with explicit schedules), chosen from the target's features.
 
-`for_lowerer(lowerer)` is what `dyadic.lower` calls: it returns an object with
+`for_lowerer(lowerer)` is what `dyadic.backend.lower` calls: it returns an object with
 `lower(node, xs)` (the Relax value of a node it implements, or None) and
 `generic_inputs(node, xs)` (inputs converted back to what the generic Relax ops expect), or None
 when no kernel family fits the target (the generic Relax lowering then does everything).
@@ -63,16 +63,16 @@ def arm_isa(target) -> str | None:
 
 
 def for_lowerer(lowerer):
-    """The kernel family for `lowerer.target` (a `dyadic.targets.TargetSpec`), or None."""
+    """The kernel family for `lowerer.target` (a `dyadic.targets.Target`), or None."""
     if os.environ.get("DYADIC_KERNELS", "").lower() == "generic" or lowerer.target is None:
         return None
     if lowerer.target.kind == "cuda":
-        from dyadic.kernels.cuda_lowering import CudaKernels
+        from dyadic.backend.kernels.cuda_lowering import CudaKernels
 
         return CudaKernels(lowerer, lowerer.target.gpu.name)
     isa = arm_isa(lowerer.target) if lowerer.target.kind == "arm" else x86_isa(lowerer.target.tvm_target)
     if isa is None:
         return None
-    from dyadic.kernels.lowering import CpuKernels
+    from dyadic.backend.kernels.lowering import CpuKernels
 
     return CpuKernels(lowerer, isa)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from dyadic.kernels.intrin import dot_16x4_desc, dw_desc
+from dyadic.backend.kernels.intrin import dot_16x4_desc, dw_desc
 
 _LLVM = {"sdot": "llvm.aarch64.neon.sdot.v4i32.v16i8", "usdot": "llvm.aarch64.neon.usdot.v4i32.v16i8"}
 _A = {"sdot": "int8", "usdot": "uint8"}

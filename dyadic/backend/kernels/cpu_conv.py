@@ -40,10 +40,10 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
-from dyadic.kernels import arm_intrin, epilogue
-from dyadic.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
+from dyadic.backend.kernels import arm_intrin, epilogue
+from dyadic.backend.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
-from dyadic.kernels.spec import ConvSpec, ceil_div
+from dyadic.backend.kernels.spec import ConvSpec, ceil_div
 
 
 def conv_func(sp: ConvSpec) -> tirx.PrimFunc:

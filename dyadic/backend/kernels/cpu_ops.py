@@ -12,8 +12,8 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
-from dyadic.kernels import epilogue
-from dyadic.kernels.spec import ceil_div
+from dyadic.backend.kernels import epilogue
+from dyadic.backend.kernels.spec import ceil_div
 
 
 def _i64(v: int):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm import tirx
 
-from dyadic.kernels.spec import ConvGeometry, ceil_div
+from dyadic.backend.kernels.spec import ConvGeometry, ceil_div
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from dyadic.arith import rounding_term
-from dyadic.graph import Node
-from dyadic.kernels.cuda_gemm import GemmSpec, gemm_func
+from dyadic.core.arith import rounding_term
+from dyadic.core.graph import Node
+from dyadic.backend.kernels.cuda_gemm import GemmSpec, gemm_func
 
 _8BIT = ("uint8", "int8")
 INT4_MMA_SMS = (75, 80, 86, 89)
@@ -92,7 +92,7 @@ class CudaKernels:
         self.L, self.g, self.sm, self.emulate = lowerer, lowerer.g, sm_of(arch), emulate
         self.funcs: dict[GemmSpec, object] = {}
         self.specs: list[GemmSpec] = []        # one per lowered node, for reports and tests
-        self.isa, self.dot_layers = "mma.sync", {}   # layer -> instruction (dyadic.lower -> plan: target.dot_macs)
+        self.isa, self.dot_layers = "mma.sync", {}   # layer -> instruction (dyadic.backend.lower -> plan: target.dot_macs)
 
     def generic_inputs(self, n: Node, xs: list) -> list:
         return xs                              # everything stays NCHW

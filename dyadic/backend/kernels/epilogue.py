@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import tirx
 
-from dyadic.arith import rounding_term
+from dyadic.core.arith import rounding_term
 
 _8BIT = ("uint8", "int8")
 

@@ -2,7 +2,7 @@
 tensors travel.
 
 `CpuKernels.lower(node, xs)` returns the Relax value of a node it handles, or None; the generic
-lowering in `dyadic.lower` then runs, on inputs that `generic_inputs` has converted back to NCHW.
+lowering in `dyadic.backend.lower` then runs, on inputs that `generic_inputs` has converted back to NCHW.
 
 Layout: the output of a fast conv is packed ([N, C/16, H, W, 16]) and stays packed through the
 ops that have packed kernels (conv, depthwise conv, residual add, max-pool, scalar requant, channel
@@ -21,11 +21,11 @@ import dataclasses
 import numpy as np
 from tvm import relax
 
-from dyadic.arith import rounding_term
-from dyadic.graph import Node
-from dyadic.kernels import epilogue, packing, cpu_ops
-from dyadic.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
-from dyadic.kernels.cpu_conv import conv_func
+from dyadic.core.arith import rounding_term
+from dyadic.core.graph import Node
+from dyadic.backend.kernels import epilogue, packing, cpu_ops
+from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
+from dyadic.backend.kernels.cpu_conv import conv_func
 
 _8BIT = ("uint8", "int8")
 DEFERRED = "deferred: emitted fused into the residual add that reads it"

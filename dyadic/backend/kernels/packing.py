@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.arith import rounding_term
+from dyadic.core.arith import rounding_term
 
 
 def _pad_to(v: np.ndarray, n: int, fill) -> np.ndarray:
