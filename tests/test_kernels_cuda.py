@@ -1,4 +1,4 @@
-"""The CUDA tensor-core GEMM kernels (`dyadic.kernels.cuda_gemm`), checked on the CPU.
+"""The CUDA tensor-core GEMM kernels (`dyadic.backend.kernels.cuda_gemm`), checked on the CPU.
 
 No GPU runs here, so what is checked is the kernel's index logic: the *same* loop nest (tiling,
 implicit im2col with padding/stride/dilation, shared-memory tiles, per-lane fragment loads, the

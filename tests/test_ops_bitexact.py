@@ -5,7 +5,7 @@ compiled twice: calibrated on signed (normal) data, so the input is int8, and on
 so the input is uint8. Most cases put a convolution before the op under test and a 1x1 convolution
 after it, so that the op runs on 8-bit tensors (the graph output and the tensors reshaped into it are
 16-bit). The library is run on batch sizes 1 and 3, on inputs inside and outside the calibrated
-range (saturation), and compared with `dyadic.reference.run_reference` with `np.array_equal`.
+range (saturation), and compared with `dyadic.core.reference.run_reference` with `np.array_equal`.
 """
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_no_server_is_one_clear_error(host_build, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot reach a TVM RPC server" in err and len(err.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 30
-    assert issubclass(ToolchainError, dyadic.errors.DyadicError)
+    assert issubclass(ToolchainError, dyadic.core.errors.DyadicError)
 
 
 def test_bench_over_rpc(host_build, rpc_server, tmp_path, capsys):
