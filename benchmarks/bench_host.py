@@ -3,7 +3,7 @@
     python benchmarks/bench_host.py [--models resnet50,...] [--threads 1,2] [--repeat 3] [--out results.json]
 
 For each model (built-in seeded weights, `dyadic.models`): write the ONNX file, compile it with the
-CLI in a fresh process (timed: that is the compile time reported), then run `dyadic.bench.run`
+CLI in a fresh process (timed: that is the compile time reported), then run `dyadic.cli.bench.run`
 (each runner in its own subprocess, repeated with the order rotated) and print one table. Default
 set: ResNet-18, ResNet-50, MobileNetV2 at 224x224 and InceptionV3 at 299x299, batch 1; ResNet-20
 (CIFAR) at batch 1 and 64.
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="directory for the ONNX files and builds (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write all results as JSON here")
     a = ap.parse_args(argv)
-    from dyadic import bench
+    from dyadic.cli import bench
 
     threads = tuple(int(t) for t in a.threads.split(","))
     work = a.work or tempfile.mkdtemp(prefix="dyadic-bench-host-")

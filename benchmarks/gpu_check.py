@@ -1,6 +1,6 @@
 """GPU check for `--target cuda` builds: bit-exact on a real GPU, and timed against float baselines.
 
-CUDA libraries are built on machines without a GPU (see dyadic/build.py), so nothing there proves
+CUDA libraries are built on machines without a GPU (see dyadic/targets/cuda.py), so nothing there proves
 that they run or are right. This script is that proof, on a machine with an NVIDIA GPU, nvcc and
 this package installed:
 
@@ -26,7 +26,7 @@ import numpy as np
 
 
 def gpu_compute_version() -> str | None:
-    from dyadic.remote import local_cuda_available
+    from dyadic.runtime.remote import local_cuda_available
 
     if not local_cuda_available():
         return None
@@ -152,10 +152,10 @@ def torch_executor(model, dev: str, h):
 def check_model(name: str, image_size: int | None, arch: str, batches: list[int], reps: int) -> list[dict]:
     import dyadic
     from dyadic.compiler import quantize_inputs
-    from dyadic.config import CompileConfig
+    from dyadic.core.config import CompileConfig
     from dyadic.models import build
-    from dyadic.reference import run_reference
-    from dyadic.remote import run_local
+    from dyadic.core.reference import run_reference
+    from dyadic.runtime.remote import run_local
 
     model = build(name, **({"image_size": image_size} if image_size and name != "resnet20" else {}))
     rows = []

@@ -19,10 +19,10 @@ import time
 import numpy as np
 
 import dyadic
-from dyadic.config import BitMode, CompileConfig
-from dyadic.data import Normalize, load_npz
-from dyadic.evaluate import evaluate
-from dyadic.passes import import_onnx
+from dyadic.core.config import BitMode, CompileConfig
+from dyadic.frontend.data import Normalize, load_npz
+from dyadic.cli.evaluate import evaluate
+from dyadic.frontend import import_onnx
 from dyadic.pipeline import float_passes, run_passes
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")

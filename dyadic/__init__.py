@@ -17,8 +17,8 @@ def compile(*args, **kwargs):  # noqa: A001  (the user-facing name)
 
 
 def load(path: str, threads: int | None = None):
-    """A compiled build, runnable with the TVM runtime only (`dyadic.runtime.load`)."""
-    from dyadic.runtime import load as _load
+    """A compiled build, runnable with the TVM runtime only (`dyadic.runtime.loader.load`)."""
+    from dyadic.runtime.loader import load as _load
 
     return _load(path, threads)
 

@@ -1,5 +1,9 @@
 """`dyadic.compile`: ONNX model -> model.so + model.json, bit-exactness checked before writing.
 
+    import_onnx -> graph passes (`dyadic.pipeline`) -> lower -> target.build -> target.export
+    -> target.package -> target.self_check
+
+The target (`dyadic.targets`) owns everything that differs between host, arm and cuda.
 Output is all-or-nothing: files are written to a temporary directory beside the output and moved
 into place only after the build and the self-check succeed.
 """
@@ -14,13 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.config import CompileConfig
-from dyadic.errors import VerificationError
-from dyadic.graph import Graph
+from dyadic.core.config import CompileConfig
+from dyadic.core.graph import Graph
+from dyadic.core.io import input_shapes, quantize_inputs  # noqa: F401  (quantize_inputs: re-exported)
+from dyadic.core.plan import make_plan
+from dyadic.core.progress import Progress
 from dyadic.pipeline import PassLog, graph_passes, integer_passes, run_passes
-from dyadic.plan import make_plan
-from dyadic.progress import Progress
-from dyadic.reference import run_reference
 
 
 @dataclass
@@ -32,21 +35,10 @@ class CompileResult:
     so_path: str | None
 
 
-def input_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
-    return {t: tuple(graph.shapes[t]) for t in graph.inputs}
-
-
-def quantize_inputs(graph: Graph, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from dyadic.arith import quantize_float
-
-    return {t: quantize_float(data[t], graph.qparams[t].scale, graph.qparams[t].lo, graph.qparams[t].hi)
-            .astype(graph.dtypes[t]) for t in graph.inputs}
-
-
 def build_graph(model, calib: dict[str, np.ndarray], config: CompileConfig = CompileConfig(),
                 log: PassLog | None = None) -> tuple[Graph, Graph]:
     """Import and run the graph passes: returns (float graph as imported, integer graph)."""
-    from dyadic.passes import import_onnx
+    from dyadic.frontend import import_onnx
 
     float_graph = import_onnx(model, dict(config.input_shapes))
     int_graph = run_passes(float_graph, graph_passes(config, calib), log)
@@ -59,8 +51,9 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     """Compile `model` (path or onnx.ModelProto). `calib` maps input names to float arrays; None
     means synthetic standard-normal data (only sensible for the built-in random-weight models).
     `prepared`: the graph after `pipeline.float_passes` (a sweep reuses it across budgets)."""
-    from dyadic import build, data, deploy, targets
-    from dyadic.passes import import_onnx
+    from dyadic import targets
+    from dyadic.backend import build
+    from dyadic.frontend import data, import_onnx
 
     t_start = time.perf_counter()
     log = PassLog()
@@ -76,29 +69,22 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     t0 = time.perf_counter()
     with Progress("build", quiet=config.quiet):
         mod = build.lower_and_verify(ig, target)
-        built = build.build_for(mod, target)
+        built = target.build(mod)
     log.seconds["build"] = time.perf_counter() - t0
     tmp = tempfile.mkdtemp(prefix="dyadic-build-")
     try:
         so = os.path.join(tmp, "model.so")
-        # --- cross targets (issue 5): export with the target's linker, write bundle files, and
-        # self-check where the library can run here (host; arm under qemu); see dyadic/deploy.py
-        build.export(built, so)
+        target.export(built, so)
         ncal = len(next(iter(calib.values())))
         plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
-        plan["target"]["instructions"] = build.count_instructions(built, so)
+        plan["target"]["instructions"] = target.count_instructions(built, so)
         plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
         plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
-        outputs = ["model.so", "model.json"] + deploy.write_files(tmp, built, plan)
+        outputs = ["model.so", "model.json"] + target.package(built, tmp, plan)
         with open(os.path.join(tmp, "model.json"), "w") as f:
             json.dump(plan, f)
         sample = {k: v[: config.check_samples] for k, v in calib.items()}
-        if target.runs_here:
-            self_check(ig, tmp, sample)
-            plan["self_check"] = f"bit-exact vs int64 reference ({len(next(iter(sample.values())))} inputs)"
-        else:
-            plan["self_check"] = deploy.self_check_target(ig, tmp, plan, sample)
-        # --- end cross targets
+        plan["self_check"] = target.self_check(ig, tmp, plan, sample)
         log.seconds["total"] = time.perf_counter() - t_start
         plan["timings_s"] = {k: round(v, 3) for k, v in log.seconds.items()}
         with open(os.path.join(tmp, "model.json"), "w") as f:
@@ -106,7 +92,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         if output_dir is None:
             return CompileResult(fg, ig, plan, None, None)
         os.makedirs(output_dir, exist_ok=True)
-        for name in outputs:  # cross targets add bundle files (lib/, bin/, cuda/, README.txt)
+        for name in outputs:  # a target may add files (arm: lib/, bin/, README.txt; cuda: cuda/)
             dest = os.path.join(output_dir, name)
             if os.path.isdir(dest):
                 shutil.rmtree(dest)
@@ -116,22 +102,8 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     return CompileResult(fg, ig, plan, output_dir, os.path.join(output_dir, "model.so"))
 
 
-def self_check(ig: Graph, build_dir: str, sample: dict[str, np.ndarray]) -> None:
-    """The built library must equal the int64 reference exactly on real (calibration) inputs."""
-    from dyadic.runtime import load
-
-    m = load(build_dir)
-    q = quantize_inputs(ig, sample)
-    got = m.run_int(q)
-    want = run_reference(ig, q)
-    for o, g in zip(ig.outputs, got):
-        if not np.array_equal(g, want[o]):
-            raise VerificationError(f"self-check: compiled output {o!r} differs from the int64 reference "
-                                    f"in {(g != want[o]).sum()} of {g.size} values")
-
-
 def _check_calib(fg: Graph, calib: dict[str, np.ndarray]) -> None:
-    from dyadic.errors import DataError
+    from dyadic.core.errors import DataError
 
     for t, shape in input_shapes(fg).items():
         if t not in calib:

@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from dyadic.config import CompileConfig
-from dyadic.graph import Graph
-from dyadic.verify import verify_float_graph, verify_integer_graph
-from dyadic.config import BitMode
+from dyadic.core.config import CompileConfig
+from dyadic.core.graph import Graph
+from dyadic.core.verify import verify_float_graph, verify_integer_graph
+from dyadic.core.config import BitMode
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
                            fuse_activations, fuse_unary, measure_costs, quantize_graph)
 

@@ -1,6 +1,7 @@
 """Graph passes of dyadic, one module each, one `graph -> graph` function per module.
 
-The order they run in is the literal list in `dyadic.pipeline`.
+The order they run in is the literal list in `dyadic.pipeline`. The importer that makes the float
+graph they start from is `dyadic.frontend.import_onnx`.
 """
 from .assign_bitwidths import assign_bitwidths
 from .calibrate_ranges import calibrate_ranges
@@ -8,11 +9,10 @@ from .estimate_sensitivity import estimate_sensitivity
 from .fold_batchnorm import fold_batchnorm
 from .fuse_activations import fuse_activations
 from .fuse_unary import fuse_unary
-from .import_onnx import import_onnx
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
 
 __all__ = [
-    "import_onnx", "fold_batchnorm", "fuse_unary", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
+    "fold_batchnorm", "fuse_unary", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "quantize_graph",
 ]

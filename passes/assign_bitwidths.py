@@ -5,16 +5,15 @@ are pinned to W8A8 unless `pin_first_last` is False.
 
 * Uniform modes give every free layer the same candidate (`--bits 8`, `--bits 4` = W4A4,
   `--bits w4a8`).
-* Mixed mode (`--bits mixed`) solves the ILP of `dyadic.ilp` over the per-layer sensitivities and
+* Mixed mode (`--bits mixed`) solves the ILP of `dyadic.mixed.ilp` over the per-layer sensitivities and
   costs that `estimate_sensitivity` and `measure_costs` stored in `Graph.meta`.
 """
 from __future__ import annotations
 
-from dyadic.config import BitMode, Budgets
-from dyadic.errors import DyadicError
-from dyadic.graph import Graph
+from dyadic.core.config import CANDIDATES, BitMode, Budgets
+from dyadic.core.errors import DyadicError
+from dyadic.core.graph import Graph
 
-CANDIDATES: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
 _UNIFORM = {BitMode.INT8: (8, 8), BitMode.W4A8: (4, 8), BitMode.INT4: (4, 4)}
 
 
@@ -29,7 +28,7 @@ def assign_bitwidths(graph: Graph, mode: BitMode = BitMode.INT8, pin_first_last:
     pinned = pinned_layers(graph, pin_first_last)
     meta = dict(graph.meta)
     if mode is BitMode.MIXED:
-        from dyadic.ilp import solve_bitwidths
+        from dyadic.mixed.ilp import solve_bitwidths
 
         bits, meta["ilp"] = solve_bitwidths(graph, pinned, budgets or Budgets())
     else:

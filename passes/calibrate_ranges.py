@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.float_exec import batches, execute
-from dyadic.graph import Graph
-from dyadic.progress import Progress
+from dyadic.core.float_exec import batches, execute
+from dyadic.core.graph import Graph
+from dyadic.core.progress import Progress
 
 
 def calibrate_ranges(graph: Graph, data: dict[str, np.ndarray], batch_size: int = 32,

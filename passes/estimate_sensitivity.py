@@ -2,13 +2,13 @@
 
 For layer i with weights W_i (n_i elements) and input activation a_i (m_i elements per sample):
 
-    T^W_i = Tr(H_{W_i}) / n_i,   T^A_i = Tr(H_{a_i}) / (N m_i)     (Hutchinson, `dyadic.hessian`)
+    T^W_i = Tr(H_{W_i}) / n_i,   T^A_i = Tr(H_{a_i}) / (N m_i)     (Hutchinson, `dyadic.mixed.hessian`)
     Ω_i(b_w, b_a) = T^W_i ‖Q_{b_w}(W_i) − W_i‖² + T^A_i Σ_batch ‖Q_{b_a}(a_i) − a_i‖²
 
 where Q_b is the quantizer `quantize_graph` will use (per-channel symmetric weights, the
 calibrated per-tensor activation scale) and the loss is the mean cross-entropy on the calibration
 batch. With or without labels (KL divergence to the fp32 model's own softmax) the Hessian in the
-logits is diag(p) − pp^T, so labels are not needed (see `dyadic.hessian`). Both
+logits is diag(p) − pp^T, so labels are not needed (see `dyadic.mixed.hessian`). Both
 terms approximate twice the loss increase of the second-order Taylor expansion under an isotropic
 block Hessian, so they add. The result goes to `Graph.meta["sensitivity"]`.
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.arith import quantize_weight
-from dyadic.float_exec import execute
-from dyadic.graph import Graph
-from dyadic.hessian import estimate_traces
+from dyadic.core.arith import quantize_weight
+from dyadic.core.float_exec import execute
+from dyadic.core.graph import Graph
+from dyadic.mixed.hessian import estimate_traces
 
 CANDIDATE_NAMES = {(8, 8): "W8A8", (4, 8): "W4A8", (4, 4): "W4A4"}
 

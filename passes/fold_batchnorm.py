@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.graph import Graph, Node
+from dyadic.core.graph import Graph, Node
 
 
 def bn_affine(bn: Node) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.graph import Graph
+from dyadic.core.graph import Graph
 
 
 def fuse_activations(graph: Graph) -> Graph:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.graph import Graph, Node
+from dyadic.core.graph import Graph, Node
 
 _CHEAP = ("relu", "clip", "affine")
 

@@ -5,9 +5,9 @@ For weighted layer i (O_i output channels, n_i weights, group g) and candidate (
     macs_i    = O_i (C_i / g) k_h k_w H_out W_out  (conv),  O_i I_i  (dense)       at batch 1
     bytes     = ⌈n_i b_w / 8⌉ + 4 O_i                      (packed weights + int32 bias)
     bops      = macs_i b_w b_a
-    latency_s = measured: that layer's compiled kernel timed on the target (`dyadic.latency`: here,
+    latency_s = measured: that layer's compiled kernel timed on the target (`dyadic.mixed.latency`: here,
                 or over TVM RPC on a board), cached; else the target's stated model
-                (`dyadic.costmodel`: a datasheet roofline for CUDA architectures, a nominal BOPs
+                (`dyadic.mixed.costmodel`: a datasheet roofline for CUDA architectures, a nominal BOPs
                 throughput elsewhere), named in each record
 
 `costs_info` counts layer-candidates measured, shared (same compiled kernel as another candidate),
@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from dyadic.graph import Graph, Node
-from dyadic.latency import Meter, Timing, cache_file
-from dyadic.progress import Progress
+from dyadic.core.graph import Graph, Node
+from dyadic.mixed.latency import Meter, Timing, cache_file
+from dyadic.core.progress import Progress
 
 
 def macs(graph: Graph, n: Node) -> int:
@@ -41,8 +41,8 @@ def _elems(graph: Graph, n: Node) -> tuple[int, int]:
 def measure_costs(graph: Graph, target: str = "host", cache_path: str | None = None, measure: bool = True,
                   quiet: bool = False, timing: Timing = Timing(), model=None, rpc: str | None = None) -> Graph:
     """`rpc`: HOST:PORT of a TVM RPC server on the target device to time the layers there.
-    `model`: a `dyadic.costmodel` model to use where latency is not measured (default: the target's)."""
-    from dyadic import costmodel
+    `model`: a `dyadic.mixed.costmodel` model to use where latency is not measured (default: the target's)."""
+    from dyadic.mixed import costmodel
     from dyadic import targets
     from dyadic.passes.assign_bitwidths import CANDIDATES
     from dyadic.passes.estimate_sensitivity import CANDIDATE_NAMES

@@ -26,10 +26,10 @@ import math
 
 import numpy as np
 
-from dyadic import npops
-from dyadic.arith import dyadic_array, dyadic_shared, quantize_weight
-from dyadic.errors import VerificationError
-from dyadic.graph import PASSTHROUGH_OPS, Graph, Node, QParams
+from dyadic.core import npops
+from dyadic.core.arith import dyadic_array, dyadic_shared, quantize_weight
+from dyadic.core.errors import VerificationError
+from dyadic.core.graph import PASSTHROUGH_OPS, Graph, Node, QParams
 from dyadic.ops import FLOAT, QuantContext
 
 OUTPUT_BITS = 16

@@ -57,8 +57,8 @@ def run_ort(model: onnx.ModelProto, x: np.ndarray, out: str = "out") -> np.ndarr
 
 def matches_ort(model, x, rtol=1e-5, atol=1e-5):
     """The imported float graph, executed by dyadic.float_exec, computes what onnxruntime computes."""
-    from dyadic.float_exec import execute
-    from dyadic.passes import import_onnx
+    from dyadic.core.float_exec import execute
+    from dyadic.frontend import import_onnx
 
     g = import_onnx(model)
     got = execute(g, {"input": x})[g.outputs[0]]

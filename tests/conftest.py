@@ -18,7 +18,7 @@ needs_shared = pytest.mark.skipif(not os.path.isfile(shared_path("models", "resn
 
 @pytest.fixture(scope="session")
 def cifar_norm():
-    from dyadic.data import Normalize
+    from dyadic.frontend.data import Normalize
 
     return Normalize(MEAN, STD)
 
@@ -28,8 +28,8 @@ def resnet20_build(tmp_path_factory, cifar_norm):
     """ResNet-20 (real weights) compiled once per session with 256 real calibration images."""
     import dyadic
     from dyadic.compiler import input_shapes
-    from dyadic.data import load_npz
-    from dyadic.passes import import_onnx
+    from dyadic.frontend.data import load_npz
+    from dyadic.frontend import import_onnx
 
     model = shared_path("models", "resnet20_cifar10.onnx")
     calib, _ = load_npz(shared_path("data", "cifar10_calib.npz"), input_shapes(import_onnx(model)), cifar_norm)

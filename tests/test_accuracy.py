@@ -5,8 +5,8 @@ import pytest
 
 import dyadic
 from dyadic.compiler import quantize_inputs
-from dyadic.data import load_npz
-from dyadic.reference import run_reference
+from dyadic.frontend.data import load_npz
+from dyadic.core.reference import run_reference
 
 from conftest import needs_shared, shared_path
 

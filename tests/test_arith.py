@@ -10,7 +10,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dyadic.arith import (MAX_SHIFT, dyadic, dyadic_array, dyadic_shared, quantize_float,
+from dyadic.core.arith import (MAX_SHIFT, dyadic, dyadic_array, dyadic_shared, quantize_float,
                           quantize_weight, requantize, rounding_term)
 
 #: applied to every property test of this module (no global profile: other modules keep theirs)

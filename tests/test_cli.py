@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dyadic.cli import main
+from dyadic.cli.main import main
 from dyadic.models import build
 
 from conftest import MEAN, STD, needs_shared, shared_path

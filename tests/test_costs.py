@@ -6,11 +6,12 @@ import time
 import numpy as np
 import pytest
 
-from dyadic.graph import Graph
-from dyadic.passes import calibrate_ranges, fold_batchnorm, fuse_activations, import_onnx
-from dyadic.latency import cache_file, is_depthwise, one_node_graph
+from dyadic.core.graph import Graph
+from dyadic.frontend import import_onnx
+from dyadic.passes import calibrate_ranges, fold_batchnorm, fuse_activations
+from dyadic.mixed.latency import cache_file, is_depthwise, one_node_graph
 from dyadic.passes.measure_costs import measure_costs
-from dyadic.verify import verify_integer_graph
+from dyadic.core.verify import verify_integer_graph
 
 from _tiny_onnx import bias, conv_w, make_model, node
 
@@ -92,7 +93,7 @@ def test_cost_model_fallback(tiny, tmp_path):
 def test_cuda_roofline_model(tiny, tmp_path):
     """A GPU that is not here gets the datasheet roofline: int4 tensor-core rate only for W4A4 where
     the architecture has int4 MMA (T4), never on Hopper; memory term counts packed weights."""
-    from dyadic.costmodel import ROOFLINES
+    from dyadic.mixed.costmodel import ROOFLINES
 
     t4 = measure_costs(tiny, target="cuda:sm_75", cache_path=str(tmp_path / "n.json"), quiet=True).meta["costs"]
     h100 = measure_costs(tiny, target="cuda:sm_90", cache_path=str(tmp_path / "n.json"), quiet=True).meta["costs"]

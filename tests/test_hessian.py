@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from dyadic.autodiff import loss_and_grads
-from dyadic.hessian import estimate_traces, exact_block_traces
-from dyadic.passes import calibrate_ranges, fold_batchnorm, fuse_activations, import_onnx
+from dyadic.mixed.autodiff import loss_and_grads
+from dyadic.mixed.hessian import estimate_traces, exact_block_traces
+from dyadic.frontend import import_onnx
+from dyadic.passes import calibrate_ranges, fold_batchnorm, fuse_activations
 from dyadic.passes.estimate_sensitivity import estimate_sensitivity
 
 from _tiny_onnx import bias, conv_w, make_model, node

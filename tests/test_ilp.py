@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from dyadic.config import Budget, Budgets
-from dyadic.errors import BudgetError, DyadicError
-from dyadic.graph import Graph, Node
-from dyadic.ilp import KINDS, UNITS, brute_force, make_problem, solve_bitwidths, tie_groups
+from dyadic.core.config import Budget, Budgets
+from dyadic.core.errors import BudgetError, DyadicError
+from dyadic.core.graph import Graph, Node
+from dyadic.mixed.ilp import KINDS, UNITS, brute_force, make_problem, solve_bitwidths, tie_groups
 
 CANDS = ("W8A8", "W4A8", "W4A4")
 
@@ -194,7 +194,8 @@ def test_missing_meta_is_an_error():
 
 def test_ties_from_resnet18():
     from dyadic.models import build
-    from dyadic.passes import fold_batchnorm, fuse_activations, import_onnx
+    from dyadic.frontend import import_onnx
+    from dyadic.passes import fold_batchnorm, fuse_activations
 
     g = fuse_activations(fold_batchnorm(import_onnx(build("resnet18", image_size=32))))
     groups = tie_groups(g)

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import dyadic
-from dyadic.arith import pack_int4, unpack_int4
+from dyadic.core.arith import pack_int4, unpack_int4
 from dyadic.compiler import quantize_inputs
-from dyadic.config import BitMode, CompileConfig
+from dyadic.core.config import BitMode, CompileConfig
 from dyadic.models import build
-from dyadic.reference import run_reference
+from dyadic.core.reference import run_reference
 
 from _tiny_onnx import make_model
 from test_ops_bitexact import CASES, _data
@@ -68,8 +68,8 @@ def test_int4_layers_take_the_vnni_kernel(tmp_path):
     """On a VNNI host a W4 conv is lowered to the `vpdpbusd` kernel reading packed nibbles, not to the
     generic TE loop nest (which was 20-60x slower); the grouped conv (no fast kernel) stays generic."""
     from dyadic import targets
-    from dyadic.kernels import x86_isa
-    from dyadic.lower import lower_to_relax
+    from dyadic.backend.kernels import x86_isa
+    from dyadic.backend.lower import lower_to_relax
 
     host = targets.resolve("host")
     if x86_isa(host.tvm_target) != "vnni":

@@ -1,4 +1,4 @@
-"""The CUDA tensor-core GEMM kernels (`dyadic.kernels.cuda_gemm`), checked on the CPU.
+"""The CUDA tensor-core GEMM kernels (`dyadic.backend.kernels.cuda_gemm`), checked on the CPU.
 
 No GPU runs here, so what is checked is the kernel's index logic: the *same* loop nest (tiling,
 implicit im2col with padding/stride/dilation, shared-memory tiles, per-lane fragment loads, the
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tvm
 
-from dyadic import npops
-from dyadic.arith import requantize
-from dyadic.kernels.cuda_gemm import gemm_func
-from dyadic.kernels.cuda_lowering import kernel_args, make_spec
+from dyadic.core import npops
+from dyadic.core.arith import requantize
+from dyadic.backend.kernels.cuda_gemm import gemm_func
+from dyadic.backend.kernels.cuda_lowering import kernel_args, make_spec
 
 _BC = (1, -1, 1, 1)
 
@@ -87,7 +87,7 @@ def test_mma_gemm_emulated_dense(sm, w_bits, a_bits):
 
 def test_weight_words_layout():
     """Word i of a row holds elements 4i..4i+3 (bytes) or 8i..8i+7 (nibbles), lowest element lowest."""
-    from dyadic.kernels.cuda_lowering import pack_words
+    from dyadic.backend.kernels.cuda_lowering import pack_words
 
     w = np.array([[1, -2, 3, -4, 5, -6, 7, -8]])
     assert pack_words(w, 1, 8, 8)[0, 0] == 0xFC03FE01
@@ -100,14 +100,14 @@ def test_resnet20_w4a4_lowering_emulated_bitexact():
     emulated kernels for llvm: bit-exact against the reference executor."""
     from tvm import relax
 
-    from dyadic import data
+    from dyadic.frontend import data
     from dyadic.compiler import build_graph, input_shapes, quantize_inputs
-    from dyadic.config import BitMode, CompileConfig
-    from dyadic.kernels.cuda_lowering import CudaKernels
-    from dyadic.lower import _Lowerer
+    from dyadic.core.config import BitMode, CompileConfig
+    from dyadic.backend.kernels.cuda_lowering import CudaKernels
+    from dyadic.backend.lower import _Lowerer
     from dyadic.models import build
-    from dyadic.passes import import_onnx
-    from dyadic.reference import run_reference
+    from dyadic.frontend import import_onnx
+    from dyadic.core.reference import run_reference
 
     model = build("resnet20")
     calib = data.synthetic(input_shapes(import_onnx(model)))

@@ -15,11 +15,11 @@ from _tiny_onnx import bias, conv_w, make_model, node
 
 tvm = pytest.importorskip("tvm")
 
-from dyadic.graph import Node  # noqa: E402
-from dyadic.kernels import epilogue, packing, x86_isa  # noqa: E402
-from dyadic.kernels.spec import ConvSpec, choose_tile  # noqa: E402
-from dyadic.kernels.cpu_conv import conv_func  # noqa: E402
-from dyadic.reference import run_int_node  # noqa: E402
+from dyadic.core.graph import Node  # noqa: E402
+from dyadic.backend.kernels import epilogue, packing, x86_isa  # noqa: E402
+from dyadic.backend.kernels.spec import ConvSpec, choose_tile  # noqa: E402
+from dyadic.backend.kernels.cpu_conv import conv_func  # noqa: E402
+from dyadic.core.reference import run_int_node  # noqa: E402
 from dyadic.targets import TargetSpec  # noqa: E402
 
 HOST = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
@@ -187,12 +187,12 @@ def test_small_net_bitexact_and_uses_kernels(tgt, tmp_path):
     from tvm import relax
 
     import dyadic
-    from dyadic import build
+    from dyadic.backend import build
     from dyadic.compiler import quantize_inputs
-    from dyadic.config import CompileConfig
-    from dyadic.kernels.lowering import CpuKernels
-    from dyadic.lower import _Lowerer
-    from dyadic.reference import run_reference
+    from dyadic.core.config import CompileConfig
+    from dyadic.backend.kernels.lowering import CpuKernels
+    from dyadic.backend.lower import _Lowerer
+    from dyadic.core.reference import run_reference
 
     rng = np.random.default_rng(3)
     res = dyadic.compile(_tiny_net(rng), None, config=CompileConfig(quiet=True))  # host build + self-check
@@ -214,7 +214,7 @@ def test_small_net_bitexact_and_uses_kernels(tgt, tmp_path):
 @pytest.fixture(scope="module")
 def r20_build(tmp_path_factory):
     import dyadic
-    from dyadic.config import CompileConfig
+    from dyadic.core.config import CompileConfig
     from dyadic.models import save
 
     d = tmp_path_factory.mktemp("r20")
@@ -235,7 +235,7 @@ def test_default_compile_uses_vnni(r20_build):
 @needs_avx2
 def test_bench_command_prints_table(r20_build, capsys):
     """`dyadic bench` runs all three runners and prints the table (a smoke test: no speed claim)."""
-    from dyadic.cli import main
+    from dyadic.cli.main import main
 
     code = main(["bench", str(r20_build / "build"), "--vs", str(r20_build / "resnet20.onnx"), "--threads", "1",
                  "--repeat", "1", "--iters", "2"])
@@ -250,14 +250,14 @@ def test_bench_command_prints_table(r20_build, capsys):
 def test_measured_vnni_peak_is_plausible():
     """The bench's "of peak" denominator is measured, not nominal: within 64 MACs/instruction x
     1-2 instructions/cycle x 0.5-6 GHz per thread."""
-    from dyadic.kernels.peak import vnni_peak_gmacs
+    from dyadic.backend.kernels.peak import vnni_peak_gmacs
 
     one = vnni_peak_gmacs(1)
     assert 64 * 0.5 < one < 2 * 64 * 6.0, one
 
 
 def test_generic_lowering_on_request(monkeypatch):
-    from dyadic.kernels import for_lowerer
+    from dyadic.backend.kernels import for_lowerer
 
     class L:
         target = TargetSpec("host", {"kind": "llvm", "mcpu": "znver4"})
@@ -272,8 +272,8 @@ def test_avgpool_takes_the_packed_kernel(case, tmp_path):
     per-position multiplier map, `cpu_ops.avgpool_func`), not the generic depthwise-conv lowering;
     its bit-exactness is checked by tests/test_ops_bitexact.py's avgpool cases, which use this path."""
     import dyadic
-    from dyadic.config import CompileConfig
-    from dyadic.lower import lower_to_relax
+    from dyadic.core.config import CompileConfig
+    from dyadic.backend.lower import lower_to_relax
     from dyadic.targets import resolve
     from test_ops_bitexact import CASES, _data
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from dyadic.cli import main
+from dyadic.cli.main import main
 from dyadic.models import build
 
 FAST = ["--hessian-samples", "8", "--quiet"]

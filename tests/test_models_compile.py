@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 import dyadic
-from dyadic.config import CompileConfig
+from dyadic.core.config import CompileConfig
 from dyadic.compiler import quantize_inputs
 from dyadic.models import build
-from dyadic.reference import run_reference
+from dyadic.core.reference import run_reference
 
 # Small inputs keep the numpy reference fast; the layer structure (what is being checked) is the same.
 CASES = [("resnet20", {}), ("resnet18", {"image_size": 64}), ("resnet50", {"image_size": 64}),

@@ -5,7 +5,7 @@ compiled twice: calibrated on signed (normal) data, so the input is int8, and on
 so the input is uint8. Most cases put a convolution before the op under test and a 1x1 convolution
 after it, so that the op runs on 8-bit tensors (the graph output and the tensors reshaped into it are
 16-bit). The library is run on batch sizes 1 and 3, on inputs inside and outside the calibrated
-range (saturation), and compared with `dyadic.reference.run_reference` with `np.array_equal`.
+range (saturation), and compared with `dyadic.core.reference.run_reference` with `np.array_equal`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from _tiny_onnx import INT64_MAX, bias, conv_w, f32, i64, make_model, node
 
 import dyadic
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
-from dyadic.reference import run_reference
+from dyadic.core.config import CompileConfig
+from dyadic.core.reference import run_reference
 
 pytest.importorskip("tvm")
 

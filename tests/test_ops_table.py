@@ -16,8 +16,8 @@ from _tiny_onnx import bias, conv_w, f32, i64, make_model, node
 
 import dyadic
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
-from dyadic.reference import run_reference
+from dyadic.core.config import CompileConfig
+from dyadic.core.reference import run_reference
 
 pytest.importorskip("tvm")
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from _tiny_onnx import run_ort, bias, conv_w, f32, make_model, node
-from dyadic.errors import ModelError
-from dyadic.float_exec import execute
-from dyadic.graph import Graph, Node
-from dyadic.passes import (calibrate_ranges, fold_batchnorm, fuse_activations, import_onnx)
+from dyadic.core.errors import ModelError
+from dyadic.core.float_exec import execute
+from dyadic.core.graph import Graph, Node
+from dyadic.frontend import import_onnx
+from dyadic.passes import calibrate_ranges, fold_batchnorm, fuse_activations
 
 ort = pytest.importorskip("onnxruntime")
 

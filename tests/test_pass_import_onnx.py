@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from _tiny_onnx import matches_ort, run_ort, INT64_MAX, bias, conv_w, f32, i64, make_model, node
-from dyadic.errors import ModelError
-from dyadic.float_exec import execute
-from dyadic.passes import import_onnx
+from dyadic.core.errors import ModelError
+from dyadic.core.float_exec import execute
+from dyadic.frontend import import_onnx
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -5,17 +5,18 @@ import numpy as np
 import pytest
 
 from _tiny_onnx import bias, conv_w, make_model, node
-from dyadic.arith import dyadic_array, quantize_weight
+from dyadic.core.arith import dyadic_array, quantize_weight
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
-from dyadic.errors import VerificationError
-from dyadic.float_exec import execute
-from dyadic.graph import INT_OPS
-from dyadic.passes import (assign_bitwidths, calibrate_ranges, import_onnx, quantize_graph)
-from dyadic.config import BitMode
+from dyadic.core.config import CompileConfig
+from dyadic.core.errors import VerificationError
+from dyadic.core.float_exec import execute
+from dyadic.core.graph import INT_OPS
+from dyadic.frontend import import_onnx
+from dyadic.passes import assign_bitwidths, calibrate_ranges, quantize_graph
+from dyadic.core.config import BitMode
 from dyadic.pipeline import graph_passes, run_passes
-from dyadic.reference import run_reference
-from dyadic.verify import verify_integer_graph
+from dyadic.core.reference import run_reference
+from dyadic.core.verify import verify_integer_graph
 
 ort = pytest.importorskip("onnxruntime")
 

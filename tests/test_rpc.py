@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import dyadic
-from dyadic.cli import main
+from dyadic.cli.main import main
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
-from dyadic.errors import TargetError, ToolchainError
-from dyadic.reference import run_reference
-from dyadic.remote import parse_address, run_rpc
+from dyadic.core.config import CompileConfig
+from dyadic.core.errors import TargetError, ToolchainError
+from dyadic.core.reference import run_reference
+from dyadic.runtime.remote import parse_address, run_rpc
 
 from _tiny_onnx import bias, conv_w, make_model, node
 
@@ -41,7 +41,7 @@ def rpc_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "dyadic.remote", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "dyadic.runtime.remote", "--host", "127.0.0.1", "--port", str(port),
                              "--port-end", str(port + 50)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "dyadic rpc server listening on 127.0.0.1:PORT"
     if "listening on" not in line:
@@ -92,7 +92,7 @@ def test_no_server_is_one_clear_error(host_build, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot reach a TVM RPC server" in err and len(err.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 30
-    assert issubclass(ToolchainError, dyadic.errors.DyadicError)
+    assert issubclass(ToolchainError, dyadic.core.errors.DyadicError)
 
 
 def test_bench_over_rpc(host_build, rpc_server, tmp_path, capsys):

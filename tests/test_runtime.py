@@ -10,7 +10,7 @@ import pytest
 
 import dyadic
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
+from dyadic.core.config import CompileConfig
 from dyadic.models import build
 
 
@@ -42,7 +42,7 @@ def test_runtime_only_process_maps_no_compiler(tiny_build):
     assert info["runtime"] and not info["compiler"] and not info["llvm"] and not info["tvm_py"]
     # the runtime-only process computes what the compiler process's reference says
     ig = res.int_graph
-    from dyadic.reference import run_reference
+    from dyadic.core.reference import run_reference
     want = run_reference(ig, quantize_inputs(ig, {"input": x}))["logits"].astype(np.float32)
     np.testing.assert_array_equal(np.array(info["y"], np.float32), want * np.float32(ig.qparams["logits"].scale))
 
@@ -75,7 +75,7 @@ def test_any_batch_size(tiny_build):
 def test_thread_count(tiny_build, env, threads, want):
     """TVM's own default on x86 is half the logical CPUs (it assumes SMT): `load` asks for the
     physical cores instead, unless the user set a count (argument or environment)."""
-    from dyadic.runtime import physical_cores
+    from dyadic.runtime.loader import physical_cores
 
     _, out = tiny_build
     code = f"import os, dyadic; dyadic.load({out!r}, {threads!r}); print(os.environ.get('TVM_NUM_THREADS'))"

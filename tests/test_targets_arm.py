@@ -12,17 +12,20 @@ import numpy as np
 import pytest
 
 import dyadic
-from dyadic import deploy, targets, toolchain
-from dyadic.cli import main
+from dyadic.runtime import bundle
+from dyadic.targets import arm
+from dyadic import targets
+from dyadic.targets import toolchain
+from dyadic.cli.main import main
 from dyadic.compiler import quantize_inputs
-from dyadic.config import CompileConfig
-from dyadic.errors import DyadicError, TargetError, ToolchainError
+from dyadic.core.config import CompileConfig
+from dyadic.core.errors import DyadicError, TargetError, ToolchainError
 from dyadic.models import build
-from dyadic.reference import run_reference
+from dyadic.core.reference import run_reference
 
 needs_cross = pytest.mark.skipif(shutil.which(toolchain.AARCH64_CXX) is None,
                                  reason=f"{toolchain.AARCH64_CXX} not installed ({toolchain.APT_ARM})")
-needs_qemu = pytest.mark.skipif(not deploy.can_run_bundle(),
+needs_qemu = pytest.mark.skipif(not bundle.can_run_bundle(),
                                 reason=f"qemu-aarch64-static not installed ({toolchain.APT_ARM})")
 
 
@@ -88,7 +91,7 @@ def test_offline_wheel_fetch_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")
     with pytest.raises(ToolchainError, match="Put both .whl files into"):
-        deploy.aarch64_runtime()
+        arm.aarch64_runtime()
 
 
 def test_bundle_is_complete(r20_arm):
@@ -124,7 +127,7 @@ def test_resnet20_bit_exact_under_qemu(r20_arm):
     ig = res.int_graph
     x = {ig.inputs[0]: np.random.default_rng(7).standard_normal((3, 3, 32, 32)).astype(np.float32) * 1.5}
     q = quantize_inputs(ig, x)
-    got, _ = deploy.run_bundle(out, res.plan, q)
+    got, _ = bundle.run_bundle(out, res.plan, q)
     want = run_reference(ig, q)[ig.outputs[0]]
     assert got[0].dtype == want.dtype and want.std() > 0
     np.testing.assert_array_equal(got[0], want)
@@ -153,7 +156,7 @@ def test_resnet18_for_raspberry_pi4_has_no_dot_instructions_and_is_bit_exact(tmp
     assert all(_objdump_count(so, m) == 0 for m in ("sdot", "udot", "usdot", "smmla"))
     ig = res.int_graph
     q = quantize_inputs(ig, {ig.inputs[0]: np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)})
-    got, _ = deploy.run_bundle(str(tmp_path), res.plan, q)
+    got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
     np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])
 
 
@@ -168,7 +171,7 @@ def test_dot_kernels_bit_exact_under_qemu(cpu, bits, instr, size, tmp_path):
     (unsigned input -128); with 4-bit weights unpacked from nibbles and 4-bit activations on both.
     A ResNet-18 covers 3x3/1x1, strided, odd-width (7x7 at 56 px) and residual-fused convs; checked
     bit-exact on fresh inputs beyond the compile's self-check."""
-    from dyadic.config import BitMode
+    from dyadic.core.config import BitMode
 
     cfg = CompileConfig(target=f"arm:{cpu}", bits=BitMode(bits), pin_first_last=bits == "8", quiet=True)
     try:
@@ -188,7 +191,7 @@ def test_dot_kernels_bit_exact_under_qemu(cpu, bits, instr, size, tmp_path):
         assert all(n.attrs["w_bits"] == 4 for n in ig.nodes if n.op in ("qconv", "qdense"))
     q = quantize_inputs(ig, {ig.inputs[0]: np.random.default_rng(5).standard_normal((2, 3, size, size))
                              .astype(np.float32)})
-    got, _ = deploy.run_bundle(str(tmp_path), res.plan, q)
+    got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
     want = run_reference(ig, q)[ig.outputs[0]]
     assert want.std() > 0
     np.testing.assert_array_equal(got[0], want)

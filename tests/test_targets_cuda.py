@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import dyadic
-from dyadic import targets, toolchain
-from dyadic.config import BitMode, CompileConfig
-from dyadic.errors import TargetError
+from dyadic import targets
+from dyadic.targets import toolchain
+from dyadic.core.config import BitMode, CompileConfig
+from dyadic.core.errors import TargetError
 from dyadic.models import build
 
 from _tiny_onnx import make_model
@@ -99,7 +100,7 @@ def test_cuda_w4a4_int4_mma_where_the_arch_has_it(arch, tmp_path):
 
 
 def _gpu() -> bool:
-    from dyadic.remote import local_cuda_available
+    from dyadic.runtime.remote import local_cuda_available
 
     return local_cuda_available()
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from _tiny_onnx import conv_w, make_model, node
-from dyadic.config import CompileConfig
-from dyadic.errors import VerificationError
-from dyadic.graph import Graph, Node, QParams
-from dyadic.passes import import_onnx
+from dyadic.core.config import CompileConfig
+from dyadic.core.errors import VerificationError
+from dyadic.core.graph import Graph, Node, QParams
+from dyadic.frontend import import_onnx
 from dyadic.pipeline import graph_passes, run_passes
-from dyadic.verify import verify_float_graph, verify_integer_graph, verify_lowered
+from dyadic.core.verify import verify_float_graph, verify_integer_graph, verify_lowered
 
 from test_pass_quantize import quantized as quantized  # the module fixture, shared
 
@@ -135,7 +135,7 @@ def test_verify_lowered_hidden_float_cast_raises():
 
 
 def test_verify_lowered_integer_module_passes(quantized):
-    from dyadic.lower import lower_to_relax
+    from dyadic.backend.lower import lower_to_relax
 
     verify_lowered(_relax_module("int32", cast_to="int64"))
     verify_lowered(lower_to_relax(quantized[2]))

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from dyadic.errors import ModelError
+from dyadic.core.errors import ModelError
 
 OPSET_MIN, OPSET_UPGRADE, OPSET_MAX = 7, 13, 21
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",

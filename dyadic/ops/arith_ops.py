@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.arith import dyadic, dyadic_shared, requantize, rounding_term
+from dyadic.core.arith import dyadic, dyadic_shared, requantize, rounding_term
 from dyadic.ops.base import IntOpDef, OpDef, register_float, register_int
 
 
@@ -37,7 +37,7 @@ def _affine_float(node, xs):
 
 
 def _quantize_affine(ctx, node):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     x = node.inputs[0]
     qx = ctx.qp[x]
@@ -82,7 +82,7 @@ def _mul_float(node, xs):
 
 
 def _quantize_mul(ctx, node):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     a, b = (ctx.qp[t] for t in node.inputs)
     q = ctx.qp[node.output] = ctx.out_q(node.output)
@@ -119,10 +119,10 @@ def _binary_float(node, xs):
 
 
 def _quantize_binary(ctx, node):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     if node.attrs["fn"] not in ("sub", "add", "max", "min"):
-        from dyadic.errors import ModelError
+        from dyadic.core.errors import ModelError
 
         raise ModelError(f"{node.name}: {node.attrs['fn']} of two different activations is not supported "
                          f"(only inside a chain that reads one tensor)")

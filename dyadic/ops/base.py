@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dyadic.errors import ModelError
+from dyadic.core.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def _const_axes(c, x: str, v: np.ndarray) -> list[int]:
           doc="two activations: integer sum/product/max/min + dyadic requant; with a scalar or "
               "per-channel constant: a per-channel dyadic affine (or a table)")
 def import_binary(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     op, out = c.op.lower(), (c.outputs[0],)
     acts = c.activations

@@ -124,7 +124,7 @@ def lut_table(f, q_in, q_out) -> np.ndarray:
 
 
 def _quantize_lut(ctx, node):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     x = node.inputs[0]
     q_in = ctx.qp[x]
@@ -162,7 +162,7 @@ register_int(IntOpDef("qlut", _qlut_ref, _qlut_lower, elementwise=True))
 
 @importer(*ONNX_UNARY, doc="integer lookup table (one gather), chains merged into one table")
 def _import_unary(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     fn = ONNX_UNARY[c.op]
     params = {k: v for k, v in c.attrs.items() if isinstance(v, (int, float))}
@@ -173,7 +173,7 @@ def _import_unary(c):
 
 @importer("PRelu", doc="integer lookup table (a scalar slope); per-channel slopes: not yet")
 def _import_prelu(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     slope = np.asarray(c.const(1))
     if slope.size != 1:

@@ -40,7 +40,7 @@ register_int(IntOpDef("gather", _gather, _gather_lower))
 
 @importer("Transpose", doc="integer transpose (batch axis fixed)")
 def _import_transpose(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     r = c.rank()
     perm = tuple(int(p) for p in c.attrs.get("perm", range(r - 1, -1, -1)))
@@ -53,7 +53,7 @@ def _import_transpose(c):
 
 @importer("Squeeze", "Unsqueeze", doc="integer reshape (batch axis fixed)")
 def _import_squeeze(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     axes = c.attrs.get("axes")
     if axes is None:
@@ -69,7 +69,7 @@ def _import_squeeze(c):
 
 @importer("Split", doc="integer slices")
 def _import_split(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     ax = c.axis(c.attrs.get("axis", 0))
     dim = c.shapes[c.inputs[0]][ax]
@@ -93,7 +93,7 @@ def _import_split(c):
 
 @importer("Gather", doc="integer gather with constant indices (not along the batch axis)")
 def _import_gather(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     if not c.is_const(1):
         c.fail("indices must be constant")

@@ -12,7 +12,7 @@ from dyadic.ops.base import importer
 
 @importer("GlobalMaxPool", "ReduceMax", doc="integer max over H, W (a whole-plane max-pool)")
 def _import_global_max(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     x = c.inputs[0]
     if c.rank(x) != 4:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.graph import QParams
+from dyadic.core.graph import QParams
 from dyadic.ops.base import IntOpDef, OpDef, importer, register_float, register_int
 
 EXP_BITS = 15
@@ -33,7 +33,7 @@ def _softmax_float(node, xs):
 
 
 def _quantize_softmax(ctx, node):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     qx = ctx.qp[node.inputs[0]]
     wide = ctx.out_q(node.output).bits > 8
@@ -72,7 +72,7 @@ register_int(IntOpDef("qsoftmax", _qsoftmax_ref, _qsoftmax_lower))
 
 @importer("Softmax", doc="integer exp table, integer sum and division (uint8, or 16-bit at an output)")
 def _import_softmax(c):
-    from dyadic.graph import Node
+    from dyadic.core.graph import Node
 
     ax = c.axis(c.attrs.get("axis", -1))  # opset >= 13 semantics (the frontend upgrades older models)
     return [Node("softmax", c.name, (c.inputs[0],), (c.outputs[0],), {"axis": ax})]

@@ -1,0 +1,78 @@
+"""Target-specific integer kernels (TE/TIR with explicit schedules), chosen from the target's features.
+
+`for_lowerer(lowerer)` is what `dyadic.backend.lower` calls: it returns an object with
+`lower(node, xs)` (the Relax value of a node it implements, or None) and
+`generic_inputs(node, xs)` (inputs converted back to what the generic Relax ops expect), or None
+when no kernel family fits the target (the generic Relax lowering then does everything).
+
+Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as implicit GEMMs on
+`mma.sync` tensor cores, s8/u8 and s4/u4, requant fused, see `cuda_gemm`), and CPU
+(`lowering.CpuKernels`), one set of loop nests and layouts for x86 and aarch64, with
+  * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast x86 path;
+  * "avx512" / "avx2": the same schedules with int32 vector multiply-adds (exact, slower);
+  * "sdot" (dotprod cores) / "usmmla" (i8mm cores: `usmmla` matrix multiply-accumulate for
+    channel-blocked convs, `usdot` for the others), `arm_intrin`; a core without dotprod
+    (Cortex-A72) gets the generic lowering.
+Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for comparisons).
+
+Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
+`cpu_conv` (conv / depthwise / dense with fused requant and residual add), `cpu_ops` (add, pooling,
+layout changes), `intrin` (the tensor intrinsics), `epilogue` (the int32 residual add),
+`arm_intrin` (the aarch64 ones), `packing` (compile-time weight and constant layouts), `peak`
+(measured `vpdpbusd` peak, for `dyadic bench`), `cuda_gemm`/`cuda_lowering` (tensor cores).
+4-bit weights go through the dot products too
+(stored two per byte, unpacked per operand next to their use); on the AVX2/AVX-512 fallbacks they,
+and 16-bit activations everywhere, take the generic path.
+"""
+from __future__ import annotations
+
+import os
+
+
+def x86_isa(tvm_target: dict) -> str | None:
+    """'vnni', 'avx512', 'avx2' or None for a TVM target description (a dict, as in `dyadic.targets`)."""
+    if not isinstance(tvm_target, dict) or tvm_target.get("kind") != "llvm":
+        return None
+    triple = str(tvm_target.get("mtriple", ""))
+    if triple and not triple.startswith(("x86_64", "i686", "i386")):
+        return None
+    import tvm
+    from tvm.target import codegen
+
+    try:
+        tgt = tvm.target.Target(tvm_target)
+        has = lambda f: bool(codegen.target_has_features(f, tgt))  # noqa: E731
+        if has("avx512vnni") and has("avx512bw"):
+            return "vnni"
+        if has("avx512bw"):
+            return "avx512"
+        if has("avx2"):
+            return "avx2"
+    except Exception:  # an unknown CPU or a target LLVM cannot describe: no fast kernels
+        return None
+    return None
+
+
+def arm_isa(target) -> str | None:
+    """'usmmla' (i8mm: `usmmla` convs, `usdot` elsewhere), 'sdot' (dotprod) or None (no int8 dot
+    product: generic ops) for an arm TargetSpec."""
+    cpu = getattr(target, "cpu", None)
+    if cpu is None:
+        return None
+    return "usmmla" if cpu.i8mm else "sdot" if cpu.dotprod else None
+
+
+def for_lowerer(lowerer):
+    """The kernel family for `lowerer.target` (a `dyadic.targets.Target`), or None."""
+    if os.environ.get("DYADIC_KERNELS", "").lower() == "generic" or lowerer.target is None:
+        return None
+    if lowerer.target.kind == "cuda":
+        from dyadic.backend.kernels.cuda_lowering import CudaKernels
+
+        return CudaKernels(lowerer, lowerer.target.gpu.name)
+    isa = arm_isa(lowerer.target) if lowerer.target.kind == "arm" else x86_isa(lowerer.target.tvm_target)
+    if isa is None:
+        return None
+    from dyadic.backend.kernels.lowering import CpuKernels
+
+    return CpuKernels(lowerer, isa)

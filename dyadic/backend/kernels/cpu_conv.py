@@ -1,0 +1,217 @@
+"""CPU integer convolution (dense as a 1x1 one; depthwise) with the requantization fused: x86
+(`vpdpbusd`) and aarch64 (`sdot`/`usdot`, `arm_intrin`) share these loop nests and layouts.
+
+Layout. Activations between fast kernels are *packed*: [N, ceil(C/16), H, W, 16] (NCHW16c; padded
+channels hold values no consumer reads: their weights are zero). A kernel reads packed or NCHW
+input; a first stage copies it to the padded operand layout (spatial zero padding, and for signed
+input the +128 offset below); unsigned packed input that needs no padding is read in place.
+Weights are packed at compile time into the instruction's operand layout (`packing`).
+
+Arithmetic. `vpdpbusd` (AVX512-VNNI): per int32 lane j of 16, acc[j] += sum_{i<4} a[i] * b[j, i],
+a unsigned and b signed 8-bit. Three ways to feed it:
+  * conv: a = 4 input channels of one pixel (broadcast), b = 16 output x 4 input channels
+    (weights [O/16, C/cb, KH, KW, cb/4, 16, 4]);
+  * `rowtaps` (few-channel NCHW input, a first layer): a = 4 horizontal taps of one channel,
+    contiguous in an NCHW row, so the input needs no channel blocking;
+  * depthwise (`dw_vnni`): a = 4 horizontal taps x 16 channels (64 contiguous bytes, byte-shuffled
+    to channel-major), b = those taps' weights: one instruction per 4 taps of 16 channels.
+Signed int8 input x is fed as u = x + 128 (pad value 128, the offset image of 0) and the row-sum
+correction is folded into the bias: sum u*w = sum x*w + 128 * sum w, B' = B - 128 * sum_k w. No
+intermediate wraps: |acc| <= 255 * 127 * K < 2^31 for K < 66,000.
+
+Schedule (direct convolution, register-blocked implicit GEMM). Loops n, O/16/ocbi, OH/ohi are fused
+and run in parallel; per tile of ocbi x 16 channels x ohi x owi pixels, the reduction loops wrap a
+fully unrolled block of `vpdpbusd`s whose int32 accumulators stay in registers (`spec.choose_tile`).
+The epilogue runs per pixel of the tile: + bias, requant (`intrin.REQUANT_INTRIN` in int32 when
+every shift >= 33, else clip((acc * m + 2^(s-1)) >> s, lo, hi) in int64 as `dyadic.arith`), and a
+fused residual add (`epilogue`); the accumulators never go to memory. Width and height are padded
+up to whole tiles (extra pixels are computed on padding, not stored).
+
+aarch64: the same 16 x 4 step is four 128-bit `sdot`/`usdot` (`arm_intrin`); `sdot` takes a signed
+activation operand, so there uint8 input is fed as x - 128 (pad value -128) and B' = B + 128 sum_k w.
+4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
+as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
+
+Without VNNI (AVX-512 or AVX2 targets) the same loop nests run with the 16 output channels as int32
+vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation does the same.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import te, tirx
+
+from dyadic.backend.kernels import arm_intrin, epilogue
+from dyadic.backend.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
+                                   register_vnni)
+from dyadic.backend.kernels.spec import ConvSpec, ceil_div
+
+
+def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
+    """The scheduled PrimFunc (x, w, b, m, r, s, [res, q], out) of one fused conv + requant."""
+    n = tirx.Var("n", "int32")
+    cb, icb, ocb = sp.cb, sp.icb, sp.ocb
+    (oh, ow), (sh, sw), (dh, dw) = sp.out_hw, sp.stride, sp.dil
+    ocbi, ohi, owi = sp.tile
+    ohp, owp = ceil_div(oh, ohi) * ohi, ceil_div(ow, owi) * owi
+    t, l, b_, r_ = sp.pads
+    hp = max(sp.h + t + b_, (ohp - 1) * sh + (sp.kh - 1) * dh + 1)
+    wp = max(sp.w + l + r_, (owp - 1) * sw + (sp.kwp - 1) * dw + 1)
+    x = te.placeholder((n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w), sp.in_dtype, "x")
+    wshape = sp.weight_shape()
+    kg = wshape[-1]  # inputs per operand row: 4 (dot products), 8 (usmmla)
+    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, "int8", "w")
+    if sp.w4:  # one 16 x kg operand from 8 kg bytes (`packing.nibbles`); scheduled next to its use
+        four = tirx.const(4, "int8")
+        wt = te.compute(wshape, lambda *ix: tirx.Select(
+            ix[-2] < 8, (wq[(*ix[:-2], (ix[-2] % 8) * kg + ix[-1])] << four) >> four,
+            wq[(*ix[:-2], (ix[-2] % 8) * kg + ix[-1])] >> four), name="unpack4")
+    bias = te.placeholder((ocb * 16,), "int32", "b")
+    mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
+    off = sp.offset
+    pdt = sp.in_dtype if sp.depthwise and not sp.dw_vnni else sp.operand_dtype
+    direct = sp.packed_in and not off and (hp, wp) == (sp.h, sp.w)
+
+    if direct:
+        dp = x
+    elif sp.rowtaps:  # NCHW stays NCHW: only the spatial padding and the offset
+        dp = te.compute((n, sp.c, hp, wp), lambda b, c, y, z: tirx.if_then_else(
+            tirx.all(y >= t, y < sp.h + t, z >= l, z < sp.w + l),
+            (x[b, c, tirx.min(tirx.max(y - t, 0), sp.h - 1), tirx.min(tirx.max(z - l, 0), sp.w - 1)].astype("int32")
+             + off).astype(pdt), tirx.const(off, pdt)), name="pad")
+    else:
+        def pad_pack(b, i, y, z, c):
+            ch = i * cb + c
+            inside = tirx.all(y >= t, y < sp.h + t, z >= l, z < sp.w + l)
+            yy, zz = tirx.min(tirx.max(y - t, 0), sp.h - 1), tirx.min(tirx.max(z - l, 0), sp.w - 1)
+            if sp.packed_in:
+                v = x[b, i, yy, zz, c]
+            else:
+                inside = tirx.all(inside, ch < sp.c)
+                v = x[b, tirx.min(ch, sp.c - 1), yy, zz]
+            u = (v.astype("int32") + off).astype(pdt) if off else v.astype(pdt)
+            return tirx.if_then_else(inside, u, tirx.const(off, pdt))
+        dp = te.compute((n, icb, hp, wp, cb), pad_pack, name="pad")
+    ry = te.reduce_axis((0, sp.kh), "ry")
+    rx = te.reduce_axis((0, sp.kw), "rx")
+    if sp.rowtaps:
+        rc, rg, rt = te.reduce_axis((0, sp.c), "rc"), te.reduce_axis((0, sp.kwp // 4), "rg"), te.reduce_axis((0, 4), "rt")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, rc, y * sh + ry * dh, z * sw + rg * 4 + rt].astype("int32")
+            * wt[o, rc, ry, rg, j, rt].astype("int32"), axis=[rc, ry, rg, rt]), name="acc")
+    elif sp.dw_vnni:
+        rg, rt = te.reduce_axis((0, sp.kwp // 4), "rg"), te.reduce_axis((0, 4), "rt")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, o, y * sh + ry * dh, z * sw + rg * 4 + rt, j].astype("int32")
+            * wt[o, ry, rg, j, rt].astype("int32"), axis=[ry, rg, rt]), name="acc")
+    elif sp.depthwise:
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, o, y * sh + ry * dh, z * sw + rx * dw, j].astype("int32") * wt[o, ry, rx, j].astype("int32"),
+            axis=[ry, rx]), name="acc")
+    elif sp.mmla:  # accumulators in the instruction's 2x2 tile order, un-permuted per finished tile
+        rk, r8, ri = te.reduce_axis((0, icb), "rk"), te.reduce_axis((0, cb // 8), "r8"), te.reduce_axis((0, 8), "ri")
+        accp = te.compute((n, ocb, ohp, owp // 2, 8, 4), lambda b, o, y, zp, qq, e: te.sum(
+            dp[b, rk, y * sh + ry * dh, (zp * 2 + e // 2) * sw + rx * dw, r8 * 8 + ri].astype("int32")
+            * wt[o // ocbi, rk, ry, rx, r8, o % ocbi, qq * 2 + e % 2, ri].astype("int32"),
+            axis=[rk, ry, rx, r8, ri]), name="acc")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: accp[b, o, y, z // 2, j // 2, (z % 2) * 2 + j % 2],
+                         name="unperm")
+    else:
+        rk = te.reduce_axis((0, icb), "rk")
+        r4 = te.reduce_axis((0, cb // 4), "r4")
+        ri = te.reduce_axis((0, 4), "ri")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, rk, y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + ri].astype("int32")
+            * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, j, ri].astype("int32"), axis=[rk, ry, rx, r4, ri]),
+            name="acc")
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+    args = [x, wq, bias, mul, rnd, shf]
+    if sp.residual:
+        res = te.placeholder((n, ocb, oh, ow, 16), sp.residual[0], "res")
+        q = te.placeholder((6,) if sp.residual[3] else (4,), "int32" if sp.residual[3] else "int64", "q")
+        args += [res, q]
+
+    if sp.hi32:  # see intrin.REQUANT_INTRIN; the form of this expression is the intrinsic's
+        rq = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: tirx.shift_right(tirx.Cast("int32", (
+            (acc[b, o, y, z, j] + bias[o * 16 + j]).astype("int64") * mul[o * 16 + j].astype("int64")) >> i64(32))
+            + rnd[o * 16 + j], shf[o * 16 + j]), name="rq")
+
+    def finish(b, o, y, z, j):
+        c = o * 16 + j
+        if sp.hi32:
+            v = tirx.max(tirx.min(rq[b, o, y, z, j], sp.hi), sp.lo)
+        else:
+            v = (acc[b, o, y, z, j] + bias[c]).astype("int64") * mul[c] + rnd[c]
+            v = tirx.max(tirx.min(v >> shf[c], i64(sp.hi)), i64(sp.lo))
+        if sp.residual:  # this conv is the add's first operand (`epilogue.consts` orders q so)
+            v = epilogue.add(v, res[b, o, y, z, j], q, sp.residual[1], sp.residual[2], sp.residual[3])
+        return v.astype(sp.out_dtype)
+    out = te.compute((n, ocb, oh, ow, 16), finish, name="out")
+    func = te.create_prim_func(args + [out])
+    return _schedule(func, sp, direct).with_attr("op_pattern", 8)
+
+
+def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
+    sch = tvm.s_tir.Schedule(func)
+    ocbi, ohi, owi = sp.tile
+    blk = sch.get_sblock("acc")
+    if sp.mmla:  # (pixel pairs, channel pairs q, 2x2 tile e): the tensorized part is (q, e, ri)
+        b, o, y, z, j, e, *red = sch.get_loops(blk)
+    else:
+        (b, o, y, z, j, *red), e = sch.get_loops(blk), None
+    oo, oi = sch.split(o, [None, ocbi])
+    yo, yi = sch.split(y, [None, ohi])
+    zo, zi = sch.split(z, [None, owi // 2 if sp.mmla else owi])
+    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise)  # a dot-product instruction (x86 or arm)
+    if vnni:  # (C/cb, KH, KW, cb/4) outside, the 4 input channels (or 4 taps) of one `vpdpbusd` inside
+        sch.reorder(b, oo, yo, zo, *red[:-1], oi, yi, zi, j, *([e] if e is not None else []), red[-1])
+    else:
+        sch.reorder(b, oo, yo, zo, *red, oi, yi, zi, j)
+    sch.parallel(sch.fuse(b, oo, yo))
+    # epilogue on the tile: per pixel, requant (+ residual add) of its 16 channels
+    first = sch.get_sblock("rq" if sp.hi32 else "out")
+    if sp.mmla:  # the finished tile to [pixel, 16 channels] first, then the epilogue as usual
+        sch.reverse_compute_at(sch.get_sblock("unperm"), zo)
+        for lp in sch.get_loops(sch.get_sblock("unperm"))[2:]:
+            sch.unroll(lp)
+    sch.reverse_compute_at(first, zo)
+    tile = sch.get_loops(first)[2:]  # (ocbi, ohi, owi, 16) below (fused, zo)
+    if sp.hi32:  # the store right after each pixel's requant keeps one vector live, not the tile
+        sch.reverse_compute_at(sch.get_sblock("out"), tile[-2] if len(tile) > 1 else zo)
+        sch.vectorize(sch.get_loops(sch.get_sblock("out"))[-1])
+        register_requant()
+        sch.tensorize(tile[-1], REQUANT_INTRIN)
+    else:
+        sch.vectorize(tile[-1])
+    if not vnni:
+        if not sp.depthwise:
+            sch.unroll(red[-1])
+        sch.vectorize(j)
+    init = sch.decompose_reduction(blk, red[0])
+    if sp.w4:  # unpack each reduction step's operands (ocbi x 16 kg bytes) right before their use
+        up = sch.get_sblock("unpack4")
+        sch.compute_at(up, red[-2])
+        depth = [sch.get(lp).same_as(sch.get(red[-2])) for lp in sch.get_loops(blk)].index(True) + 1
+        *outer, j16, i4 = sch.get_loops(up)[depth:]
+        jh, jl = sch.split(j16, [2, 8])
+        sch.vectorize(sch.fuse(jl, i4))
+        for lp in [jh, *outer]:
+            sch.unroll(lp)
+    if vnni:
+        if sp.isa == "vnni":
+            register_vnni()
+            register_dw()
+            dot, dwi = VNNI_INTRIN, DW_INTRIN
+        else:
+            dot, dwi = arm_intrin.register("usdot" if sp.isa == "usmmla" else sp.isa)
+        sch.tensorize(j, arm_intrin.register_mmla() if sp.mmla else dwi if sp.dw_vnni else dot)
+    for lp in [oi, yi, zi] + tile[:-1]:
+        sch.unroll(lp)
+    tl = sch.get_loops(init)[2:]
+    sch.vectorize(tl[-1])
+    for lp in tl[:-1]:
+        sch.unroll(lp)
+    if not direct:
+        pl = sch.get_loops(sch.get_sblock("pad"))
+        sch.parallel(sch.fuse(pl[0], pl[1], pl[2]))
+        sch.vectorize(sch.split(pl[-1], [None, 16])[1] if sp.rowtaps else pl[-1])
+    return sch.mod["main"]

@@ -1,0 +1,1 @@
+"""The `dyadic` command line (`main`) and its commands' modules: `bench`, `sweep`, `evaluate`, `report`."""

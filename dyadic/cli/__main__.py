@@ -1,0 +1,5 @@
+import sys
+
+from dyadic.cli.main import main
+
+sys.exit(main())

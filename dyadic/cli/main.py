@@ -1,0 +1,215 @@
+"""The `dyadic` command line: compile, eval, run.
+
+Every user error (bad model, bad data, infeasible request) is printed as one paragraph on stderr
+with exit code 2, and leaves no output files behind.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dyadic.core.config import BitMode
+from dyadic.core.errors import DyadicError
+
+
+def _add_norm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mean", help="per-channel mean of pixel/255, comma-separated (e.g. 0.485,0.456,0.406); "
+                                  "used when the data file holds uint8 'images'")
+    p.add_argument("--std", help="per-channel std of pixel/255, comma-separated (e.g. 0.229,0.224,0.225)")
+
+
+def _add_bits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", choices=[m.value for m in BitMode], default="8",
+                   help="8: every layer W8A8 (default); 4: every layer W4A4 except the pinned first/last; "
+                        "w4a8: 4-bit weights, 8-bit activations; mixed: per-layer choice among W8A8/W4A8/W4A4 "
+                        "by an ILP minimizing the Hessian-weighted perturbation under the budgets")
+    p.add_argument("--latency-budget", help="mixed: cap on the summed measured layer latency, absolute "
+                   "(2.5ms) or relative to all-int8 (0.6x)")
+    p.add_argument("--memory-budget", help="mixed: cap on the bytes of stored weights and biases (150KB, 1.2MB, 0.5x)")
+    p.add_argument("--bops-budget", help="mixed: cap on bit-operations, MACs x weight bits x activation bits "
+                   "(1.2GBOPs, 0.5x)")
+    p.add_argument("--free-first-last", action="store_true",
+                   help="let the first and last layers go below 8 bits (pinned to W8A8 by default)")
+    p.add_argument("--hessian-samples", type=int, default=32,
+                   help="mixed: calibration images used for the Hessian trace estimates (default 32)")
+
+
+def _config(a, target: str):
+    from dyadic.core.config import Budget, Budgets, CompileConfig
+
+    budgets = Budgets(**{k: Budget.parse(v, k) for k, v in (("latency", a.latency_budget), ("memory", a.memory_budget),
+                                                            ("bops", a.bops_budget)) if v})
+    if budgets.items() and a.bits != "mixed":
+        raise DyadicError("budgets (--latency/--memory/--bops-budget) need --bits mixed")
+    rpc = getattr(a, "rpc", None)
+    if rpc:
+        from dyadic.runtime.remote import parse_address
+
+        parse_address(rpc)
+        if a.bits != "mixed":
+            raise DyadicError("--rpc times layers for --bits mixed; to run a build on a board use `dyadic run --rpc`")
+    return CompileConfig(target=target, bits=BitMode(a.bits), budgets=budgets, pin_first_last=not a.free_first_last,
+                         hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dyadic", description="Integer-only inference compiler: ONNX -> "
+                                 "integer graph with dyadic (multiply-and-shift) rescaling -> TVM library.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile", help="compile an ONNX model to build/model.so + build/model.json",
+                       description="Compile an ONNX model (or a built-in model name) into an integer-only "
+                       "TVM library. Writes OUT/model.so (the library) and OUT/model.json (the quantization "
+                       "plan). The library is checked bit-exact against the numpy int64 reference before "
+                       "anything is written.")
+    c.add_argument("model", help="path to an .onnx file, or a built-in model: resnet20, resnet18, resnet50, "
+                                 "mobilenet_v2, inception_v3 (seeded random weights)")
+    c.add_argument("-o", "--output", required=True, help="output directory (created if missing)")
+    c.add_argument("--calib", help=".npz calibration data ('images' uint8 NHWC + --mean/--std, or arrays "
+                                   "named after the model inputs). Default: 32 synthetic N(0,1) inputs, "
+                                   "only sensible for the built-in random-weight models")
+    c.add_argument("--calib-count", type=int, default=None, help="use only the first N calibration samples")
+    c.add_argument("--image-size", type=int, default=None, help="input size for a built-in model")
+    c.add_argument("--target", default="host", help="host (this CPU, default), arm (aarch64 Linux, "
+                   "cross-compiled, with a deploy bundle) or cuda (NVIDIA GPU; builds without a GPU)")
+    c.add_argument("--cpu", default=None, help="ARM core preset for --target arm: cortex-a76 (default), "
+                   "cortex-a55, neoverse-n1, cortex-a72, neoverse-v1")
+    c.add_argument("--arch", default=None, help="GPU architecture for --target cuda: sm_75 (default), sm_80, "
+                   "sm_86, sm_89, sm_90")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    c.add_argument("--rpc", default=None, metavar="HOST:PORT",
+                   help="mixed: time each layer's kernel on the --target device through the TVM RPC server at "
+                        "HOST:PORT (a board or GPU box) instead of using a cost model")
+    _add_norm(c)
+    _add_bits(c)
+    from dyadic.cli.sweep import add_parser as add_sweep
+    add_sweep(sub, _add_norm)
+    r = sub.add_parser("run", help="run a build directory on a data file (locally, under qemu, or over RPC)",
+                       description="Quantize the inputs of a .npz data file, run the build's integer library "
+                       "and print a summary of its outputs (and top-1 if the file has labels). Where it runs: "
+                       "--rpc HOST:PORT on a TVM RPC server (a board), else a host build on this CPU, an arm "
+                       "build under qemu-user (no timing), a cuda build on the local GPU.")
+    r.add_argument("build", help="a build directory from `dyadic compile`")
+    r.add_argument("--data", required=True, help=".npz with 'images' (+ --mean/--std) or input-named arrays")
+    r.add_argument("--rpc", default=None, metavar="HOST:PORT", help="run on the TVM RPC server at HOST:PORT")
+    r.add_argument("--limit", type=int, default=None, help="use only the first N samples (one batch)")
+    r.add_argument("--reps", type=int, default=0, help="also time N runs of main (not under emulation)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="threads of a host build (default: the physical cores, or $TVM_NUM_THREADS)")
+    _add_norm(r)
+    e = sub.add_parser("eval", help="top-1 accuracy of a compiled library or an ONNX model (onnxruntime fp32)",
+                       description="Run a compiled build directory (integer library) or an .onnx file "
+                       "(through onnxruntime in fp32, for comparison) on a labelled .npz file and print "
+                       "the top-1 accuracy as the last line.")
+    e.add_argument("model", help="a build directory from `dyadic compile`, or an .onnx file")
+    e.add_argument("--data", required=True, help=".npz with 'images' and 'labels' (or input-named arrays and 'labels')")
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    e.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
+    e.add_argument("--threads", type=int, default=None,
+                   help="threads of a build (default: the physical cores, or $TVM_NUM_THREADS)")
+    _add_norm(e)
+    from dyadic.cli import bench  # `dyadic bench`: parser and command live in dyadic/cli/bench.py
+    bench.add_subparser(sub)
+    return ap
+
+
+def cmd_compile(a) -> int:
+    import dyadic
+    from dyadic.frontend.data import Normalize, load_npz
+    from dyadic.core.io import input_shapes
+    from dyadic.frontend import import_onnx, load_model_arg
+    from dyadic.cli.report import summary
+
+    from dyadic.targets import preset_name
+
+    target = preset_name(a.target, a.cpu, a.arch)  # before any work: a bad flag fails fast
+    config = _config(a, target)
+    model = load_model_arg(a.model, a.image_size)
+    calib, source = None, ""
+    if a.calib:
+        shapes = input_shapes(import_onnx(model))
+        calib, _ = load_npz(a.calib, shapes, Normalize.parse(a.mean, a.std), a.calib_count)
+        source = os.path.abspath(a.calib)
+    res = dyadic.compile(model, a.output, calib, config, calib_source=source)
+    print(summary(res.plan))
+    print(f"wrote {os.path.join(a.output, 'model.so')} and {os.path.join(a.output, 'model.json')}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    import json
+
+    from dyadic.runtime.loader import quantize_plan_inputs
+    from dyadic.frontend.data import Normalize, load_npz
+    from dyadic.runtime.remote import run_build
+
+    js = os.path.join(a.build, "model.json")
+    if not os.path.isfile(js):
+        raise DyadicError(f"{js} not found: is {a.build!r} the output directory of `dyadic compile`?")
+    with open(js) as f:
+        plan = json.load(f)
+    x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, Normalize.parse(a.mean, a.std),
+                    a.limit)
+    q = quantize_plan_inputs(plan["inputs"], x)
+    outs, timing, where = run_build(a.build, q, a.rpc, a.reps, a.threads)
+    n = len(next(iter(q.values())))
+    print(f"ran {a.build} ({plan['target']['preset']}) on {where}: {n} inputs")
+    for spec, o in zip(plan["outputs"], outs):
+        print(f"output {spec['name']}: {o.dtype} {list(o.shape)}, range [{o.min()}, {o.max()}], "
+              f"argmax of first rows {o.reshape(len(o), -1).argmax(1)[:8].tolist()}")
+    if y is not None:
+        print(f"top1 {100.0 * float((outs[0].reshape(n, -1).argmax(1) == y[:n]).mean()):.2f}% ({n} images)")
+    if timing:
+        print(f"timing: median {timing['median_ms']:.3f} ms, min {timing['min_ms']:.3f} ms over {timing['runs']} "
+              f"runs of main at batch {n}")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from dyadic.frontend.data import Normalize, load_npz
+    from dyadic.cli.evaluate import evaluate
+
+    norm = Normalize.parse(a.mean, a.std)
+    runner, shapes = _runner(a.model, a.threads)
+    x, y = load_npz(a.data, shapes, norm, a.limit)
+    if y is None:
+        raise DyadicError(f"{a.data} has no 'labels' array: eval needs labels")
+    correct, n = evaluate(runner, x, y, a.batch, quiet=a.quiet)
+    print(f"top1 {100.0 * correct / n:.2f}% ({n} images)")
+    return 0
+
+
+def _runner(path: str, threads: int | None = None):
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        try:
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise DyadicError(f"onnxruntime cannot load {path!r}: {e}") from None
+        shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in sess.get_inputs()}
+        return (lambda xs: sess.run(None, xs)[0]), shapes
+    import dyadic
+
+    try:
+        m = dyadic.load(path, threads)
+    except FileNotFoundError as e:
+        raise DyadicError(str(e)) from None
+    return (lambda xs: m.run(xs)), {i["name"]: tuple(i["shape"]) for i in m.inputs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from dyadic.cli.sweep import cmd_sweep
+        from dyadic.cli.bench import cmd as cmd_bench
+        return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run, "sweep": cmd_sweep,
+                "bench": cmd_bench}[args.cmd](args)
+    except DyadicError as e:
+        print(f"dyadic {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Typed compile configuration."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+#: the per-layer (weight bits, activation bits) choices: W8A8, W4A8, W4A4 (`passes.assign_bitwidths`,
+#: the ILP of `dyadic.mixed.ilp`)
+CANDIDATES: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
+
+
+class BitMode(Enum):
+    INT8 = "8"          #: every layer W8A8
+    INT4 = "4"          #: every free layer W4A4 (first/last pinned to 8 bits)
+    W4A8 = "w4a8"       #: every free layer W4A8
+    MIXED = "mixed"     #: per-layer choice by the Hessian-weighted ILP under the budgets
+
+
+_UNITS = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "b": 1, "kb": 1e3, "mb": 1e6, "kib": 1024, "mib": 2 ** 20,
+          "bops": 1, "kbops": 1e3, "mbops": 1e6, "gbops": 1e9}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cap on a total cost: absolute (seconds, bytes, BOPs) or relative to the all-W8A8 model."""
+
+    value: float
+    relative: bool
+
+    @staticmethod
+    def parse(text: str, kind: str) -> "Budget":
+        t = text.strip().lower()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)", t)
+        allowed = {"latency": ("ms", "s", "us"), "memory": ("b", "kb", "mb", "kib", "mib"),
+                   "bops": ("bops", "kbops", "mbops", "gbops")}[kind]
+        if not m or (m.group(2) not in allowed + ("x",)):
+            from dyadic.core.errors import DyadicError
+            raise DyadicError(f"--{kind}-budget {text!r}: give a number with a unit ({', '.join(allowed)}) "
+                              f"or a ratio to all-int8 like 0.6x")
+        v, unit = float(m.group(1)), m.group(2)
+        return Budget(v, True) if unit == "x" else Budget(v * _UNITS[unit], False)
+
+    def resolve(self, int8_total: float) -> float:
+        return self.value * int8_total if self.relative else self.value
+
+
+@dataclass(frozen=True)
+class Budgets:
+    latency: Budget | None = None
+    memory: Budget | None = None
+    bops: Budget | None = None
+
+    def items(self) -> list[tuple[str, Budget]]:
+        return [(k, b) for k, b in (("latency", self.latency), ("memory", self.memory), ("bops", self.bops)) if b]
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    target: str = "host"          #: a preset name from `dyadic.targets.PRESETS`
+    rpc: str | None = None        #: HOST:PORT of a TVM RPC server on the target: mixed precision times layers there
+    bits: BitMode = BitMode.INT8
+    budgets: Budgets = field(default_factory=Budgets)
+    pin_first_last: bool = True   #: keep the first and last weighted layers at W8A8
+    #: explicit per-layer choices ((layer name, weight bits, activation bits), ...) applied last
+    layer_bits: tuple[tuple[str, int, int], ...] = ()
+    calib_batch: int = 32         #: images per calibration batch (memory vs. speed)
+    hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
+    check_samples: int = 4        #: inputs used for the post-build bit-exactness self-check
+    quiet: bool = False
+    #: pinned input dims ((input name, (d0, d1, ...)), ...), the CLI's --input-shape
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()

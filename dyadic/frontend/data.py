@@ -1,0 +1,86 @@
+"""Loading `.npz` data files and matching them to a model's inputs.
+
+Two layouts are accepted:
+  * `images` (uint8, [N, H, W, C], RGB) with optional `labels`: converted to the model's NCHW float
+    input as (pixels / 255 - mean) / std per channel;
+  * arrays keyed by the model's input names, already preprocessed (float, the model's shape).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from dyadic.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class Normalize:
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @staticmethod
+    def parse(mean: str | None, std: str | None) -> "Normalize":
+        def floats(s, default):
+            if s is None:
+                return default
+            try:
+                return tuple(float(v) for v in s.split(","))
+            except ValueError:
+                raise DataError(f"--mean/--std must be comma-separated numbers, got {s!r}") from None
+        return Normalize(floats(mean, (0.0, 0.0, 0.0)), floats(std, (1.0, 1.0, 1.0)))
+
+
+def load_npz(path: str, input_shapes: dict[str, tuple[int, ...]], norm: Normalize = Normalize(),
+             limit: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Return ({input name: float32 array}, labels or None), or raise DataError saying what is wrong."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path!r} does not exist")
+    try:
+        f = np.load(path, allow_pickle=False)
+        arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataError(f"{path!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    labels = arrays.get("labels")
+    sl = slice(0, limit)
+    if "images" in arrays:
+        if len(input_shapes) != 1:
+            raise DataError(f"{path}: 'images' can only feed a model with one input; the model has "
+                            f"{list(input_shapes)}: key the arrays by input name instead")
+        name, shape = next(iter(input_shapes.items()))
+        img = arrays["images"][sl]
+        c, h, w = shape[1:]
+        if img.dtype != np.uint8 or img.ndim != 4 or img.shape[1:] != (h, w, c):
+            raise DataError(f"{path}: 'images' is {img.dtype} {list(img.shape)}, but the model input {name!r} "
+                            f"needs uint8 [N, {h}, {w}, {c}] (NHWC) images")
+        if len(norm.mean) != c or len(norm.std) != c:
+            raise DataError(f"--mean/--std need {c} values (one per channel), got {len(norm.mean)}/{len(norm.std)}")
+        x = (img.astype(np.float32) / 255.0 - np.array(norm.mean, np.float32)) / np.array(norm.std, np.float32)
+        out = {name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+    else:
+        missing = [k for k in input_shapes if k not in arrays]
+        if missing:
+            raise DataError(f"{path}: no array for model input(s) {missing}; it has keys {sorted(arrays)}. "
+                            "Provide 'images' (uint8 NHWC) or arrays named after the model inputs")
+        out = {}
+        for k, shape in input_shapes.items():
+            a = arrays[k][sl]
+            if a.ndim != len(shape) or a.shape[1:] != tuple(shape[1:]):
+                raise DataError(f"{path}: array {k!r} has shape {list(a.shape)}, the model needs "
+                                f"[N, {', '.join(map(str, shape[1:]))}]")
+            out[k] = a.astype(np.float32)
+    n = {len(v) for v in out.values()}
+    if len(n) != 1 or 0 in n:
+        raise DataError(f"{path}: the input arrays are empty or differ in length")
+    if labels is not None:
+        labels = labels[sl].astype(np.int64)
+        if len(labels) != next(iter(n)):
+            raise DataError(f"{path}: {len(labels)} labels for {next(iter(n))} inputs")
+    return out, labels
+
+
+def synthetic(input_shapes: dict[str, tuple[int, ...]], count: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal inputs: calibration for the built-in demo models, which have random weights."""
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal((count,) + tuple(s[1:])).astype(np.float32) for k, s in input_shapes.items()}

@@ -1,0 +1,100 @@
+"""The one interface every target implements, and what a build hands between its steps.
+
+A compile does, for any target T:
+
+    built = T.build(mod)                       # Relax module -> TVM executable (+ kernel sources)
+    T.export(built, "model.so")                # the shared library, with T's linker
+    names = T.package(built, out_dir, plan)    # the files T adds beside model.so / model.json
+    status = T.self_check(graph, out_dir, plan, sample)   # bit-exact vs the int64 reference, where T runs
+
+`Target` keeps the fields of the former `TargetSpec` (`name`, `tvm_target`, `kind`, `host`, `cpu`,
+`gpu`, `extra`): the lowering and the kernels read them. `TargetSpec` stays as its name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Built:
+    """A built executable plus what the build learned: kernel sources (cuda) and their files."""
+    executable: object
+    target: "Target"
+    files: dict[str, str] = field(default_factory=dict)   #: relative path -> text, written beside model.so
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str                        #: the preset string: "host", "arm:cortex-a76", "cuda:sm_75"
+    tvm_target: dict                 #: TVM target dict of the code that runs the kernels
+    kind: str = "host"               #: "host" | "arm" | "cuda"
+    host: dict | None = None         #: TVM host target of a device target (cuda)
+    cpu: object | None = None        #: an `arm.ArmCpu`
+    gpu: object | None = None        #: a `cuda.CudaArch`
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether this process can run the built library itself (the compile self-check)."""
+        return False
+
+    def tvm(self):
+        import tvm
+
+        return tvm.target.Target(self.tvm_target, host=self.host) if self.host else tvm.target.Target(self.tvm_target)
+
+    def describe(self) -> dict:
+        d = {"preset": self.name, "kind": self.kind, "tvm": self.tvm_target}
+        if self.host:
+            d["host"] = self.host
+        if self.cpu:
+            d["cpu"] = {"name": self.cpu.name, "mattr": list(self.cpu.mattr), "examples": self.cpu.examples}
+        if self.gpu:
+            d["gpu"] = {"arch": self.gpu.name, "examples": self.gpu.examples}
+        return d
+
+    def build(self, mod) -> Built:
+        """`relax.build` with TVM's default pipeline for this target."""
+        from tvm import relax
+
+        return Built(relax.build(mod, self.tvm()), self)
+
+    def export(self, built: Built, so_path: str) -> None:
+        """Write the shared library (the host's compiler and linker)."""
+        built.executable.export_library(so_path)
+
+    def package(self, built: Built, out_dir: str, plan: dict) -> list[str]:
+        """Write the files the target adds beside model.so/model.json; returns their top-level names.
+        By default: the build's `files` (cuda: kernels.cu and kernels.ptx, for inspection)."""
+        for rel, text in built.files.items():
+            os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
+            with open(os.path.join(out_dir, rel), "w") as f:
+                f.write(text)
+        return sorted({rel.split("/")[0] for rel in built.files})
+
+    def self_check(self, int_graph, build_dir: str, plan: dict, sample: dict[str, np.ndarray]) -> str:
+        """Run the built library where possible and compare it with the int64 reference: raises
+        `VerificationError` on any difference; returns the status line recorded in the plan."""
+        raise NotImplementedError(f"target kind {self.kind!r} has no self-check")
+
+    def count_instructions(self, built: Built, so_path: str) -> dict[str, int]:
+        """The target's int8 MAC instructions in the library (none counted by default)."""
+        return {}
+
+
+TargetSpec = Target
+
+
+def compare_outputs(graph, q: dict[str, np.ndarray], got: list[np.ndarray], kind: str) -> None:
+    """A cross-built library's outputs `got` on integer inputs `q` must equal the int64 reference."""
+    from dyadic.core.errors import VerificationError
+    from dyadic.core.reference import run_reference
+
+    want = run_reference(graph, q)
+    for o, g in zip(graph.outputs, got):
+        if g.shape != want[o].shape or not np.array_equal(g, want[o]):
+            raise VerificationError(f"self-check: the {kind} library's output {o!r} differs from the int64 "
+                                    f"reference in {int((g != want[o]).sum())} of {g.size} values")
