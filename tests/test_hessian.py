@@ -69,3 +69,30 @@ def test_sensitivity_records_every_layer_and_candidate():
         # 4-bit weights perturb more than 8-bit; 4-bit activations on top perturb more still
         assert s["omega"]["W4A4"] >= s["omega"]["W4A8"] > s["omega"]["W8A8"] > 0
     assert g.meta["sensitivity_info"]["probes"] >= 8
+
+
+def test_table_op_gradients_match_finite_differences():
+    """Gradients through the op-table ops (hard-swish table, squeeze-excite product, per-channel affine,
+    transpose, softmax) agree with central differences."""
+    from dyadic.passes import fuse_unary
+
+    rng = np.random.default_rng(5)
+    nodes = [node("Conv", ["input", "W1", "B1"], "c1", pads=P1), node("HardSwish", ["c1"], "h"),
+             node("GlobalAveragePool", ["h"], "g"), node("Sigmoid", ["g"], "gate"), node("Mul", ["h", "gate"], "m"),
+             node("Relu", ["m"], "r"), node("Mul", ["r", "s"], "a"), node("Transpose", ["a"], "t", perm=[0, 1, 3, 2]),
+             node("Conv", ["t", "W2", "B2"], "c2"), node("GlobalAveragePool", ["c2"], "g2"), node("Flatten", ["g2"], "f"),
+             node("Gemm", ["f", "W3", "B3"], "z", transB=1), node("Softmax", ["z"], "out")]
+    inits = {"W1": conv_w(rng, 4, 2), "B1": bias(rng, 4), "s": rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32),
+             "W2": conv_w(rng, 4, 4), "B2": bias(rng, 4), "W3": rng.normal(0, 1, (3, 4)).astype(np.float32),
+             "B3": bias(rng, 3)}
+    g = fuse_activations(fuse_unary(fold_batchnorm(import_onnx(make_model(nodes, inits, in_shape=("N", 2, 6, 6))))))
+    assert {"unary", "mul", "affine", "transpose", "softmax"} <= {n.op for n in g.nodes}
+    x, y = rng.standard_normal((3, 2, 6, 6)), np.array([0, 2, 1])
+    theta = {n.name: n.params["W"].astype(np.float64) for n in g.weighted_nodes()}
+    _, grads = loss_and_grads(g, x, y, theta)
+    for k, v in theta.items():
+        d = rng.standard_normal(v.shape)
+        plus, minus = dict(theta), dict(theta)
+        plus[k], minus[k] = v + 1e-5 * d, v - 1e-5 * d
+        fd = (loss_and_grads(g, x, y, plus)[0] - loss_and_grads(g, x, y, minus)[0]) / 2e-5
+        assert fd == pytest.approx(float((grads[k] * d).sum()), rel=1e-3, abs=1e-7), k

@@ -112,7 +112,8 @@ def _infer(mp: onnx.ModelProto) -> onnx.ModelProto:
     hundreds of MB of weights each folding round would dominate the import."""
     g = mp.graph
     light = onnx.ModelProto()
-    light.CopyFrom(mp) if sum(t.ByteSize() for t in g.initializer) < (1 << 20) else _strip_weights(mp, light)
+    small = sum(int(np.prod(t.dims, dtype=np.int64)) for t in g.initializer) < (1 << 18)
+    light.CopyFrom(mp) if small else _strip_weights(mp, light)
     del light.graph.value_info[:]  # stale after folding; inference writes them anew
     try:
         inferred = shape_inference.infer_shapes(light, data_prop=True)
@@ -169,8 +170,13 @@ def _fold_once(mp: onnx.ModelProto) -> bool:
         vals = None
         if n.op_type == "Constant" and n.output:
             a = n.attribute[0]
-            if a.name == "value":
-                vals = [numpy_helper.to_array(a.t)]
+            if a.name == "value":  # moved as it is: no numpy round trip for large weights
+                t = g.initializer.add()
+                t.CopyFrom(a.t)
+                t.name = n.output[0]
+                consts[t.name] = t
+                changed = True
+                continue
             else:  # value_float(s)/value_int(s)/...: let the reference evaluator spell it
                 vals = _evaluate(n, [], opset)
         elif n.op_type in ("Shape", "Size") and n.input[0] in shapes and n.domain in ("", "ai.onnx"):

@@ -197,8 +197,11 @@ def backward(graph: Graph, tape: Tape, dz: np.ndarray, theta: dict) -> dict:
                 idx[ax] = slice(s, e if e >= 0 else None, st)
             dx[tuple(idx)] = dy
             acc(n.inputs[0], dx)
-        else:
-            raise NotImplementedError(f"no gradient for op {n.op} ({n.name})")
+        else:  # an op-table op
+            from dyadic.mixed.autodiff_table import vjp
+
+            for t, g in zip(n.inputs, vjp(n, [env[i] for i in n.inputs], raw[n.output], dy)):
+                acc(t, g)
     for t in graph.inputs:
         if ("act", t) in theta:
             grads[("act", t)] = d.get(t, np.zeros_like(env[t]))

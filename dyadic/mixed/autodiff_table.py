@@ -1,0 +1,65 @@
+"""Vector-Jacobian products of the op-table ops (`dyadic.ops`), for the Hessian estimates.
+
+Elementwise tables (`ew`, `unary`) are differentiated numerically, f'(x) ≈ (f(x+h) - f(x-h)) / 2h
+with h = 1e-4 (max(1, |x|)), which is far below the quantization steps whose effect the traces
+weigh; the others are exact: affine (A[c]), products and sums with broadcasting (the gradient
+summed back over the broadcast axes), max/min (to the winning operand), softmax
+(y (dy - sum(y dy))), transpose (inverse permutation) and gather (scatter-add).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dyadic.core.errors import ModelError
+from dyadic.ops.arith_ops import channel_shape
+
+
+def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for ax, s in enumerate(shape):
+        if s == 1 and g.shape[ax] != 1:
+            g = g.sum(axis=ax, keepdims=True)
+    return g
+
+
+def _table_fn(n):
+    from dyadic.ops.elementwise import apply_unary, run_program
+
+    if n.op == "ew":
+        params = dict(n.attrs["params"])
+        return lambda v: apply_unary(n.attrs["fn"], v, params)
+    return lambda v: run_program(n.attrs["program"], v)
+
+
+def vjp(n, xs: list[np.ndarray], y: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
+    """The gradients of <dy, n(xs)> with respect to each input of table op n."""
+    x = xs[0]
+    if n.op in ("ew", "unary"):
+        f = _table_fn(n)
+        h = 1e-4 * np.maximum(1.0, np.abs(x))
+        return [dy * (f(x + h) - f(x - h)) / (2 * h)]
+    if n.op == "affine":
+        return [dy * n.params["A"].reshape(channel_shape(x.ndim)).astype(dy.dtype)]
+    if n.op == "mul":
+        return [_unbroadcast(dy * xs[1], xs[0].shape), _unbroadcast(dy * xs[0], xs[1].shape)]
+    if n.op == "binary":
+        fn = n.attrs["fn"]
+        if fn in ("add", "sub"):
+            return [_unbroadcast(dy, xs[0].shape), _unbroadcast(-dy if fn == "sub" else dy, xs[1].shape)]
+        first = (xs[0] >= xs[1]) if fn == "max" else (xs[0] <= xs[1])
+        return [_unbroadcast(dy * first, xs[0].shape), _unbroadcast(dy * ~first, xs[1].shape)]
+    if n.op == "softmax":
+        ax = n.attrs["axis"]
+        return [y * (dy - (y * dy).sum(axis=ax, keepdims=True))]
+    if n.op == "transpose":
+        return [np.transpose(dy, np.argsort(n.attrs["perm"]))]
+    if n.op == "gather":
+        dx = np.zeros_like(x)
+        idx = [slice(None)] * x.ndim
+        for k, i in enumerate(np.atleast_1d(n.params["I"])):
+            idx[n.attrs["axis"]] = int(i)
+            src = np.take(dy, k, axis=n.attrs["axis"]) if np.ndim(n.params["I"]) else dy
+            dx[tuple(idx)] += src
+        return [dx]
+    raise ModelError(f"mixed precision: no gradient for op {n.op} ({n.name}) yet; use --bits 8, 4 or w4a8")
