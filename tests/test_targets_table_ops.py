@@ -1,0 +1,71 @@
+"""The op-table ops on the other targets: an exporter-style block built for arm (bit-exact under qemu)
+and for cuda (the generic lowering through dlight, built to PTX/fatbin without a GPU)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from _tiny_onnx import bias, conv_w, f32, i64, make_model, node
+
+import dyadic
+from dyadic.compiler import quantize_inputs
+from dyadic.core.config import CompileConfig
+from dyadic.core.errors import ToolchainError
+from dyadic.core.reference import run_reference
+from dyadic.runtime import bundle
+from dyadic.targets import toolchain
+
+
+def _block():
+    """hard-swish spelled out, squeeze-excite with HardSigmoid, a free-standing BN, channel shuffle,
+    a max of two branches, ceil-mode pooling, a Softmax head."""
+    rng = np.random.default_rng(7)
+    c = 8
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]),
+             node("Add", ["c0", "three"], "a"), node("Clip", ["a", "zero", "six"], "cl"), node("Mul", ["c0", "cl"], "m"),
+             node("Div", ["m", "six"], "hs"),
+             node("GlobalAveragePool", ["hs"], "g"), node("Conv", ["g", "W1", "B1"], "f"),
+             node("HardSigmoid", ["f"], "gate", alpha=0.2, beta=0.5), node("Mul", ["hs", "gate"], "se"),
+             node("Relu", ["se"], "r"), node("BatchNormalization", ["r", "bg", "bb", "bm", "bv"], "bn"),
+             node("Reshape", ["bn", "s5"], "r5"), node("Transpose", ["r5"], "t5", perm=[0, 2, 1, 3, 4]),
+             node("Reshape", ["t5", "s4"], "sh"), node("Max", ["sh", "hs"], "mx"),
+             node("MaxPool", ["mx"], "p", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             node("Sigmoid", ["p"], "sg"), node("Mul", ["p", "sg"], "silu"),
+             node("GlobalAveragePool", ["silu"], "gp"), node("Flatten", ["gp"], "fl"),
+             node("Gemm", ["fl", "Wd", "Bd"], "z", transB=1), node("Softmax", ["z"], "out")]
+    inits = {"W0": conv_w(rng, c, 3), "B0": bias(rng, c), "three": f32(3.0), "zero": f32(0.0), "six": f32(6.0),
+             "W1": conv_w(rng, c, c, 1), "B1": bias(rng, c), "bg": f32(rng.uniform(0.5, 1.5, c)),
+             "bb": f32(rng.normal(0, 0.2, c)), "bm": f32(rng.normal(0, 0.2, c)), "bv": f32(rng.uniform(0.5, 2, c)),
+             "s5": i64(0, 2, c // 2, 9, 9), "s4": i64(0, c, 9, 9), "Wd": f32(rng.normal(0, 1, (5, c))),
+             "Bd": bias(rng, 5)}
+    return make_model(nodes, inits, in_shape=("N", 3, 9, 9)), rng
+
+
+def _compile(target, out):
+    model, rng = _block()
+    calib = {"input": rng.normal(size=(16, 3, 9, 9)).astype(np.float32)}
+    try:
+        return dyadic.compile(model, str(out), calib, CompileConfig(target=target, quiet=True)), rng
+    except ToolchainError as e:
+        pytest.skip(f"toolchain unavailable: {e}")
+
+
+@pytest.mark.skipif(shutil.which(toolchain.AARCH64_CXX) is None or not bundle.can_run_bundle(),
+                    reason=f"aarch64 g++ / qemu-aarch64-static not installed ({toolchain.APT_ARM})")
+def test_table_ops_arm_bit_exact_under_qemu(tmp_path):
+    res, rng = _compile("arm:cortex-a76", tmp_path)
+    assert res.plan["self_check"].startswith("bit-exact")
+    ig = res.int_graph
+    assert {"qlut", "qmul", "qaffine", "transpose", "qbinary", "qsoftmax"} <= {n.op for n in ig.nodes}
+    q = quantize_inputs(ig, {"input": 3 * rng.normal(size=(3, 3, 9, 9)).astype(np.float32)})
+    got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
+    np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_table_ops_cuda_build(tmp_path):
+    res, _ = _compile("cuda:sm_75", tmp_path)
+    assert (tmp_path / "cuda" / "kernels.ptx").is_file()
+    assert res.plan["self_check"].startswith(("not run", "bit-exact"))
