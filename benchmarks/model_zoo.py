@@ -28,21 +28,32 @@ sys.path.insert(0, HERE)
 from zoo_export import MODELS  # noqa: E402
 
 
-def cosine(build: str, onnx_path: str, n: int = 16) -> float:
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def cosines(build: str, onnx_path: str, work: str, n: int = 16) -> tuple[float, float]:
+    """Logit cosine against onnxruntime fp32 of the dyadic library and of onnxruntime's own int8 model
+    (`quantize_static` on the same 32 N(0,1) calibration inputs: the peer's figure on the same model)."""
     import onnxruntime as ort
 
     import dyadic
+    from dyadic.cli.bench import quantize_for_ort
 
     m = dyadic.load(build)
     spec = m.inputs[0]
-    x = np.random.default_rng(1).standard_normal([n] + spec["shape"][1:]).astype(np.float32)
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(None, {spec["name"]: x[i:i + 1]})[0] for i in range(n)]).reshape(n, -1)
-    got = np.asarray(m.run({spec["name"]: x}), np.float64).reshape(n, -1)
-    return float(np.mean((got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))))
+    shape = spec["shape"][1:]
+    x = np.random.default_rng(1).standard_normal([n] + shape).astype(np.float32)
+    run = lambda path: np.concatenate([ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(  # noqa
+        None, {spec["name"]: x[i:i + 1]})[0] for i in range(n)])
+    ref = run(onnx_path)
+    calib = {spec["name"]: np.random.default_rng(0).standard_normal([32] + shape).astype(np.float32)}
+    q8 = quantize_for_ort(onnx_path, work, calib)
+    return _cos(np.asarray(m.run({spec["name"]: x})), ref), _cos(run(q8), ref)
 
 
-def one(name: str, work: str, torch_python: str, threads: list[int], timing: bool) -> dict:
+def one(name: str, work: str, torch_python: str, threads: list[int], timing: bool, reuse: bool) -> dict:
     onnx_path = os.path.join(work, f"{name}.onnx")
     row = {"model": name}
     if not os.path.exists(onnx_path):
@@ -50,15 +61,16 @@ def one(name: str, work: str, torch_python: str, threads: list[int], timing: boo
         if p.returncode:
             return {**row, "compiles": "export failed", "error": p.stderr[-500:]}
     out = os.path.join(work, f"{name}_build")
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "dyadic.cli", "compile", onnx_path, "-o", out, "--quiet"],
-                       capture_output=True, text=True)
-    row["compile_s"] = round(time.perf_counter() - t0, 1)
-    if p.returncode:
-        return {**row, "compiles": "no", "error": " ".join(p.stderr.split())[-600:]}
+    if not (reuse and os.path.exists(os.path.join(out, "model.json"))):
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "dyadic.cli", "compile", onnx_path, "-o", out, "--quiet"],
+                           capture_output=True, text=True)
+        if p.returncode:
+            return {**row, "compiles": "no", "error": " ".join(p.stderr.split())[-600:]}
     plan = json.load(open(os.path.join(out, "model.json")))
+    cos, cos_ort = cosines(out, onnx_path, os.path.join(work, f"{name}_ort"))
     row.update(compiles="yes", bitexact="yes" if str(plan.get("self_check", "")).startswith("bit-exact") else "no",
-               cosine=round(cosine(out, onnx_path), 5))
+               compile_s=plan["timings_s"]["total"], cosine=round(cos, 5), cosine_ort_int8=round(cos_ort, 5))
     if timing:
         from dyadic.cli import bench
 
@@ -72,9 +84,11 @@ def table(rows: list[dict], host: str) -> str:
              "Random-init torchvision models exported with `torch.onnx.export` (opset 17, dynamic batch), "
              "compiled unmodified with `dyadic compile MODEL.onnx` (32 synthetic N(0,1) calibration inputs). "
              "Bit-exact: the compile's self-check against the int64 reference. Cosine: mean logit cosine "
-             "against onnxruntime fp32 on 16 fresh N(0,1) inputs.", "",
-             "| model | compiles | bit-exact | compile s | cosine vs fp32 | ms dyadic / ort-fp32 / ort-int8 (1 thread) |",
-             "|---|---|---|---|---|---|"]
+             "against onnxruntime fp32 on 16 fresh N(0,1) inputs, for dyadic and for onnxruntime's own int8 "
+             "model (`quantize_static`, same calibration inputs). Compile s: the compile's own total "
+             "(import to self-check), measured while other jobs shared the 2 cores.", "",
+             "| model | compiles | bit-exact | compile s | cosine vs fp32: dyadic | ort-int8 | ms dyadic / ort-fp32 / ort-int8 (1 thread) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("timing")
         ms = "—"
@@ -82,7 +96,7 @@ def table(rows: list[dict], host: str) -> str:
             med = {k: v["1"]["median_ms"] if isinstance(v, dict) and "1" in v else None for k, v in t.get("ms", {}).items()}
             ms = " / ".join(f"{med.get(k):.2f}" if med.get(k) else "?" for k in ("dyadic", "ort-fp32", "ort-int8"))
         lines.append(f"| {r['model']} | {r['compiles']} | {r.get('bitexact', '—')} | {r.get('compile_s', '—')} | "
-                     f"{r.get('cosine', '—')} | {ms} |")
+                     f"{r.get('cosine', '—')} | {r.get('cosine_ort_int8', '—')} | {ms} |")
     errs = [r for r in rows if r.get("error")]
     if errs:
         lines += ["", "Failures (last part of the error):", ""]
@@ -97,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/dyadic-zoo", help="where the .onnx files and builds go")
     ap.add_argument("--threads", default="1")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="keep builds already in --work (their recorded compile time)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "model_zoo.md"))
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
@@ -105,7 +120,7 @@ def main(argv=None) -> int:
     host += ", " + ("AMX" if "amx_int8" in flags else "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2 only")
     rows = []
     for name in a.models.split(","):
-        rows.append(one(name, a.work, a.torch_python, [int(t) for t in a.threads.split(",")], not a.no_timing))
+        rows.append(one(name, a.work, a.torch_python, [int(t) for t in a.threads.split(",")], not a.no_timing, a.reuse))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "timing"}), flush=True)
         with open(a.out, "w") as f:
             f.write(table(rows, host))

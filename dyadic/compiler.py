@@ -79,6 +79,7 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
         plan["target"]["instructions"] = target.count_instructions(built, so)
         plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
+        plan["target"]["kernel_coverage"] = build.kernel_coverage(mod)
         plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
         outputs = ["model.so", "model.json"] + target.package(built, tmp, plan)
         with open(os.path.join(tmp, "model.json"), "w") as f:

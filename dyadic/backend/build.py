@@ -61,6 +61,15 @@ def dot_macs(mod: tvm.IRModule, graph: Graph) -> dict | None:
             "by_instruction": by_instr}
 
 
+def kernel_coverage(mod: tvm.IRModule) -> dict:
+    """How many integer-graph nodes run on dyadic's own kernels, and which ops (with counts) were left
+    to TVM's generic lowering (its default schedules): where a model's time outside our kernels goes."""
+    info = mod.attrs.get("dyadic_coverage") if mod.attrs is not None else None
+    counts = {str(k): int(v) for k, v in (info or {}).items()}
+    ours = counts.pop("kernel", 0)
+    return {"kernel_nodes": ours, "generic_nodes": sum(counts.values()), "generic_ops": dict(sorted(counts.items()))}
+
+
 def library_bytes(so_path: str) -> dict[str, int]:
     """Size of the library file and of its serialized executable (constants, i.e. the stored
     weights, plus VM bytecode): the `__tvm_ffi__library_bin` symbol, read with `nm -S`."""

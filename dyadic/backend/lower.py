@@ -33,6 +33,7 @@ class _Lowerer:
         # --- dyadic.kernels: fused target-specific kernels (x86 VNNI), None = generic ops only ---
         from dyadic.backend import kernels
         self.kernels = kernels.for_lowerer(self)
+        self.coverage: dict[str, int] = {}  # "kernel": nodes on dyadic's kernels; op: nodes lowered generically
 
     def emit(self, expr):
         return self.bb.emit(expr)
@@ -63,8 +64,10 @@ class _Lowerer:
         if self.kernels is not None:  # --- dyadic.kernels: a fused kernel, else generic ops below ---
             y = self.kernels.lower(n, xs)
             if y is not None:
+                self.coverage["kernel"] = self.coverage.get("kernel", 0) + 1
                 return y
             xs = self.kernels.generic_inputs(n, xs)  # --- end dyadic.kernels ---
+        self.coverage[n.op] = self.coverage.get(n.op, 0) + 1  # nodes left to TVM's generic lowering
         a, p, op = n.attrs, n.params, n.op
         if op in INT:
             return INT[op].lower(self, n, xs)
@@ -127,6 +130,7 @@ class _Lowerer:
                 result = self.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             self.bb.emit_func_output(result)
         mod = self.bb.get()
+        mod = mod.with_attr("dyadic_coverage", dict(self.coverage))
         if getattr(self.kernels, "isa", None):  # which layers' MACs the kernel family put on which instruction
             mod = mod.with_attr("dyadic_dot", {"isa": self.kernels.isa, "layers": dict(self.kernels.dot_layers)})
         return mod

@@ -36,6 +36,11 @@ def summary(plan: dict) -> str:
         parts = ", ".join(f"{k} {v:,}" for k, v in dm.get("by_instruction", {}).items())
         rows.append(f"MACs on int8 dot/MMA instructions: {dm['macs']:,} of {dm['total_macs']:,} per image "
                     f"({100 * dm['fraction']:.1f} %: {parts})")
+    cov = tgt.get("kernel_coverage")
+    if cov and cov.get("generic_nodes"):
+        rest = ", ".join(f"{k} x{v}" for k, v in cov["generic_ops"].items())
+        rows.append(f"nodes on dyadic's kernels: {cov['kernel_nodes']} of {cov['kernel_nodes'] + cov['generic_nodes']}"
+                    f"; TVM's generic lowering: {rest}")
     ilp = plan.get("bit_selection", {}).get("ilp")
     if ilp:
         used = ", ".join(f"{k} {v['used']:.4g} of {v['limit']:.4g} (all-int8 {v['all_int8']:.4g})"
