@@ -93,7 +93,8 @@ def pin_inputs(mp: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.
             elif k == 0:
                 fixed.append(1)
             else:
-                problems.append(f"input {vi.name!r} has a dynamic dimension {k} ({d or '?'}): pin it with "
+                problems.append(f"input {vi.name!r} has a dynamic dimension {k} ({d or '?'}), and only the batch "
+                                f"dimension may be dynamic: pin it with "
                                 f"--input-shape {vi.name}:" + ",".join(str(x) if isinstance(x, int) and x > 0
                                                                         else str(x or "?") for x in dims))
                 break
