@@ -5,6 +5,9 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
+from dyadic.calibrators import Calibration
+from dyadic.weight_quant import Rounding, WeightClip
+
 
 class BitMode(Enum):
     INT8 = "8"          #: every layer W8A8
@@ -62,5 +65,11 @@ class CompileConfig:
     layer_bits: tuple[tuple[str, int, int], ...] = ()
     calib_batch: int = 32         #: images per calibration batch (memory vs. speed)
     hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
+    calibration: Calibration = Calibration.MSE   #: activation range calibrator (dyadic.calibrators)
+    percentile: float = 99.99     #: for calibration=percentile
+    weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths
+    rounding: Rounding = Rounding.NEAREST        #: weight rounding (adaround: data-aware, passes/round_weights.py)
+    bias_correction: bool = True  #: add each layer's expected output shift (calibration data) to its bias
+    adaround_iters: int = 1000    #: optimizer steps per layer for rounding=adaround
     check_samples: int = 4        #: inputs used for the post-build bit-exactness self-check
     quiet: bool = False

@@ -10,8 +10,9 @@ from .fuse_activations import fuse_activations
 from .import_onnx import import_onnx
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
+from .round_weights import round_weights
 
 __all__ = [
     "import_onnx", "fold_batchnorm", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
-    "measure_costs", "assign_bitwidths", "quantize_graph",
+    "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dyadic.arith import quantize_weight
+from dyadic.calibrators import act_range
+from dyadic.weight_quant import WeightClip, fake_quant, weight_scales
 from dyadic.float_exec import execute
 from dyadic.graph import Graph
 from dyadic.hessian import estimate_traces
@@ -24,9 +25,9 @@ from dyadic.hessian import estimate_traces
 CANDIDATE_NAMES = {(8, 8): "W8A8", (4, 8): "W4A8", (4, 4): "W4A4"}
 
 
-def weight_error(w: np.ndarray, bits: int) -> float:
-    q, s = quantize_weight(w, bits)
-    return float(((q * s.reshape((-1,) + (1,) * (w.ndim - 1)) - w.astype(np.float64)) ** 2).sum())
+def weight_error(w: np.ndarray, bits: int, clip: WeightClip = WeightClip.NONE) -> float:
+    s = weight_scales(w, bits, clip is WeightClip.ALL or (clip is WeightClip.W4 and bits == 4))
+    return float(((fake_quant(w.astype(np.float64), s, bits) - w.astype(np.float64)) ** 2).sum())
 
 
 def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> float:
@@ -38,7 +39,7 @@ def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> floa
 
 
 def estimate_sensitivity(graph: Graph, data: dict[str, np.ndarray], samples: int = 32, rel_se: float = 0.1, max_probes: int = 100,
-                         quiet: bool = False) -> Graph:
+                         quiet: bool = False, weight_clip: WeightClip = WeightClip.NONE) -> Graph:
     x = data[graph.inputs[0]][:samples].astype(np.float64)
     layers = graph.weighted_nodes()
     acts: dict[str, np.ndarray] = {}
@@ -53,9 +54,9 @@ def estimate_sensitivity(graph: Graph, data: dict[str, np.ndarray], samples: int
     sens = {}
     for n in layers:
         tw, ta = traces[n.name], traces[("act", n.inputs[0])]
-        a, rng = acts[n.inputs[0]], graph.ranges[n.inputs[0]]
-        dw = {b: weight_error(n.params["W"], b) for b in (8, 4)}
-        da = {b: activation_error(a, rng, b) for b in (8, 4)}
+        a, t = acts[n.inputs[0]], n.inputs[0]
+        dw = {b: weight_error(n.params["W"], b, weight_clip) for b in (8, 4)}
+        da = {b: activation_error(a, act_range(graph, t, b), b) for b in (8, 4)}
         sens[n.name] = {
             "trace_w": tw.mean, "trace_w_se": tw.se, "trace_a": ta.mean, "trace_a_se": ta.se,
             "probes": tw.probes, "weight_sq_err": {str(b): v for b, v in dw.items()},
