@@ -12,6 +12,7 @@ import sys
 
 from dyadic.config import BitMode
 from dyadic.errors import DyadicError
+from dyadic.quant_args import add_quant_args, quant_config
 
 
 def _add_norm(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,7 @@ def _add_bits(p: argparse.ArgumentParser) -> None:
                    help="let the first and last layers go below 8 bits (pinned to W8A8 by default)")
     p.add_argument("--hessian-samples", type=int, default=32,
                    help="mixed: calibration images used for the Hessian trace estimates (default 32)")
+    add_quant_args(p)
 
 
 def _config(a, target: str):
@@ -51,7 +53,7 @@ def _config(a, target: str):
         if a.bits != "mixed":
             raise DyadicError("--rpc times layers for --bits mixed; to run a build on a board use `dyadic run --rpc`")
     return CompileConfig(target=target, bits=BitMode(a.bits), budgets=budgets, pin_first_last=not a.free_first_last,
-                         hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc)
+                         hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc, **quant_config(a))
 
 
 def _parser() -> argparse.ArgumentParser:

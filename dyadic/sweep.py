@@ -22,6 +22,7 @@ import os
 
 from dyadic.config import BitMode, Budget, Budgets, CompileConfig
 from dyadic.errors import DyadicError
+from dyadic.quant_args import add_quant_args, quant_config
 
 
 def add_parser(sub, add_norm) -> None:
@@ -41,6 +42,7 @@ def add_parser(sub, add_norm) -> None:
                    help="time the layers on the --cost-target device through this TVM RPC server")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     add_norm(s)
+    add_quant_args(s)
 
 
 def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
@@ -54,24 +56,26 @@ def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
 
 def run_sweep(model, out_dir: str, calib: dict, data: dict, labels, ratios: list[float],
               hessian_samples: int = 32, quiet: bool = False, cost_target: str = "host",
-              rpc: str | None = None) -> list[dict]:
+              rpc: str | None = None, quant: dict | None = None) -> list[dict]:
     import dyadic
     from dyadic.evaluate import evaluate
     from dyadic.passes import import_onnx
     from dyadic.passes.assign_bitwidths import pinned_layers
     from dyadic.pipeline import float_passes, run_passes
 
+    quant = quant or {}  # calibration / clipping / rounding options (dyadic.quant_args)
     base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet, target=cost_target,
-                         rpc=rpc)
+                         rpc=rpc, **quant)
     prepared = run_passes(import_onnx(model), float_passes(base, calib))
     totals = _totals(prepared, pinned_layers(prepared))
     rows: list[tuple[str, CompileConfig, dict]] = [
-        (f"uniform-{m.value}", CompileConfig(bits=m, quiet=quiet), {}) for m in (BitMode.INT8, BitMode.W4A8, BitMode.INT4)]
+        (f"uniform-{m.value}", CompileConfig(bits=m, quiet=quiet, **quant), {}) for m in (BitMode.INT8, BitMode.W4A8, BitMode.INT4)]
     for kind in ("latency", "memory"):
         t = totals[kind]
         for r in ratios:
             b = Budget(t["int4"] + r * (t["int8"] - t["int4"]), False)
-            rows.append((f"{kind}-r{r:g}", CompileConfig(bits=BitMode.MIXED, budgets=Budgets(**{kind: b}), quiet=quiet),
+            rows.append((f"{kind}-r{r:g}", CompileConfig(bits=BitMode.MIXED, budgets=Budgets(**{kind: b}), quiet=quiet,
+                                                       **quant),
                          {"kind": kind, "ratio": r, "budget": b.value}))
     results = []
     for name, cfg, extra in rows:
@@ -173,7 +177,7 @@ def cmd_sweep(a) -> int:
         raise DyadicError(f"{a.data} has no 'labels': the sweep measures accuracy")
     os.makedirs(a.output, exist_ok=True)
     results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet,
-                                          a.cost_target, a.rpc)
+                                          a.cost_target, a.rpc, quant_config(a))
     fp32 = _fp32_top1(model, data, labels, a.quiet)
     info = prepared.meta.get("costs_info", {})
     text = table(results, fp32) + (f"\nlatency: {info.get('latency')} for target {info.get('target', {}).get('preset')}"

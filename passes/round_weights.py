@@ -79,9 +79,10 @@ def sim_qparams(graph: Graph) -> dict[str, QParams]:
     for t in graph.inputs:
         out[t] = activation_qparams(act_range(graph, t, 8), 8)
     for n in graph.nodes:
-        if n.op in PASSTHROUGH_OPS:
-            continue
         t = n.output
+        if n.op in PASSTHROUGH_OPS and n.op != "concat":
+            out[t] = out.get(n.inputs[0])
+            continue
         bits = OUTPUT_BITS if t in wide else 4 if t in a4 else 8
         out[t] = activation_qparams(act_range(graph, t, bits) if bits != OUTPUT_BITS else graph.ranges[t], bits,
                                     True if bits == OUTPUT_BITS else None)
@@ -112,15 +113,36 @@ def _columns(n: Node, x: np.ndarray) -> np.ndarray:
     return win.reshape(nb, g, cg, ho, wo, kh, kw).transpose(0, 3, 4, 1, 2, 5, 6).reshape(-1, g, cg * kh * kw)
 
 
+def _column_sums(n: Node, x: np.ndarray) -> np.ndarray:
+    """Σ over samples and positions of the im2col columns, [G, K], without forming them."""
+    if n.op == "dense":
+        return x.reshape(len(x), -1).sum(0, dtype=np.float64)[None]
+    a, (o, cg, kh, kw) = n.attrs, n.params["W"].shape
+    xp = npops.pad_hw(x, a["pads"])
+    (sh, sw), (dh, dw) = a["strides"], a["dilations"]
+    ho, wo = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1, (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
+    out = np.empty((xp.shape[1], kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            sl = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            out[:, i, j] = sl.sum(axis=(0, 2, 3), dtype=np.float64)
+    return out.reshape(a["group"], cg * kh * kw)
+
+
+def _positions(n: Node, x: np.ndarray) -> int:
+    return len(x) if n.op == "dense" else len(x) * int(np.prod(_columns(n, x[:1]).shape[0]))
+
+
 def _stats(n: Node, xq: np.ndarray, xf: np.ndarray, grams: bool) -> dict:
+    if not grams:  # bias correction only needs the column means
+        return {"P": _positions(n, xq), "sq": _column_sums(n, xq), "sf": _column_sums(n, xf)}
     st: dict = {"P": 0}
     for i in range(0, len(xq), CHUNK):
         cq, cf = _columns(n, xq[i:i + CHUNK]), _columns(n, xf[i:i + CHUNK])
-        parts = {"sq": cq.sum(0, dtype=np.float64), "sf": cf.sum(0, dtype=np.float64)}
-        if grams:
-            tq, tf = cq.transpose(1, 2, 0), cf.transpose(1, 2, 0)  # [G, K, P]
-            parts.update(aqq=np.matmul(tq, tq.transpose(0, 2, 1)), aqf=np.matmul(tq, tf.transpose(0, 2, 1)),
-                         aff=np.matmul(tf, tf.transpose(0, 2, 1)))
+        tq, tf = cq.transpose(1, 2, 0), cf.transpose(1, 2, 0)  # [G, K, P]
+        parts = {"sq": cq.sum(0, dtype=np.float64), "sf": cf.sum(0, dtype=np.float64),
+                 "aqq": np.matmul(tq, tq.transpose(0, 2, 1)), "aqf": np.matmul(tq, tf.transpose(0, 2, 1)),
+                 "aff": np.matmul(tf, tf.transpose(0, 2, 1))}
         for k, v in parts.items():
             st[k] = st[k] + v.astype(np.float64) if k in st else v.astype(np.float64)
         st["P"] += len(cq)
@@ -142,11 +164,11 @@ def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet) -> di
             xf_in, xq_in = [ef[i] for i in n.inputs], [eq[i] for i in n.inputs]
             if n.op in ("conv", "dense"):
                 wb, ab = graph.bits[n.name]
-                if ab == 4 and qp[n.inputs[0]].bits != 4:  # the A4 copy quantize_graph makes
+                if ab == 4 and getattr(qp.get(n.inputs[0]), "bits", 8) != 4:  # the A4 copy quantize_graph makes
                     r = act_range(graph, n.inputs[0], 4)
                     from dyadic.passes.quantize_graph import activation_qparams
 
-                    xq_in = [fq(xq_in[0], activation_qparams(r, 4, qp[n.inputs[0]].signed))]
+                    xq_in = [fq(xq_in[0], activation_qparams(r, 4, r[0] < 0))]
                 q, b = _choose(n, xq_in[0], xf_in[0], scales[n.name], wb, rounding, bias_correction, iters,
                                info.setdefault(n.name, {}))
                 chosen[n.name] = (q, b)
@@ -157,7 +179,7 @@ def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet) -> di
             else:
                 yq = _run(graph, n, xq_in)
             ef[n.output] = _run(graph, n, xf_in)
-            eq[n.output] = fq(yq, qp.get(n.output)) if n.op not in PASSTHROUGH_OPS else yq
+            eq[n.output] = fq(yq, qp.get(n.output)) if n.op not in PASSTHROUGH_OPS or n.op == "concat" else yq
             for i in n.inputs:
                 uses[i] -= 1
                 if uses[i] == 0:

@@ -7,6 +7,7 @@ import pytest
 from _tiny_onnx import bias, conv_w, make_model, node
 from dyadic.arith import dyadic_array, quantize_weight
 from dyadic.compiler import quantize_inputs
+from dyadic.calibrators import Calibration
 from dyadic.config import CompileConfig
 from dyadic.errors import VerificationError
 from dyadic.float_exec import execute
@@ -44,9 +45,10 @@ def quantized():
     ], inits)
     fg = import_onnx(m)
     calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
-    log_ig = run_passes(fg, graph_passes(CompileConfig(quiet=True), calib))
+    cfg = CompileConfig(quiet=True, calibration=Calibration.MINMAX)  # the expected scales below are min/max's
+    log_ig = run_passes(fg, graph_passes(cfg, calib))
     # the float graph right before quantize_graph, for expected values
-    pre = run_passes(fg, graph_passes(CompileConfig(quiet=True), calib)[:-1])
+    pre = run_passes(fg, graph_passes(cfg, calib)[:-1])
     return fg, pre, log_ig, calib
 
 
