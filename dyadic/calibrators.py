@@ -130,7 +130,7 @@ def threshold(h: Histogram, method: Calibration, bits: int, signed: bool, percen
 def clamp_range(rng: tuple[float, float], c: float) -> tuple[float, float]:
     """The min/max range [lo, hi] cut to |x| <= c: its sign is kept and its abs-max becomes c."""
     lo, hi = rng
-    return (max(lo, -c), min(hi, c)) if lo < 0 else (lo, min(hi, c))
+    return (max(lo, -c), min(hi, c)) if lo < 0 else (min(lo, c), min(hi, c))
 
 
 def choose_ranges(ranges: dict[str, tuple[float, float]], hists: dict[str, Histogram], method: Calibration,

@@ -5,8 +5,11 @@ For layer i with weights W_i (n_i elements) and input activation a_i (m_i elemen
     T^W_i = Tr(H_{W_i}) / n_i,   T^A_i = Tr(H_{a_i}) / (N m_i)     (Hutchinson, `dyadic.hessian`)
     Ω_i(b_w, b_a) = T^W_i ‖Q_{b_w}(W_i) − W_i‖² + T^A_i Σ_batch ‖Q_{b_a}(a_i) − a_i‖²
 
-where Q_b is the quantizer `quantize_graph` will use (per-channel symmetric weights, the
-calibrated per-tensor activation scale) and the loss is the mean cross-entropy on the calibration
+where Q_b is the quantizer `quantize_graph` will use: per-channel symmetric weights with the
+scales of `weight_clip` (MSE-clipped at 4 bits by default, `dyadic.weight_quant`), and the per-tensor
+activation range the calibrator chose for that width (`dyadic.calibrators.act_range`). AdaRound and
+bias correction are not in Ω (they depend on the bits of the earlier layers, which the ILP is
+choosing); they only lower the output error of the rounding Ω charges and the loss is the mean cross-entropy on the calibration
 batch. With or without labels (KL divergence to the fp32 model's own softmax) the Hessian in the
 logits is diag(p) − pp^T, so labels are not needed (see `dyadic.hessian`). Both
 terms approximate twice the loss increase of the second-order Taylor expansion under an isotropic

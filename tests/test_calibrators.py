@@ -29,8 +29,9 @@ def test_ranges_within_min_max_and_keep_sign(x, method, p):
     (lo, hi), chosen = _ranges(x, method, p)
     for b in ("4", "8"):
         clo, chi = chosen[b]
-        assert lo - 1e-6 <= clo <= chi <= hi + 1e-6
+        assert min(lo, 0) - 1e-6 <= clo <= chi <= hi + 1e-6  # within [min, max] (unsigned: [0, max])
         assert (clo < 0) == (lo < 0)  # signedness is that of the min/max range
+        assert max(abs(clo), abs(chi)) <= max(abs(lo), abs(hi)) + 1e-6
 
 
 @settings(max_examples=60, deadline=None)

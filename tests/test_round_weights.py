@@ -115,3 +115,19 @@ def test_compiled_adaround_mse_is_bit_exact(tmp_path, rng):
     layer = next(l for l in res.plan["layers"] if l["name"] == "c1")
     assert layer["weight_quant"]["loss"] <= layer["weight_quant"]["loss_nearest"]
     assert layer["calibration"]["method"] == "mse" and set(layer["calibration"]["ranges"]) == {"4", "8"}
+
+
+def test_cli_quantizer_flags_reach_the_config():
+    from dyadic.cli import _config, _parser
+
+    a = _parser().parse_args(["compile", "m.onnx", "-o", "out", "--bits", "4", "--calibration", "percentile",
+                              "--percentile", "99.9", "--weight-clip", "all", "--rounding", "adaround",
+                              "--adaround-iters", "50", "--no-bias-correction"])
+    c = _config(a, "host")
+    assert (c.calibration, c.percentile, c.weight_clip, c.rounding, c.adaround_iters, c.bias_correction) == \
+        (Calibration.PERCENTILE, 99.9, WeightClip.ALL, Rounding.ADAROUND, 50, False)
+    d = _config(_parser().parse_args(["compile", "m.onnx", "-o", "out"]), "host")
+    assert (d.calibration, d.weight_clip, d.rounding, d.bias_correction) == \
+        (Calibration.MSE, WeightClip.W4, Rounding.NEAREST, True)
+    s = _parser().parse_args(["sweep", "m.onnx", "-o", "o", "--calib", "c", "--data", "d", "--rounding", "adaround"])
+    assert s.rounding == "adaround"
