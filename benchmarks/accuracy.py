@@ -27,21 +27,20 @@ BEST = dict(calibration="mse", rounding="adaround")
 #: name -> CompileConfig options (strings as the CLI takes them); "budget": a relative memory budget
 ROWS: dict[str, dict] = {
     "W8A8 minmax nearest (before)": dict(bits="8", calibration="minmax", weight_clip="none", bias_correction=False),
-    "W8A8 minmax +bias corr.": dict(bits="8", calibration="minmax"),
-    "W8A8 percentile +bias corr.": dict(bits="8", calibration="percentile"),
     "W8A8 mse +bias corr. (default)": dict(bits="8", calibration="mse"),
-    "W8A8 entropy +bias corr.": dict(bits="8", calibration="entropy"),
-    "W4A8 minmax nearest (before)": dict(bits="w4a8", calibration="minmax", weight_clip="none", bias_correction=False),
     "W4A8 mse clip nearest +bias corr. (default)": dict(bits="w4a8", calibration="mse"),
     "W4A8 mse clip adaround": dict(bits="w4a8", **BEST),
-    "W4A4 minmax nearest (before)": dict(bits="4", calibration="minmax", weight_clip="none", bias_correction=False),
-    "W4A4 minmax clip nearest +bias corr.": dict(bits="4", calibration="minmax"),
+    "W4A4 mse clip nearest +bias corr. (default)": dict(bits="4", calibration="mse"),
+    "mixed memory 0.75x (default quantizer)": dict(bits="mixed", budget=0.75, calibration="mse"),
+    "W4A4 mse clip adaround": dict(bits="4", **BEST),
+    "mixed memory 0.5x (default quantizer)": dict(bits="mixed", budget=0.5, calibration="mse"),
+    "W8A8 percentile +bias corr.": dict(bits="8", calibration="percentile"),
+    "W8A8 entropy +bias corr.": dict(bits="8", calibration="entropy"),
     "W4A4 percentile clip nearest +bias corr.": dict(bits="4", calibration="percentile"),
     "W4A4 entropy clip nearest +bias corr.": dict(bits="4", calibration="entropy"),
-    "W4A4 mse clip nearest +bias corr. (default)": dict(bits="4", calibration="mse"),
-    "W4A4 mse clip adaround": dict(bits="4", **BEST),
-    "mixed memory 0.75x (default quantizer)": dict(bits="mixed", budget=0.75, calibration="mse"),
-    "mixed memory 0.5x (default quantizer)": dict(bits="mixed", budget=0.5, calibration="mse"),
+    "W4A4 minmax clip nearest +bias corr.": dict(bits="4", calibration="minmax"),
+    "W4A8 minmax nearest (before)": dict(bits="w4a8", calibration="minmax", weight_clip="none", bias_correction=False),
+    "W4A4 minmax nearest (before)": dict(bits="4", calibration="minmax", weight_clip="none", bias_correction=False),
 }
 
 
