@@ -20,7 +20,7 @@ from dyadic.core.graph import Graph
 from dyadic.core.verify import verify_float_graph, verify_integer_graph
 from dyadic.core.config import BitMode
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
-                           fuse_activations, fuse_unary, measure_costs, quantize_graph)
+                           fuse_activations, fuse_unary, measure_costs, quantize_graph, round_weights)
 
 Pass = Callable[[Graph], Graph]
 
@@ -32,9 +32,9 @@ def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: boo
         ("fuse_unary", fuse_unary),
         ("fuse_activations", fuse_activations),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
-                                     quiet=config.quiet)),
+                                     quiet=config.quiet, method=config.calibration, percentile=config.percentile)),
         *([("estimate_sensitivity", partial(estimate_sensitivity, data=calib, samples=config.hessian_samples,
-                                            quiet=config.quiet)),
+                                            quiet=config.quiet, weight_clip=config.weight_clip)),
            ("measure_costs", partial(measure_costs, target=config.target, quiet=config.quiet, rpc=config.rpc))]
           if mixed else []),
     ]
@@ -44,6 +44,9 @@ def integer_passes(config: CompileConfig) -> list[tuple[str, Pass]]:
     return [
         ("assign_bitwidths", partial(assign_bitwidths, mode=config.bits, pin_first_last=config.pin_first_last,
                                      budgets=config.budgets, layer_bits=config.layer_bits)),
+        ("round_weights", partial(round_weights, rounding=config.rounding, weight_clip=config.weight_clip,
+                                  bias_correction=config.bias_correction, iters=config.adaround_iters,
+                                  quiet=config.quiet)),
         ("quantize_graph", quantize_graph),
     ]
 

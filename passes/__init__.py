@@ -11,8 +11,9 @@ from .fuse_activations import fuse_activations
 from .fuse_unary import fuse_unary
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
+from .round_weights import round_weights
 
 __all__ = [
     "fold_batchnorm", "fuse_unary", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
-    "measure_costs", "assign_bitwidths", "quantize_graph",
+    "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

@@ -5,8 +5,11 @@ For layer i with weights W_i (n_i elements) and input activation a_i (m_i elemen
     T^W_i = Tr(H_{W_i}) / n_i,   T^A_i = Tr(H_{a_i}) / (N m_i)     (Hutchinson, `dyadic.mixed.hessian`)
     Ω_i(b_w, b_a) = T^W_i ‖Q_{b_w}(W_i) − W_i‖² + T^A_i Σ_batch ‖Q_{b_a}(a_i) − a_i‖²
 
-where Q_b is the quantizer `quantize_graph` will use (per-channel symmetric weights, the
-calibrated per-tensor activation scale) and the loss is the mean cross-entropy on the calibration
+where Q_b is the quantizer `quantize_graph` will use: per-channel symmetric weights with the
+scales of `weight_clip` (MSE-clipped at 4 bits by default, `dyadic.weight_quant`), and the per-tensor
+activation range the calibrator chose for that width (`dyadic.calibrators.act_range`). AdaRound and
+bias correction are not in Ω (they depend on the bits of the earlier layers, which the ILP is
+choosing); they only lower the output error of the rounding Ω charges and the loss is the mean cross-entropy on the calibration
 batch. With or without labels (KL divergence to the fp32 model's own softmax) the Hessian in the
 logits is diag(p) − pp^T, so labels are not needed (see `dyadic.mixed.hessian`). Both
 terms approximate twice the loss increase of the second-order Taylor expansion under an isotropic
@@ -20,13 +23,15 @@ from dyadic.core.arith import quantize_weight
 from dyadic.core.float_exec import execute
 from dyadic.core.graph import Graph
 from dyadic.mixed.hessian import estimate_traces
+from dyadic.core.calibrators import act_range
+from dyadic.core.weight_quant import WeightClip, fake_quant, weight_scales
 
 CANDIDATE_NAMES = {(8, 8): "W8A8", (4, 8): "W4A8", (4, 4): "W4A4"}
 
 
-def weight_error(w: np.ndarray, bits: int) -> float:
-    q, s = quantize_weight(w, bits)
-    return float(((q * s.reshape((-1,) + (1,) * (w.ndim - 1)) - w.astype(np.float64)) ** 2).sum())
+def weight_error(w: np.ndarray, bits: int, clip: WeightClip = WeightClip.NONE) -> float:
+    s = weight_scales(w, bits, clip is WeightClip.ALL or (clip is WeightClip.W4 and bits == 4))
+    return float(((fake_quant(w.astype(np.float64), s, bits) - w.astype(np.float64)) ** 2).sum())
 
 
 def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> float:
@@ -38,7 +43,7 @@ def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> floa
 
 
 def estimate_sensitivity(graph: Graph, data: dict[str, np.ndarray], samples: int = 32, rel_se: float = 0.1, max_probes: int = 100,
-                         quiet: bool = False) -> Graph:
+                         quiet: bool = False, weight_clip: WeightClip = WeightClip.NONE) -> Graph:
     x = data[graph.inputs[0]][:samples].astype(np.float64)
     layers = graph.weighted_nodes()
     acts: dict[str, np.ndarray] = {}
@@ -53,9 +58,9 @@ def estimate_sensitivity(graph: Graph, data: dict[str, np.ndarray], samples: int
     sens = {}
     for n in layers:
         tw, ta = traces[n.name], traces[("act", n.inputs[0])]
-        a, rng = acts[n.inputs[0]], graph.ranges[n.inputs[0]]
-        dw = {b: weight_error(n.params["W"], b) for b in (8, 4)}
-        da = {b: activation_error(a, rng, b) for b in (8, 4)}
+        a, t = acts[n.inputs[0]], n.inputs[0]
+        dw = {b: weight_error(n.params["W"], b, weight_clip) for b in (8, 4)}
+        da = {b: activation_error(a, act_range(graph, t, b), b) for b in (8, 4)}
         sens[n.name] = {
             "trace_w": tw.mean, "trace_w_se": tw.se, "trace_a": ta.mean, "trace_a_se": ta.se,
             "probes": tw.probes, "weight_sq_err": {str(b): v for b, v in dw.items()},

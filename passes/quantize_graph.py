@@ -31,6 +31,7 @@ from dyadic.core.arith import dyadic_array, dyadic_shared, quantize_weight
 from dyadic.core.errors import VerificationError
 from dyadic.core.graph import PASSTHROUGH_OPS, Graph, Node, QParams
 from dyadic.ops import FLOAT, QuantContext
+from dyadic.core.calibrators import act_range
 
 OUTPUT_BITS = 16
 
@@ -95,7 +96,7 @@ def quantize_graph(graph: Graph) -> Graph:
     def out_q(t: str, signed: bool | None = None) -> QParams:
         if t in wide:
             return activation_qparams(graph.ranges[t], OUTPUT_BITS, True)
-        return activation_qparams(graph.ranges[t], 4 if t in a4 else 8, signed)
+        return activation_qparams(act_range(graph, t, 4 if t in a4 else 8), 4 if t in a4 else 8, signed)
 
     for t in graph.inputs:
         qp[t] = out_q(t)
@@ -126,12 +127,13 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
         wb, ab = graph.bits[n.name]
         if ab == 4 and qp[x].bits != 4:  # the input is shared with 8-bit readers: requantize a copy
             name = f"{n.name}/a4"
-            q4 = qp[name] = activation_qparams(graph.ranges[x], 4, qp[x].signed)
+            q4 = qp[name] = activation_qparams(act_range(graph, x, 4), 4, qp[x].signed)
             m, s = dyadic_array(np.array(qp[x].scale / q4.scale))
             nodes.append(Node("requant", name, (x,), (name,), _clip_bounds(q4, None), {"M": m, "S": s}))
             n, x = n.replace(inputs=(name,)), name
         q = qp[n.output] = out_q(n.output)
-        w_q, s_w = quantize_weight(n.params["W"], wb)
+        w_q, s_w = ((n.params["W_int"], n.params["W_scale"]) if "W_int" in n.params  # passes/round_weights.py
+                    else quantize_weight(n.params["W"], wb))
         s_acc = qp[x].scale * s_w
         b_q = np.rint(n.params["B"].astype(np.float64) / s_acc)
         if np.abs(b_q).max(initial=0) >= 2 ** 31:

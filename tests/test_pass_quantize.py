@@ -14,6 +14,8 @@ from dyadic.core.graph import INT_OPS
 from dyadic.frontend import import_onnx
 from dyadic.passes import assign_bitwidths, calibrate_ranges, quantize_graph
 from dyadic.core.config import BitMode
+from dyadic.core.calibrators import Calibration
+from dyadic.passes import (assign_bitwidths, calibrate_ranges, quantize_graph)
 from dyadic.pipeline import graph_passes, run_passes
 from dyadic.core.reference import run_reference
 from dyadic.core.verify import verify_integer_graph
@@ -45,9 +47,10 @@ def quantized():
     ], inits)
     fg = import_onnx(m)
     calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
-    log_ig = run_passes(fg, graph_passes(CompileConfig(quiet=True), calib))
+    cfg = CompileConfig(quiet=True, calibration=Calibration.MINMAX)  # the expected scales below are min/max's
+    log_ig = run_passes(fg, graph_passes(cfg, calib))
     # the float graph right before quantize_graph, for expected values
-    pre = run_passes(fg, graph_passes(CompileConfig(quiet=True), calib)[:-1])
+    pre = run_passes(fg, graph_passes(cfg, calib)[:-1])
     return fg, pre, log_ig, calib
 
 

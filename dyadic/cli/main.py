@@ -11,6 +11,7 @@ import sys
 
 from dyadic.core.config import BitMode
 from dyadic.core.errors import DyadicError
+from dyadic.cli.quant_args import add_quant_args, quant_config
 
 
 def _add_norm(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def _add_bits(p: argparse.ArgumentParser) -> None:
                    help="let the first and last layers go below 8 bits (pinned to W8A8 by default)")
     p.add_argument("--hessian-samples", type=int, default=32,
                    help="mixed: calibration images used for the Hessian trace estimates (default 32)")
+    add_quant_args(p)
 
 
 def _config(a, target: str):
@@ -59,7 +61,7 @@ def _config(a, target: str):
 
     return CompileConfig(target=target, bits=BitMode(a.bits), budgets=budgets, pin_first_last=not a.free_first_last,
                          hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc,
-                         input_shapes=parse_input_shapes(getattr(a, "input_shape", None)))
+                         input_shapes=parse_input_shapes(getattr(a, "input_shape", None)), **quant_config(a))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import os
 from dyadic.core.errors import DyadicError
 from dyadic.mixed import sweep as _sweep
 from dyadic.mixed.sweep import _fp32_top1, plot, run_sweep, table
+from dyadic.cli.quant_args import add_quant_args, quant_config
 
 
 def add_parser(sub, add_norm) -> None:
@@ -26,6 +27,7 @@ def add_parser(sub, add_norm) -> None:
                    help="time the layers on the --cost-target device through this TVM RPC server")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     add_norm(s)
+    add_quant_args(s)
 
 
 def cmd_sweep(a) -> int:
@@ -53,7 +55,7 @@ def cmd_sweep(a) -> int:
         raise DyadicError(f"{a.data} has no 'labels': the sweep measures accuracy")
     os.makedirs(a.output, exist_ok=True)
     results, totals, prepared = run_sweep(model, a.output, calib, data, labels, ratios, a.hessian_samples, a.quiet,
-                                          a.cost_target, a.rpc)
+                                          a.cost_target, a.rpc, quant_config(a))
     fp32 = _fp32_top1(model, data, labels, a.quiet)
     info = prepared.meta.get("costs_info", {})
     text = table(results, fp32) + (f"\nlatency: {info.get('latency')} for target {info.get('target', {}).get('preset')}"

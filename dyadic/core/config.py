@@ -5,6 +5,9 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
+from dyadic.core.calibrators import Calibration
+from dyadic.core.weight_quant import Rounding, WeightClip
+
 
 #: the per-layer (weight bits, activation bits) choices: W8A8, W4A8, W4A4 (`passes.assign_bitwidths`,
 #: the ILP of `dyadic.mixed.ilp`)
@@ -87,6 +90,12 @@ class CompileConfig:
     layer_bits: tuple[tuple[str, int, int], ...] = ()
     calib_batch: int = 32         #: images per calibration batch (memory vs. speed)
     hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
+    calibration: Calibration = Calibration.MSE   #: activation range calibrator (dyadic.calibrators)
+    percentile: float = 99.99     #: for calibration=percentile
+    weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths
+    rounding: Rounding = Rounding.NEAREST        #: weight rounding (adaround: data-aware, passes/round_weights.py)
+    bias_correction: bool = True  #: add each layer's expected output shift (calibration data) to its bias
+    adaround_iters: int = 1000    #: optimizer steps per layer for rounding=adaround
     check_samples: int = 4        #: inputs used for the post-build bit-exactness self-check
     quiet: bool = False
     #: pinned input dims ((input name, (d0, d1, ...)), ...), the CLI's --input-shape

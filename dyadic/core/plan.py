@@ -45,11 +45,16 @@ def make_plan(graph: Graph, target: dict, calibration: dict, timings: dict) -> d
             for key in ("sensitivity", "costs"):  # mixed precision: Ω and costs of every candidate
                 if n.name in graph.meta.get(key, {}):
                     entry[key] = graph.meta[key][n.name]
+            if n.name in graph.meta.get("weight_quant", {}).get("layers", {}):  # passes/round_weights.py
+                entry["weight_quant"] = graph.meta["weight_quant"]["layers"][n.name]
         if "M" in n.params:
             entry.update(multiplier=_list(n.params["M"]), shift=_list(n.params["S"]),
                          clip=[n.attrs["lo"], n.attrs["hi"]])
         if n.output in graph.ranges:
             entry["calib_range"] = list(graph.ranges[n.output])
+            cal = graph.meta.get("act_calibration", {})  # dyadic/calibrators.py: range per bit-width
+            if n.output in cal.get("tensors", {}):
+                entry["calibration"] = {"method": cal["method"], "ranges": cal["tensors"][n.output]}
         layers.append(entry)
     return {
         "plan_version": PLAN_VERSION,
@@ -58,7 +63,8 @@ def make_plan(graph: Graph, target: dict, calibration: dict, timings: dict) -> d
         "requant": "y = clip((acc * multiplier + 2^(shift-1)) >> shift, lo, hi)",
         "input_quantization": "q = clip(round_half_even(x / scale), lo, hi)",
         "layers": layers,
-        "calibration": calibration,
+        "calibration": {**calibration, **{k: v for k, v in graph.meta.get("act_calibration", {}).items() if k != "tensors"}},
+        "weight_quant": {k: v for k, v in graph.meta.get("weight_quant", {}).items() if k != "layers"},
         "target": target,
         "bit_selection": {k: graph.meta[k] for k in ("ilp", "sensitivity_info", "costs_info") if k in graph.meta},
         "timings_s": timings,

@@ -33,24 +33,26 @@ def _totals(graph, pinned: set[str]) -> dict[str, dict[str, float]]:
 
 def run_sweep(model, out_dir: str, calib: dict, data: dict, labels, ratios: list[float],
               hessian_samples: int = 32, quiet: bool = False, cost_target: str = "host",
-              rpc: str | None = None) -> list[dict]:
+              rpc: str | None = None, quant: dict | None = None) -> list[dict]:
     import dyadic
     from dyadic.cli.evaluate import evaluate
     from dyadic.frontend import import_onnx
     from dyadic.passes.assign_bitwidths import pinned_layers
     from dyadic.pipeline import float_passes, run_passes
 
+    quant = quant or {}  # calibration / clipping / rounding options (dyadic.quant_args)
     base = CompileConfig(bits=BitMode.MIXED, hessian_samples=hessian_samples, quiet=quiet, target=cost_target,
-                         rpc=rpc)
+                         rpc=rpc, **quant)
     prepared = run_passes(import_onnx(model), float_passes(base, calib))
     totals = _totals(prepared, pinned_layers(prepared))
     rows: list[tuple[str, CompileConfig, dict]] = [
-        (f"uniform-{m.value}", CompileConfig(bits=m, quiet=quiet), {}) for m in (BitMode.INT8, BitMode.W4A8, BitMode.INT4)]
+        (f"uniform-{m.value}", CompileConfig(bits=m, quiet=quiet, **quant), {}) for m in (BitMode.INT8, BitMode.W4A8, BitMode.INT4)]
     for kind in ("latency", "memory"):
         t = totals[kind]
         for r in ratios:
             b = Budget(t["int4"] + r * (t["int8"] - t["int4"]), False)
-            rows.append((f"{kind}-r{r:g}", CompileConfig(bits=BitMode.MIXED, budgets=Budgets(**{kind: b}), quiet=quiet),
+            rows.append((f"{kind}-r{r:g}", CompileConfig(bits=BitMode.MIXED, budgets=Budgets(**{kind: b}), quiet=quiet,
+                                                       **quant),
                          {"kind": kind, "ratio": r, "budget": b.value}))
     results = []
     for name, cfg, extra in rows:

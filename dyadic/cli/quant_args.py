@@ -1,0 +1,38 @@
+"""The quantizer flags shared by `dyadic compile` and `dyadic sweep` (calibration, clipping, rounding)."""
+from __future__ import annotations
+
+import argparse
+
+from dyadic.core.calibrators import Calibration
+from dyadic.core.weight_quant import Rounding, WeightClip
+
+
+def add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", choices=[c.value for c in Calibration], default=None,
+                   help="activation range calibrator, per tensor and bit-width: minmax, percentile, mse "
+                        "(default), entropy (KL)")
+    p.add_argument("--percentile", type=float, default=99.99, help="P for --calibration percentile (default 99.99)")
+    p.add_argument("--weight-clip", choices=[c.value for c in WeightClip], default=None,
+                   help="MSE-optimal per-channel weight clipping at: 4 (4-bit weights, default), all, none")
+    p.add_argument("--rounding", choices=[r.value for r in Rounding], default=None,
+                   help="weight rounding: nearest (default) or adaround (layer-wise reconstruction on the "
+                        "calibration data; integer weights within one step of nearest)")
+    p.add_argument("--adaround-iters", type=int, default=None, help="AdaRound optimizer steps per layer (default 1000)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="do not add each layer's expected output shift (on the calibration data) to its bias")
+
+
+def quant_config(a) -> dict:
+    """CompileConfig keyword arguments for the flags given (unset flags keep the config's defaults)."""
+    out: dict = {"percentile": a.percentile}
+    if a.calibration:
+        out["calibration"] = Calibration(a.calibration)
+    if a.weight_clip:
+        out["weight_clip"] = WeightClip(a.weight_clip)
+    if a.rounding:
+        out["rounding"] = Rounding(a.rounding)
+    if a.adaround_iters:
+        out["adaround_iters"] = a.adaround_iters
+    if a.no_bias_correction:
+        out["bias_correction"] = False
+    return out
