@@ -142,6 +142,20 @@ def case_expand_tile(rng):
                  {"shp": i64(1, 4, 8, 8), "rep": i64(1, 1, 2, 1)})
 
 
+
+def case_packed_gate_affine_bcast(rng):
+    """24 channels (not a multiple of 16): a squeeze-excite gate, a per-channel affine after a ReLU
+    and a broadcast add of a [N, C, 1, 1] tensor, all on the packed CPU layout."""
+    c = 24
+    fn, fi = _conv(rng, "g", "f", c, c, k=1, tag="f")
+    body = ([node("GlobalAveragePool", ["h"], "g")] + fn
+            + [node("HardSigmoid", ["f"], "gate", alpha=0.2, beta=0.5), node("Mul", ["h", "gate"], "se"),
+               node("Relu", ["se"], "r"), node("Mul", ["r", "s"], "m"), node("Add", ["m", "t"], "af"),
+               node("Add", ["af", "g"], "o")])
+    return _wrap(rng, body, {**fi, "s": f32(rng.uniform(-1.5, 1.5, (c, 1, 1))), "t": f32(rng.normal(0, 0.3, (c, 1, 1)))},
+                 c=c, relu=True)
+
+
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
 
 
@@ -264,3 +278,39 @@ def test_table2_float_import_matches_onnxruntime(case):
     nodes, inits, in_shape = CASES[case](rng)
     model = make_model(nodes, inits, in_shape=in_shape)
     matches_ort(model, rng.normal(size=(1,) + in_shape[1:]).astype(np.float32), rtol=1e-4, atol=1e-4)
+
+
+
+def test_packed_layout_keeps_gates_affines_and_broadcast_adds_packed(tmp_path):
+    """On a CPU with the packed kernels, the SE product, the per-channel affine and the broadcast add
+    make no NCHW copy (the one `dyadic_unpack` call is the graph output's), and the library stays
+    bit-exact."""
+    import re
+
+    from dyadic import targets
+    from dyadic.backend import kernels
+    from dyadic.backend.lower import lower_to_relax
+
+    rng, model, in_shape, res, lib = _compile("packed_gate_affine_bcast", tmp_path)
+    ig = res.int_graph
+    assert {"qmul", "qaffine", "qadd"} <= {n.op for n in ig.nodes}
+    _bitexact(rng, in_shape, ig, lib)
+    host = targets.resolve("host")
+    if kernels.x86_isa(host.tvm_target) is None:
+        pytest.skip("no packed CPU kernels on this host")
+    text = lower_to_relax(ig, host)["main"].script(show_meta=False)
+    unpacks = [ln for ln in text.splitlines() if re.search(r"dyadic_unpack\d+", ln)]
+    assert len(unpacks) == 1 and "(n, 3, 8, 8)" in unpacks[0], unpacks
+
+
+def test_convtranspose_folds_batchnorm_and_relu():
+    """ConvTranspose + BN + ReLU is one zero insertion and one integer conv (BN folded, ReLU fused)."""
+    from dyadic.compiler import build_graph
+
+    rng = np.random.default_rng(0)
+    nodes, inits, in_shape = CASES["convtranspose_bn_relu"](rng)
+    _, ig = build_graph(make_model(nodes, inits, in_shape=in_shape),
+                        {"input": rng.normal(size=(4,) + in_shape[1:]).astype(np.float32)}, CONFIG)
+    assert [n.op for n in ig.nodes] == ["qconv", "zero_insert", "qconv", "qconv"]
+    up = ig.nodes[2]
+    assert up.attrs["lo"] == 0 and ig.shapes[up.output][2:] == (16, 16)
