@@ -64,6 +64,13 @@ def case_resize_nearest_modes(rng):
                  {"sz": i64(1, 4, 12, 5), "sz2": i64(1, 4, 7, 9)})
 
 
+def case_resize_nearest_axes_opset18(rng):
+    """opset 18 spelling: sizes for axes (2, 3) only."""
+    return _wrap(rng, [node("Resize", ["h", EMPTY, EMPTY, "sz"], "o", mode="nearest", axes=[2, 3],
+                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+                 {"sz": i64(16, 12)})
+
+
 def case_resize_linear_half_pixel(rng):
     """torch bilinear align_corners=False (half_pixel, x2), then pytorch_half_pixel to sizes."""
     return _wrap(rng, [node("Resize", ["h", EMPTY, "sc"], "r", mode="linear",
@@ -157,6 +164,7 @@ def case_packed_gate_affine_bcast(rng):
 
 
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
+OPSETS = {"resize_nearest_axes_opset18": 18}  # otherwise 17
 
 
 def _index_outputs(model, names):
@@ -172,7 +180,7 @@ def _index_outputs(model, names):
 def _compile(case, tmp_path, opset=17):
     rng = np.random.default_rng(sorted(CASES).index(case) + 200)
     nodes, inits, in_shape = CASES[case](rng)
-    model = make_model(nodes, inits, in_shape=in_shape, opset=opset)
+    model = make_model(nodes, inits, in_shape=in_shape, opset=OPSETS.get(case, opset))
     if any(n.op_type == "ArgMax" for n in nodes):
         _index_outputs(model, ("out",))
     calib = {"input": rng.normal(size=(32,) + in_shape[1:]).astype(np.float32)}
@@ -276,7 +284,7 @@ def test_table2_float_import_matches_onnxruntime(case):
 
     rng = np.random.default_rng(5)
     nodes, inits, in_shape = CASES[case](rng)
-    model = make_model(nodes, inits, in_shape=in_shape)
+    model = make_model(nodes, inits, in_shape=in_shape, opset=OPSETS.get(case, 17))
     matches_ort(model, rng.normal(size=(1,) + in_shape[1:]).astype(np.float32), rtol=1e-4, atol=1e-4)
 
 
@@ -314,3 +322,26 @@ def test_convtranspose_folds_batchnorm_and_relu():
     assert [n.op for n in ig.nodes] == ["qconv", "zero_insert", "qconv", "qconv"]
     up = ig.nodes[2]
     assert up.attrs["lo"] == 0 and ig.shapes[up.output][2:] == (16, 16)
+
+
+@pytest.mark.parametrize("case", ["resize_nearest_torch", "resize_linear_half_pixel", "convtranspose_bn_relu",
+                                  "expand_tile"])
+def test_spatial_moves_stay_packed(case):
+    """Nearest/linear resizes, zero insertion and H/W gathers run on the packed CPU layout: the only
+    NCHW copy is the graph output's (bit-exactness: the compile tests above run the same lowering)."""
+    import re
+
+    from dyadic import targets
+    from dyadic.backend import kernels
+    from dyadic.backend.lower import lower_to_relax
+    from dyadic.compiler import build_graph
+
+    host = targets.resolve("host")
+    if kernels.x86_isa(host.tvm_target) is None:
+        pytest.skip("no packed CPU kernels on this host")
+    rng = np.random.default_rng(0)
+    nodes, inits, in_shape = CASES[case](rng)
+    _, ig = build_graph(make_model(nodes, inits, in_shape=in_shape),
+                        {"input": rng.normal(size=(4,) + in_shape[1:]).astype(np.float32)}, CONFIG)
+    text = lower_to_relax(ig, host)["main"].script(show_meta=False)
+    assert len(re.findall(r"dyadic_unpack\d+\(", text)) + len(re.findall(r"dyadic_unpack\d+,", text)) == 1

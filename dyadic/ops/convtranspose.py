@@ -48,24 +48,26 @@ def _zi(node, xs, out_shape=None):
     return zero_insert(xs[0], node.attrs["strides"], node.attrs["pads"])
 
 
-def _zi_lower(L, node, xs):
+def lower_zero_insert(L, node, x, packed: bool = False):
+    """Zero insertion of x: NCHW, or the packed CPU layout [N, C/16, H, W, 16] (`packed`)."""
     from tvm import relax
 
     (sh, sw), (t, l, b, r) = node.attrs["strides"], node.attrs["pads"]
     _, c, h, w = L.g.shapes[node.inputs[0]]
-    x = xs[0]
+    c, lane = ((c + 15) // 16, [16]) if packed else (c, [])
+    tail = [0, 0] * len(lane)
     if (sh, sw) != (1, 1):
-        x = L.emit(relax.op.reshape(x, [L.batch, c, h, 1, w, 1]))
-        x = L.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, sh - 1, 0, 0, 0, sw - 1]))
-        x = L.emit(relax.op.reshape(x, [L.batch, c, h * sh, w * sw]))
+        x = L.emit(relax.op.reshape(x, [L.batch, c, h, 1, w, 1] + lane))
+        x = L.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, sh - 1, 0, 0, 0, sw - 1] + tail))
+        x = L.emit(relax.op.reshape(x, [L.batch, c, h * sh, w * sw] + lane))
         x = L.emit(relax.op.strided_slice(x, [2, 3], [0, 0], [(h - 1) * sh + 1, (w - 1) * sw + 1]))
     if any((t, l, b, r)):
-        x = L.emit(relax.op.nn.pad(x, [0, 0, 0, 0, t, b, l, r]))
+        x = L.emit(relax.op.nn.pad(x, [0, 0, 0, 0, t, b, l, r] + tail))
     return x
 
 
 register_float(OpDef("zero_insert", lambda n, xs: _zi(n, xs), None, passthrough=True))
-register_int(IntOpDef("zero_insert", _zi, _zi_lower))
+register_int(IntOpDef("zero_insert", _zi, lambda L, n, xs: lower_zero_insert(L, n, xs[0])))
 
 
 @importer("ConvTranspose", doc="zero insertion (integers moved) + integer conv with flipped weights "

@@ -115,13 +115,13 @@ def _qresize_ref(node, xs, out_shape):
     return requantize(y, p["M"], p["S"], a["lo"], a["hi"])
 
 
-def _qresize_lower(L, node, xs):
+def lower_qresize(L, node, x, nd: int):
+    """The linear resize of x (rank nd: 4 for NCHW, 5 for the packed CPU layout, same H, W axes)."""
     from tvm import relax
 
     p, a = node.params, node.attrs
-    nd = len(L.g.shapes[node.inputs[0]])
     c64 = lambda v: relax.const(np.ascontiguousarray(np.asarray(v, np.int64)), "int64")  # noqa: E731
-    y = L.emit(relax.op.astype(xs[0], "int64"))
+    y = L.emit(relax.op.astype(x, "int64"))
     for ax in a["axes"]:
         w1 = p[f"W{ax}"].reshape(_bshape(nd, ax))
         t0 = L.emit(relax.op.take(y, c64(p[f"I0_{ax}"]), axis=ax, mode="clip"))
@@ -132,7 +132,8 @@ def _qresize_lower(L, node, xs):
 
 
 register_float(OpDef("resize_linear", _resize_float, _quantize_resize))
-register_int(IntOpDef("qresize", _qresize_ref, _qresize_lower))
+register_int(IntOpDef("qresize", _qresize_ref,
+                     lambda L, n, xs: lower_qresize(L, n, xs[0], len(L.g.shapes[n.inputs[0]]))))
 
 
 def _s(v, default: str) -> str:
@@ -161,11 +162,15 @@ def _import_resize(c):
             c.fail("antialias=1")
         if _s(c.attrs.get("keep_aspect_ratio_policy"), "stretch") != "stretch":
             c.fail("keep_aspect_ratio_policy other than stretch")
-        if c.attrs.get("axes") is not None:
-            c.fail("the axes attribute (give scales or sizes for every axis)")
         scales, sizes = c.const(2, None), c.const(3, None)
         scales = None if scales is None or np.size(scales) == 0 else np.asarray(scales, np.float64)
         sizes = None if sizes is None or np.size(sizes) == 0 else np.asarray(sizes, np.int64)
+        if c.attrs.get("axes") is not None:  # opset 18: scales/sizes for the listed axes only
+            ax = [int(a) % rank for a in c.attrs["axes"]]
+            if scales is not None:
+                scales = np.array([scales[ax.index(d)] if d in ax else 1.0 for d in range(rank)])
+            if sizes is not None:
+                sizes = np.array([sizes[ax.index(d)] if d in ax else shape[d] for d in range(rank)])
     if mode not in ("nearest", "linear"):
         c.fail(f"mode {mode!r} (only nearest and linear)")
     if coord == "tf_crop_and_resize":

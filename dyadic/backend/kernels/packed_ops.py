@@ -1,5 +1,8 @@
 """Per-channel and broadcast integer ops on the packed CPU layout [N, C/16, H, W, 16] (`lowering`).
 
+Resizes and moves of the H, W axes (`gather` along axis 2 or 3: nearest Resize, Pad reflect/edge,
+Tile; linear `qresize`; ConvTranspose's `zero_insert`) index axes 2 and 3, which are H and W in
+both layouts, so they run on the packed tensor as they are (the lane axis is carried along).
 `qaffine` (per-channel multiplier, sign, offset and shift), `qmul` of an activation by a
 per-channel gate ([N, C, 1, 1], the squeeze-excite product) or by a same-shape activation, and a
 `qadd` whose second operand is a per-channel [N, C, 1, 1] tensor are layout-agnostic once their
@@ -54,8 +57,26 @@ def _operands(k, n: Node, xs: list):
     return [k.values[t] if t in k.packed else k.pack(t, x) for t, x in zip(n.inputs, xs)]
 
 
+def _spatial(k, n: Node) -> bool:
+    """A data movement / resize of the H, W axes only (axes 2, 3 in both layouts), on a packed input."""
+    t = n.inputs[0]
+    axes = {n.attrs["axis"]} if n.op == "gather" else set(n.attrs.get("axes", (2, 3)))
+    return t in k.packed and len(k.g.shapes[t]) == 4 and axes <= {2, 3}
+
+
 def lower(k, n: Node, xs: list):
     """The packed Relax value of n (`k` is the `CpuKernels`), or None."""
+    if n.op in ("gather", "qresize", "zero_insert"):
+        if not _spatial(k, n):
+            return None
+        from dyadic.ops import INT
+        from dyadic.ops.convtranspose import lower_zero_insert
+        from dyadic.ops.resize import lower_qresize
+
+        x = k.values[n.inputs[0]]
+        y = (INT["gather"].lower(k.L, n, [x]) if n.op == "gather" else lower_qresize(k.L, n, x, 5)
+             if n.op == "qresize" else lower_zero_insert(k.L, n, x, packed=True))
+        return k._result(n, y)
     if n.op == "qaffine":
         t = n.inputs[0]
         if t not in k.packed or len(k.g.shapes[t]) != 4:
