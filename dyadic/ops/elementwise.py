@@ -169,14 +169,3 @@ def _import_unary(c):
     if c.op == "Gelu":
         params = {"approximate": c.attrs.get("approximate", b"none").decode()}
     return [Node("ew", c.name, (c.inputs[0],), (c.outputs[0],), {"fn": fn, "params": tuple(sorted(params.items()))})]
-
-
-@importer("PRelu", doc="integer lookup table (a scalar slope); per-channel slopes: not yet")
-def _import_prelu(c):
-    from dyadic.core.graph import Node
-
-    slope = np.asarray(c.const(1))
-    if slope.size != 1:
-        c.fail("per-channel PRelu slopes are not supported yet (only a scalar slope)")
-    return [Node("ew", c.name, (c.inputs[0],), (c.outputs[0],),
-                 {"fn": "prelu", "params": (("slope", float(slope.ravel()[0])),)})]

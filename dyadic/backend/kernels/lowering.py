@@ -6,8 +6,9 @@ lowering in `dyadic.backend.lower` then runs, on inputs that `generic_inputs` ha
 
 Layout: the output of a fast conv is packed ([N, C/16, H, W, 16]) and stays packed through the
 ops that have packed kernels (conv, depthwise conv, residual add, max-pool, scalar requant, channel
-concat of whole blocks); the first other consumer gets an NCHW copy (made once per tensor), and the
-global mean writes NCHW itself. Graph outputs are always NCHW.
+concat of whole blocks; via `packed_ops`: per-channel affine, gate products, broadcast adds, and
+resizes / gathers / zero insertion along H, W); the first other consumer gets an NCHW copy (made
+once per tensor), and the global mean writes NCHW itself. Graph outputs are always NCHW.
 
 Residual fusion: a conv whose only consumer is a `qadd` is not emitted at once; at the add, it is
 emitted with the add in its epilogue (the other branch read from memory), which is the same
@@ -23,7 +24,7 @@ from tvm import relax
 
 from dyadic.core.arith import rounding_term
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import epilogue, packing, cpu_ops
+from dyadic.backend.kernels import epilogue, packing, packed_ops, cpu_ops
 from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
@@ -110,6 +111,10 @@ class CpuKernels:
         if op == "qdense" and self._wbits_ok(n) and self._dtype(n.inputs[0]) in _8BIT \
                 and len(self.g.shapes[n.inputs[0]]) == 2:
             return self._dense(n, xs[0])
+        if op in ("qaffine", "qmul", "qadd", "gather", "qresize", "zero_insert"):  # on the packed layout
+            y = packed_ops.lower(self, n, xs)
+            if y is not None:
+                return y
         if op == "qadd":
             return self._add(n, xs)
         if op == "maxpool" and n.inputs[0] in self.packed:

@@ -1,0 +1,108 @@
+"""Per-channel and broadcast integer ops on the packed CPU layout [N, C/16, H, W, 16] (`lowering`).
+
+Resizes and moves of the H, W axes (`gather` along axis 2 or 3: nearest Resize, Pad reflect/edge,
+Tile; linear `qresize`; ConvTranspose's `zero_insert`) index axes 2 and 3, which are H and W in
+both layouts, so they run on the packed tensor as they are (the lane axis is carried along).
+`qaffine` (per-channel multiplier, sign, offset and shift), `qmul` of an activation by a
+per-channel gate ([N, C, 1, 1], the squeeze-excite product) or by a same-shape activation, and a
+`qadd` whose second operand is a per-channel [N, C, 1, 1] tensor are layout-agnostic once their
+per-channel operands are in the same layout: a per-channel constant of length C becomes
+[1, C/16, 1, 1, 16] (zero-padded), a gate [N, C, 1, 1] is packed to [N, C/16, 1, 1, 16] and
+broadcasts against [N, C/16, H, W, 16] exactly as [N, C, 1, 1] does against NCHW. The integer
+formulas are the generic ones (`dyadic.ops.arith_ops`, `dyadic.backend.lower`), emitted as
+elementwise Relax ops on the packed values (Relax fuses them into one loop nest), so results are
+bit-exact and no NCHW copy is made. Padded channels get M = K = 0 and S = 1: they stay 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from dyadic.backend.kernels.spec import ceil_div
+from dyadic.core.graph import Node
+
+
+def packed_channels(v: np.ndarray, c: int, fill: int = 0) -> np.ndarray:
+    """A per-channel vector of length C -> [1, C/16, 1, 1, 16] (padded with `fill`)."""
+    cb = ceil_div(c, 16)
+    out = np.full(cb * 16, fill, np.int64)
+    out[:c] = np.broadcast_to(np.asarray(v, np.int64).reshape(-1), (c,))
+    return out.reshape(1, cb, 1, 1, 16)
+
+
+def _c64(v) -> relax.Constant:
+    return relax.const(np.ascontiguousarray(np.asarray(v, np.int64)), "int64")
+
+
+def _per_channel(k, t: str) -> bool:
+    s = k.g.shapes[t]
+    return len(s) == 4 and tuple(s[2:]) == (1, 1)
+
+
+def _operands(k, n: Node, xs: list):
+    """Packed values of a 4-D node's inputs, or None when this op should stay generic: the inputs
+    must be same-shaped or per-channel [N, C, 1, 1] against the output, and one must already be packed."""
+    out = k.g.shapes[n.output]
+    if len(out) != 4:
+        return None
+    for t in n.inputs:
+        s = k.g.shapes[t]
+        if len(s) != 4 or s[1] != out[1] or not (tuple(s) == tuple(out) or _per_channel(k, t)):
+            return None
+    for t in n.inputs:
+        if t in k.deferred:
+            k.materialize(t)
+    if not any(t in k.packed for t in n.inputs if tuple(k.g.shapes[t]) == tuple(out)):
+        return None
+    return [k.values[t] if t in k.packed else k.pack(t, x) for t, x in zip(n.inputs, xs)]
+
+
+def _spatial(k, n: Node) -> bool:
+    """A data movement / resize of the H, W axes only (axes 2, 3 in both layouts), on a packed input."""
+    t = n.inputs[0]
+    axes = {n.attrs["axis"]} if n.op == "gather" else set(n.attrs.get("axes", (2, 3)))
+    return t in k.packed and len(k.g.shapes[t]) == 4 and axes <= {2, 3}
+
+
+def lower(k, n: Node, xs: list):
+    """The packed Relax value of n (`k` is the `CpuKernels`), or None."""
+    if n.op in ("gather", "qresize", "zero_insert"):
+        if not _spatial(k, n):
+            return None
+        from dyadic.ops import INT
+        from dyadic.ops.convtranspose import lower_zero_insert
+        from dyadic.ops.resize import lower_qresize
+
+        x = k.values[n.inputs[0]]
+        y = (INT["gather"].lower(k.L, n, [x]) if n.op == "gather" else lower_qresize(k.L, n, x, 5)
+             if n.op == "qresize" else lower_zero_insert(k.L, n, x, packed=True))
+        return k._result(n, y)
+    if n.op == "qaffine":
+        t = n.inputs[0]
+        if t not in k.packed or len(k.g.shapes[t]) != 4:
+            return None
+        p, a = n.params, n.attrs
+        c = k.g.shapes[t][1]
+        y = k.L.emit(relax.op.astype(k.values[t], "int64"))
+        y = k.L.emit(relax.op.multiply(y, _c64(packed_channels(p["G"] * p["M"], c))))
+        y = k.L.emit(relax.op.add(y, _c64(packed_channels(p["K"], c))))
+        s = packed_channels(p["S"], c, fill=1)
+        return k._result(n, k.L.shift_clip(y, s, a["lo"], a["hi"], k.g.dtypes[n.output]))
+    if n.op == "qmul":
+        vs = _operands(k, n, xs)
+        if vs is None:
+            return None
+        from dyadic.ops import INT
+
+        return k._result(n, INT["qmul"].lower(k.L, n, vs))
+    if n.op == "qadd" and k.g.shapes[n.inputs[0]] != k.g.shapes[n.inputs[1]]:
+        vs = _operands(k, n, xs)
+        if vs is None:
+            return None
+        p, a = n.params, n.attrs
+        ya = k.L.emit(relax.op.multiply(k.L.emit(relax.op.astype(vs[0], "int64")), _c64(p["M"][0])))
+        yb = k.L.emit(relax.op.multiply(k.L.emit(relax.op.astype(vs[1], "int64")), _c64(p["M"][1])))
+        return k._result(n, k.L.shift_clip(k.L.emit(relax.op.add(ya, yb)), np.asarray(p["S"]), a["lo"], a["hi"],
+                                           k.g.dtypes[n.output]))
+    return None
+
