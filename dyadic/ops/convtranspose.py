@@ -77,8 +77,8 @@ def _import_convtranspose(c):
 
     if c.rank() != 4:
         c.fail(f"only 2-D transposed convolutions (rank-4 input) are supported (rank {c.rank()})")
-    if c.attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        c.fail("auto_pad (export with explicit pads)")
+    if c.attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        c.fail("auto_pad SAME_* (export with explicit pads)")
     if c.attrs.get("output_shape") is not None:
         c.fail("output_shape (export with explicit pads and output_padding)")
     w = np.asarray(c.const(1), np.float32)

@@ -16,7 +16,8 @@ round_prefer_ceil: floor(u + 1/2), floor, ceil). The op is one `gather` per resi
 
 **linear** (separable, one axis after the other): u is clipped to [0, L - 1], i0 = floor(u),
 i1 = min(i0 + 1, L - 1), and the fraction becomes a P-bit weight w1 = round((u - i0) 2^P),
-w0 = 2^P - w1 (P = 10 for 8-bit inputs, 7 for 16-bit ones). With q the input codes,
+w0 = 2^P - w1, P = min(10, floor((31 - bits(A)) / k)) for k resized axes and A = max |q| (10 for
+8-bit inputs and two axes, 7 for 16-bit ones), so that acc < 2^31. With q the input codes,
 
     acc = Σ_axes-nested  (q[i0] w0 + q[i1] w1)            (int64; weight sum 2^(P k), k axes)
     q_y = clip((acc M + 2^(S-1)) >> S, lo, hi),  M / 2^S ≈ s_x / (s_y 2^(P k))
@@ -92,7 +93,8 @@ def _quantize_resize(ctx, node):
 
     qx = ctx.qp[node.inputs[0]]
     q = ctx.qp[node.output] = ctx.out_q(node.output, qx.signed)
-    p = 10 if qx.bits <= 8 else 7
+    amax = max(abs(qx.lo), abs(qx.hi))
+    p = min(10, (31 - amax.bit_length()) // len(node.attrs["axes"]))  # acc < 2^31: acc M < 2^62
     params = {}
     for ax in node.attrs["axes"]:
         n_in = ctx.graph.shapes[node.inputs[0]][ax]
