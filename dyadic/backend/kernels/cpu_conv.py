@@ -32,8 +32,10 @@ activation operand, so there uint8 input is fed as x - 128 (pad value -128) and 
 4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
 as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
 
-Without VNNI (AVX-512 or AVX2 targets) the same loop nests run with the 16 output channels as int32
-vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation does the same.
+AVX2 (no AVX-512): conv and dense run the same 16 x 4 step as four `vpmaddwd` on int16-widened
+weights (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm per 16-lane
+accumulator. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
+channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from tvm import te, tirx
 from dyadic.backend.kernels import arm_intrin, epilogue
 from dyadic.backend.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
+from dyadic.backend.kernels.intrin_avx2 import register_pmadd
 from dyadic.backend.kernels.spec import ConvSpec, ceil_div
 
 
@@ -59,7 +62,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     x = te.placeholder((n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w), sp.in_dtype, "x")
     wshape = sp.weight_shape()
     kg = wshape[-1]  # inputs per operand row: 4 (dot products), 8 (usmmla)
-    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, "int8", "w")
+    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, sp.weight_dtype, "w")
     if sp.w4:  # one 16 x kg operand from 8 kg bytes (`packing.nibbles`); scheduled next to its use
         four = tirx.const(4, "int8")
         wt = te.compute(wshape, lambda *ix: tirx.Select(
@@ -115,6 +118,13 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
             axis=[rk, ry, rx, r8, ri]), name="acc")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: accp[b, o, y, z // 2, j // 2, (z % 2) * 2 + j % 2],
                          name="unperm")
+    elif sp.pmadd:  # the 4 inputs of a step as (pair r2, input r1): the layout of `intrin_avx2`
+        rk, r4 = te.reduce_axis((0, icb), "rk"), te.reduce_axis((0, cb // 4), "r4")
+        r2, r1 = te.reduce_axis((0, 2), "r2"), te.reduce_axis((0, 2), "r1")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, rk, y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + r2 * 2 + r1].astype("int32")
+            * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, r2, j, r1].astype("int32"), axis=[rk, ry, rx, r4, r2, r1]),
+            name="acc")
     else:
         rk = te.reduce_axis((0, icb), "rk")
         r4 = te.reduce_axis((0, cb // 4), "r4")
@@ -161,9 +171,10 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
     oo, oi = sch.split(o, [None, ocbi])
     yo, yi = sch.split(y, [None, ohi])
     zo, zi = sch.split(z, [None, owi // 2 if sp.mmla else owi])
-    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise)  # a dot-product instruction (x86 or arm)
+    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd  # a dot-product step (x86 or arm)
+    nin = 2 if sp.pmadd else 1  # reduction loops inside the step: (pair, input) for `vpmaddwd`
     if vnni:  # (C/cb, KH, KW, cb/4) outside, the 4 input channels (or 4 taps) of one `vpdpbusd` inside
-        sch.reorder(b, oo, yo, zo, *red[:-1], oi, yi, zi, j, *([e] if e is not None else []), red[-1])
+        sch.reorder(b, oo, yo, zo, *red[:-nin], oi, yi, zi, j, *([e] if e is not None else []), *red[-nin:])
     else:
         sch.reorder(b, oo, yo, zo, *red, oi, yi, zi, j)
     sch.parallel(sch.fuse(b, oo, yo))
@@ -197,7 +208,9 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
         for lp in [jh, *outer]:
             sch.unroll(lp)
     if vnni:
-        if sp.isa == "vnni":
+        if sp.pmadd:
+            dot = dwi = register_pmadd()
+        elif sp.isa == "vnni":
             register_vnni()
             register_dw()
             dot, dwi = VNNI_INTRIN, DW_INTRIN

@@ -169,7 +169,10 @@ class CpuKernels:
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
         rpa = 1 if self.isa == "vnni" else 4  # registers per 16-lane vector: zmm / NEON q
-        tile = choose_tile(16 if dw else o, oh, ow, w4, rpa) if self.isa in DOT_ISAS else (1, 1, 4)
+        if self.isa in DOT_ISAS or (self.isa == "avx2" and not dw):  # avx2: `vpmaddwd`, 16 ymm (spec.REGFILE)
+            tile = choose_tile(16 if dw else o, oh, ow, w4, rpa, isa=self.isa)
+        else:
+            tile = (1, 1, 4)
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
                       packing.hi32_ok(p["S"]), self.isa, tile, dw, w4)
@@ -177,7 +180,7 @@ class CpuKernels:
             sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16
         wp = packing.weight(p["W"], sp)
-        args = [x, _c(wp, "int8"), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
+        args = [x, _c(wp, sp.weight_dtype), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
                 *self._rq_consts(p, op, sp.hi32)]
         if res is not None:
             mm = np.asarray(add.params["M"]).reshape(-1)
@@ -188,8 +191,8 @@ class CpuKernels:
         return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
 
     def _record_dot(self, n: Node, sp: ConvSpec) -> None:
-        if sp.dot and (sp.dw_vnni or not sp.depthwise):  # usmmla cores run some layers on usdot
-            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot"}
+        if sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd:  # usmmla cores run some layers on usdot
+            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot", "avx2": "vpmaddwd"}
             self.dot_layers[n.name] = names.get(sp.isa, sp.isa)
 
     @staticmethod
@@ -207,7 +210,7 @@ class CpuKernels:
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
-        args = [x4, _c(packing.weight(wk, sp), "int8"),
+        args = [x4, _c(packing.weight(wk, sp), sp.weight_dtype),
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
         self._record_dot(n, sp)
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)
