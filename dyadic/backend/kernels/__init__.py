@@ -9,7 +9,7 @@ Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as impl
 `mma.sync` tensor cores, s8/u8 and s4/u4, requant fused, see `cuda_gemm`), and CPU
 (`lowering.CpuKernels`), one set of loop nests and layouts for x86 and aarch64, with
   * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast x86 path;
-  * "avx2": conv and dense on AVX2 `vpmaddwd` (int16-widened weights, `intrin_avx2`), depthwise
+  * "avx2": conv and dense on AVX2 `vpmaddwd` (operands widened to int16, `intrin_avx2`), depthwise
     with int32 vector multiply-adds;
   * "avx512": the same schedules with int32 vector multiply-adds (exact, slower);
   * "sdot" (dotprod cores) / "usmmla" (i8mm cores: `usmmla` matrix multiply-accumulate for

@@ -32,9 +32,9 @@ activation operand, so there uint8 input is fed as x - 128 (pad value -128) and 
 4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
 as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
 
-AVX2 (no AVX-512): conv and dense run the same 16 x 4 step as four `vpmaddwd` on int16-widened
-weights (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm per 16-lane
-accumulator. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
+AVX2 (no AVX-512): conv and dense run the same 16 x 4 step as four `vpmaddwd` on operands widened
+to int16 in registers (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm
+per 16-lane accumulator. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
 channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     x = te.placeholder((n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w), sp.in_dtype, "x")
     wshape = sp.weight_shape()
     kg = wshape[-1]  # inputs per operand row: 4 (dot products), 8 (usmmla)
-    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, sp.weight_dtype, "w")
+    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, "int8", "w")
     if sp.w4:  # one 16 x kg operand from 8 kg bytes (`packing.nibbles`); scheduled next to its use
         four = tirx.const(4, "int8")
         wt = te.compute(wshape, lambda *ix: tirx.Select(

@@ -180,7 +180,7 @@ class CpuKernels:
             sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16
         wp = packing.weight(p["W"], sp)
-        args = [x, _c(wp, sp.weight_dtype), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
+        args = [x, _c(wp, "int8"), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
                 *self._rq_consts(p, op, sp.hi32)]
         if res is not None:
             mm = np.asarray(add.params["M"]).reshape(-1)
@@ -210,7 +210,7 @@ class CpuKernels:
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
-        args = [x4, _c(packing.weight(wk, sp), sp.weight_dtype),
+        args = [x4, _c(packing.weight(wk, sp), "int8"),
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
         self._record_dot(n, sp)
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)

@@ -57,14 +57,10 @@ class ConvSpec(ConvGeometry):
 
     @property
     def pmadd(self) -> bool:
-        """AVX2 `vpmaddwd` for the plain conv / dense (`intrin_avx2`): int16-widened weights, the same
-        16 x 4 step as four instructions; depthwise (and 4-bit weights, `lowering`) keep the fallback."""
+        """AVX2 `vpmaddwd` for the plain conv / dense (`intrin_avx2`): the same 16 x 4 step as four
+        instructions on weights sign-extended to int16 in the kernel; depthwise (and 4-bit weights,
+        `lowering`) keep the fallback."""
         return self.isa == "avx2" and not self.depthwise and not self.w4
-
-    @property
-    def weight_dtype(self) -> str:
-        """int16 for `vpmaddwd` (weights widened at compile time), else int8."""
-        return "int16" if self.pmadd else "int8"
 
     @property
     def mmla(self) -> bool:
@@ -117,7 +113,7 @@ class ConvSpec(ConvGeometry):
         return 128 if self.operand_dtype == "uint8" else -128
 
     def weight_shape(self) -> tuple[int, ...]:
-        """Shape of the weight operand array (`weight_dtype`); with `w4` the kernel's argument is
+        """Shape of the int8 weight operand array; with `w4` the kernel's argument is
         `weight_shape()[:-2] + (8 kg,)`: each 16 x kg operand in half the bytes (`packing.nibbles`)."""
         if self.rowtaps:
             return (self.ocb, self.c, self.kh, self.kwp // 4, 16, 4)
@@ -126,7 +122,7 @@ class ConvSpec(ConvGeometry):
         if self.depthwise:
             return (self.ocb, self.kh, self.kw, 16)
         kg = 8 if self.mmla else 4  # input channels per instruction operand row
-        if self.pmadd:  # each 16 x 4 operand as [2 input pairs, 16 outputs, 2 inputs] int16 (`packing`)
+        if self.pmadd:  # each 16 x 4 operand as [2 input pairs, 16 outputs, 2 inputs] (`packing`)
             return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // 4, self.tile[0], 2, 16, 2)
         return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // kg, self.tile[0], 16, kg)
 
@@ -134,8 +130,8 @@ class ConvSpec(ConvGeometry):
 DOT_ISAS = ("vnni", "sdot", "usdot", "usmmla")
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
 # vector register file per isa for `choose_tile`: (registers, per 16-lane int32 accumulator, per 16 x 4
-# weight operand, per activation broadcast). AVX2: 16 ymm; an accumulator is 2 of them, an int16
-# weight operand 4 (128 B), the two int16 pair broadcasts of one pixel 2.
+# weight operand, per activation broadcast). AVX2: 16 ymm; an accumulator is 2 of them, a weight
+# operand 4 (sign-extended to int16), the two int16 pair broadcasts of one pixel 2.
 REGFILE = {"avx2": (16, 2, 4, 2)}
 
 
