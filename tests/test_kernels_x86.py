@@ -264,7 +264,8 @@ def test_bench_command_prints_table(r20_build, capsys):
     out = capsys.readouterr().out
     assert code == 0
     header, row = out.strip().splitlines()[-2:]
-    assert "ort-int8 ms" in header and "ort-fp32 ms" in header and ("of VNNI peak" in header or "of AVX2 peak" in header)
+    assert "ort-int8 ms" in header and "ort-fp32 ms" in header
+    assert "of VNNI peak" in header or "of AVX2 peak" in header  # the measured vpdpbusd / vpmaddwd peak
     assert row.split()[0] == "1" and row.strip().endswith("%")
 
 

@@ -19,7 +19,8 @@ Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for
 
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
 `cpu_conv` (conv / depthwise / dense with fused requant and residual add), `cpu_ops` (add, pooling,
-layout changes), `intrin` (the tensor intrinsics), `intrin_avx2` (the `vpmaddwd` step), `epilogue` (the int32 residual add),
+layout changes), `intrin` (the tensor intrinsics), `intrin_avx2` (the `vpmaddwd` step),
+`epilogue` (the int32 residual add),
 `arm_intrin` (the aarch64 ones), `packing` (compile-time weight and constant layouts), `peak`
 (measured `vpdpbusd` / `vpmaddwd` peak, for `dyadic bench`), `cuda_gemm`/`cuda_lowering` (tensor cores).
 4-bit weights go through the dot products too

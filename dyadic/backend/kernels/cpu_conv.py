@@ -32,7 +32,7 @@ activation operand, so there uint8 input is fed as x - 128 (pad value -128) and 
 4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
 as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
 
-AVX2 (no AVX-512): conv and dense run the same 16 x 4 step as four `vpmaddwd` on operands widened
+AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` on operands widened
 to int16 in registers (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm
 per 16-lane accumulator. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
 channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
@@ -96,7 +96,13 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         dp = te.compute((n, icb, hp, wp, cb), pad_pack, name="pad")
     ry = te.reduce_axis((0, sp.kh), "ry")
     rx = te.reduce_axis((0, sp.kw), "rx")
-    if sp.rowtaps:
+    if sp.rowtaps and sp.pmadd:  # 4 taps of a step as (pair r2, tap r1), the layout of `intrin_avx2`
+        rc, rg = te.reduce_axis((0, sp.c), "rc"), te.reduce_axis((0, sp.kwp // 4), "rg")
+        r2, r1 = te.reduce_axis((0, 2), "r2"), te.reduce_axis((0, 2), "r1")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, rc, y * sh + ry * dh, z * sw + rg * 4 + r2 * 2 + r1].astype("int32")
+            * wt[o, rc, ry, rg, r2, j, r1].astype("int32"), axis=[rc, ry, rg, r2, r1]), name="acc")
+    elif sp.rowtaps:
         rc, rg, rt = te.reduce_axis((0, sp.c), "rc"), te.reduce_axis((0, sp.kwp // 4), "rg"), te.reduce_axis((0, 4), "rt")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
             dp[b, rc, y * sh + ry * dh, z * sw + rg * 4 + rt].astype("int32")

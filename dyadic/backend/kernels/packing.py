@@ -54,7 +54,7 @@ def rowtaps_weight(w: np.ndarray) -> np.ndarray:
 def weight(w: np.ndarray, sp) -> np.ndarray:
     """The packed weights for a `cpu_conv.ConvSpec` (4-bit ones two per byte when `sp.w4`)."""
     if sp.pmadd:
-        return pmadd_weight(conv_weight(w, sp.cb, sp.tile[0]))
+        return pmadd_weight(rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0]))
     if sp.depthwise:
         wp = depthwise_weight(w, sp.dw_vnni)
     else:

@@ -57,7 +57,7 @@ class ConvSpec(ConvGeometry):
 
     @property
     def pmadd(self) -> bool:
-        """AVX2 `vpmaddwd` for the plain conv / dense (`intrin_avx2`): the same 16 x 4 step as four
+        """AVX2 `vpmaddwd` for the plain conv / dense / `rowtaps` (`intrin_avx2`): the same 16 x 4 step as four
         instructions on weights sign-extended to int16 in the kernel; depthwise (and 4-bit weights,
         `lowering`) keep the fallback."""
         return self.isa == "avx2" and not self.depthwise and not self.w4
@@ -94,9 +94,10 @@ class ConvSpec(ConvGeometry):
 
     @property
     def rowtaps(self) -> bool:
-        """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` are 4 horizontal taps
-        of one input channel, contiguous in an NCHW row, so the input needs no channel blocking."""
-        return (not self.packed_in and not self.depthwise and self.dot and self.dil[1] == 1
+        """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` (or of a `vpmaddwd` step)
+        are 4 horizontal taps of one input channel, contiguous in an NCHW row, so the input needs no
+        channel blocking."""
+        return (not self.packed_in and not self.depthwise and (self.dot or self.pmadd) and self.dil[1] == 1
                 and self.kw > 1 and self.c < 16)
 
     @property
@@ -115,8 +116,9 @@ class ConvSpec(ConvGeometry):
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the int8 weight operand array; with `w4` the kernel's argument is
         `weight_shape()[:-2] + (8 kg,)`: each 16 x kg operand in half the bytes (`packing.nibbles`)."""
-        if self.rowtaps:
-            return (self.ocb, self.c, self.kh, self.kwp // 4, 16, 4)
+        if self.rowtaps:  # (`vpmaddwd`: each 16 x 4 operand as [2 tap pairs, 16, 2], as below)
+            op = (2, 16, 2) if self.pmadd else (16, 4)
+            return (self.ocb, self.c, self.kh, self.kwp // 4, *op)
         if self.dw_vnni:
             return (self.ocb, self.kh, self.kwp // 4, 16, 4)
         if self.depthwise:
