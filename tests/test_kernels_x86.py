@@ -1,7 +1,8 @@
 """The x86 kernel layer (`dyadic.kernels`): bit-exact against the numpy int64 reference on random
 shapes (odd channel counts, padding, strides, dilation, signed and unsigned input, fused residual
-add, both requant forms, VNNI and the AVX2/AVX-512 fallback), chosen from the target's features, and
-really used by the default compile (the library's disassembly holds `vpdpbusd`).
+add, both requant forms, VNNI, AVX2 `vpmaddwd` and the int32-lane fallback), chosen from the target's
+features, and really used by the default compile (the library's disassembly holds `vpdpbusd`, or
+`vpmaddwd` on an AVX2-only host).
 No timing here: speed is measured with `dyadic bench`."""
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def _unpacked(y: np.ndarray, c: int) -> np.ndarray:
 
 def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
               dout="uint8", clip=(0, 255), residual=None, shifts=(34, 40), isa="vnni", target=None,
-              depthwise=False, batch=2, seed=0, w4=False):
-    """Build one kernel, run it on random data, return (got, want) in NCHW."""
+              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False):
+    """Build one kernel, run it on random data, return (got, want) in NCHW (extreme: every input and
+    weight at a bound of its type, the largest products and sums; tile: force the register tile)."""
     rng = np.random.default_rng(seed)
     o = c if depthwise else o
     oh, ow = _out_hw(h, w, k, stride, pads, dil)
@@ -59,6 +61,9 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
     x = rng.integers(info.min, info.max + 1, (batch, c, h, w)).astype(din)
     wmax = 8 if w4 else 128
     wt = rng.integers(-wmax, wmax, (o, 1 if depthwise else c, k, k)).astype(np.int8)
+    if extreme:
+        x = np.where(rng.random(x.shape) < 0.5, info.min, info.max).astype(din)
+        wt = np.where(rng.random(wt.shape) < 0.5, -wmax, wmax - 1).astype(np.int8)
     b = rng.integers(-3000, 3000, o).astype(np.int32)
     m = rng.integers(2 ** 30, 2 ** 31, o).astype(np.int64)
     s = rng.integers(*shifts, o).astype(np.int64)
@@ -66,7 +71,9 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
              "lo": clip[0], "hi": clip[1]}
     want = run_int_node(Node("qconv", "c", ("x",), ("y",), attrs, {"W": wt, "B": b, "M": m, "S": s}), [x], None)
     hi32 = packing.hi32_ok(s)
-    tile = choose_tile(16 if depthwise else o, oh, ow) if isa == "vnni" else (1, 1, 4)
+    if tile is None:
+        pm = isa == "avx2" and not depthwise and not w4  # `vpmaddwd`: the lowering's avx2 tile
+        tile = choose_tile(16 if depthwise else o, oh, ow, isa=isa) if isa == "vnni" or pm else (1, 1, 4)
     res_spec, extra = None, []
     if residual is not None:
         rdt, lo2, hi2, s2 = residual
@@ -142,9 +149,9 @@ def test_conv_kernel_w4_bitexact(name):
 
 
 @needs_avx2
-@pytest.mark.parametrize("name", ["3x3_pad1_signed_nchw_odd", "residual_int32_form", "depthwise_packed"])
+@pytest.mark.parametrize("name", ["depthwise_packed", "depthwise_dilated_int32_lanes", "depthwise_residual"])
 def test_fallback_kernel_bitexact(name):
-    """The AVX2 build of the same kernels (what a CPU without VNNI gets) is exact too."""
+    """The int32-lane fallback (depthwise on an AVX2 CPU; everything on AVX-512 without VNNI) is exact too."""
     got, want = _run_conv(**CONV_CASES[name], isa="avx2", target=HASWELL)
     np.testing.assert_array_equal(got, want)
 
@@ -162,6 +169,9 @@ def test_tile_choice_fits_registers():
     for o, oh, ow in [(64, 56, 56), (2048, 7, 7), (16, 32, 32), (10, 1, 1), (96, 149, 149), (24, 5, 3)]:
         ocbi, ohi, owi = choose_tile(o, oh, ow)
         assert -(-o // 16) % ocbi == 0 and ocbi * ohi * owi <= 15 and ohi <= oh and owi <= ow
+        ocbi, ohi, owi = choose_tile(o, oh, ow, isa="avx2")  # 16 ymm: 2 per accumulator, 4 per weight operand
+        acc = ocbi * ohi * owi
+        assert 2 * acc + 4 * ocbi + (2 * ohi * owi if ocbi > 1 else 0) <= 15 and ohi <= oh and owi <= ow
 
 
 def _tiny_net(rng):
@@ -232,6 +242,18 @@ def test_default_compile_uses_vnni(r20_build):
     assert "<dyadic_conv" in asm
 
 
+@pytest.mark.skipif(HOST_ISA != "avx2", reason="host CPU is not AVX2-only")
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+def test_default_compile_uses_vpmaddwd_on_avx2(r20_build):
+    import json
+
+    asm = subprocess.run(["objdump", "-d", str(r20_build / "build" / "model.so")], capture_output=True,
+                         text=True).stdout
+    assert asm.count("vpmaddwd") >= 20
+    dm = json.loads((r20_build / "build" / "model.json").read_text())["target"]["dot_macs"]
+    assert dm["isa"] == "avx2" and dm["fraction"] > 0.99 and set(dm["by_instruction"]) == {"vpmaddwd"}
+
+
 @needs_avx2
 def test_bench_command_prints_table(r20_build, capsys):
     """`dyadic bench` runs all three runners and prints the table (a smoke test: no speed claim)."""
@@ -242,7 +264,8 @@ def test_bench_command_prints_table(r20_build, capsys):
     out = capsys.readouterr().out
     assert code == 0
     header, row = out.strip().splitlines()[-2:]
-    assert "ort-int8 ms" in header and "ort-fp32 ms" in header and "of VNNI peak" in header
+    assert "ort-int8 ms" in header and "ort-fp32 ms" in header
+    assert "of VNNI peak" in header or "of AVX2 peak" in header  # the measured vpdpbusd / vpmaddwd peak
     assert row.split()[0] == "1" and row.strip().endswith("%")
 
 

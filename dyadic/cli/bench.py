@@ -15,7 +15,8 @@ Every (runner, threads) measurement runs in its own subprocess; the whole set is
 mode (seen here with 2 threads). The table reports the median over all timed iterations of all
 repeats, the ratios ORT / dyadic (> 1: dyadic is faster), and the library's integer throughput as
 a fraction of the VNNI peak *measured* on this machine with the same thread count
-(`dyadic.backend.kernels.peak`: independent `vpdpbusd` chains, no memory traffic). The nominal peak from
+(`dyadic.backend.kernels.peak`: independent `vpdpbusd` chains, no memory traffic; on an AVX2-only host
+`vpmaddwd` chains, the instruction its kernels run). The nominal peak from
 the /proc/cpuinfo clock is not used: boosting cores exceed it.
 """
 from __future__ import annotations
@@ -105,16 +106,16 @@ def model_macs(model_path: str) -> int:
 
 
 def measured_peaks(threads) -> dict[int, float]:
-    """{threads: measured vpdpbusd GMAC/s}, empty where the host has no AVX512-VNNI."""
-    from dyadic.backend.kernels import x86_isa
-    from dyadic.targets import host_target
+    """{threads: measured GMAC/s of `vpdpbusd` (AVX512-VNNI) or `vpmaddwd` (AVX2-only)}, else empty."""
+    from dyadic.backend.kernels.peak import host_peak
 
-    if x86_isa(host_target().tvm_target) != "vnni":
+    fn = host_peak()[1]
+    if fn is None:
         return {}
     peaks = {}
     for t in threads:  # in a subprocess: TVM's thread pool size is fixed per process (TVM_NUM_THREADS)
         code = (f"from dyadic.runtime.loader import set_threads; set_threads({int(t)}); "
-                f"from dyadic.backend.kernels.peak import vnni_peak_gmacs; print(vnni_peak_gmacs({int(t)}))")
+                f"from dyadic.backend.kernels.peak import {fn}; print({fn}({int(t)}))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         peaks[t] = float(proc.stdout.strip().splitlines()[-1])
     return peaks
@@ -136,6 +137,7 @@ def _measure(kind: str, path: str, threads: int, batch: int, iters: int, warmup:
 def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat: int = 3, iters: int = 20,
         warmup: int = 3, calib: dict[str, np.ndarray] | None = None, log=print) -> dict:
     """Measure the three runners; returns {"rows": [...], "meta": {...}} (and prints via `log`)."""
+    from dyadic.backend.kernels.peak import host_peak
     from dyadic.frontend import data
     from dyadic.runtime.loader import load
 
@@ -179,15 +181,18 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
         rows.append(row)
     return {"rows": rows, "meta": {"build": build_dir, "model": model_path, "macs": macs,
                                    "peak_gmacs": {str(t): p for t, p in peaks.items()},
+                                   "peak_instruction": host_peak()[0] if peaks else None,
                                    "repeat": repeat, "iters": iters}}
 
 
 def format_table(res: dict) -> str:
     m = res["meta"]
-    peak = ", ".join(f"{t} thr {p:.0f}" for t, p in m["peak_gmacs"].items()) or "n/a (no VNNI)"
-    lines = [f"{os.path.basename(m['model'])}: {m['macs'] / 1e9:.3f} GMAC per run, measured vpdpbusd peak GMAC/s: "
+    peak = ", ".join(f"{t} thr {p:.0f}" for t, p in m["peak_gmacs"].items()) or "n/a (no VNNI or AVX2)"
+    ins = m.get("peak_instruction") or "vpdpbusd"
+    label = {"vpdpbusd": "VNNI", "vpmaddwd": "AVX2"}.get(ins, ins)
+    lines = [f"{os.path.basename(m['model'])}: {m['macs'] / 1e9:.3f} GMAC per run, measured {ins} peak GMAC/s: "
              f"{peak}; medians of {m['repeat']} x {m['iters']} runs",
-             "threads  batch  dyadic ms  ort-int8 ms  ort-fp32 ms  int8/dyadic  fp32/dyadic  GMAC/s  of VNNI peak"]
+             f"threads  batch  dyadic ms  ort-int8 ms  ort-fp32 ms  int8/dyadic  fp32/dyadic  GMAC/s  of {label} peak"]
     for r in res["rows"]:
         lines.append(f"{r['threads']:7d}  {r['batch']:5d}  {r['dyadic_ms']:9.2f}  {r['ort-int8_ms']:11.2f}  "
                      f"{r['ort-fp32_ms']:11.2f}  {r['vs_ort_int8']:10.2f}x  {r['vs_ort_fp32']:10.2f}x  "

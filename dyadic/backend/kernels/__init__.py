@@ -9,7 +9,9 @@ Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as impl
 `mma.sync` tensor cores, s8/u8 and s4/u4, requant fused, see `cuda_gemm`), and CPU
 (`lowering.CpuKernels`), one set of loop nests and layouts for x86 and aarch64, with
   * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast x86 path;
-  * "avx512" / "avx2": the same schedules with int32 vector multiply-adds (exact, slower);
+  * "avx2": conv and dense on AVX2 `vpmaddwd` (operands widened to int16, `intrin_avx2`), depthwise
+    with int32 vector multiply-adds;
+  * "avx512": the same schedules with int32 vector multiply-adds (exact, slower);
   * "sdot" (dotprod cores) / "usmmla" (i8mm cores: `usmmla` matrix multiply-accumulate for
     channel-blocked convs, `usdot` for the others), `arm_intrin`; a core without dotprod
     (Cortex-A72) gets the generic lowering.
@@ -17,9 +19,10 @@ Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for
 
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
 `cpu_conv` (conv / depthwise / dense with fused requant and residual add), `cpu_ops` (add, pooling,
-layout changes), `intrin` (the tensor intrinsics), `epilogue` (the int32 residual add),
+layout changes), `intrin` (the tensor intrinsics), `intrin_avx2` (the `vpmaddwd` step),
+`epilogue` (the int32 residual add),
 `arm_intrin` (the aarch64 ones), `packing` (compile-time weight and constant layouts), `peak`
-(measured `vpdpbusd` peak, for `dyadic bench`), `cuda_gemm`/`cuda_lowering` (tensor cores).
+(measured `vpdpbusd` / `vpmaddwd` peak, for `dyadic bench`), `cuda_gemm`/`cuda_lowering` (tensor cores).
 4-bit weights go through the dot products too
 (stored two per byte, unpacked per operand next to their use); on the AVX2/AVX-512 fallbacks they,
 and 16-bit activations everywhere, take the generic path.

@@ -32,8 +32,10 @@ activation operand, so there uint8 input is fed as x - 128 (pad value -128) and 
 4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
 as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
 
-Without VNNI (AVX-512 or AVX2 targets) the same loop nests run with the 16 output channels as int32
-vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation does the same.
+AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` on operands widened
+to int16 in registers (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm
+per 16-lane accumulator. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
+channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from tvm import te, tirx
 from dyadic.backend.kernels import arm_intrin, epilogue
 from dyadic.backend.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
+from dyadic.backend.kernels.intrin_avx2 import register_pmadd
 from dyadic.backend.kernels.spec import ConvSpec, ceil_div
 
 
@@ -93,7 +96,13 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         dp = te.compute((n, icb, hp, wp, cb), pad_pack, name="pad")
     ry = te.reduce_axis((0, sp.kh), "ry")
     rx = te.reduce_axis((0, sp.kw), "rx")
-    if sp.rowtaps:
+    if sp.rowtaps and sp.pmadd:  # 4 taps of a step as (pair r2, tap r1), the layout of `intrin_avx2`
+        rc, rg = te.reduce_axis((0, sp.c), "rc"), te.reduce_axis((0, sp.kwp // 4), "rg")
+        r2, r1 = te.reduce_axis((0, 2), "r2"), te.reduce_axis((0, 2), "r1")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, rc, y * sh + ry * dh, z * sw + rg * 4 + r2 * 2 + r1].astype("int32")
+            * wt[o, rc, ry, rg, r2, j, r1].astype("int32"), axis=[rc, ry, rg, r2, r1]), name="acc")
+    elif sp.rowtaps:
         rc, rg, rt = te.reduce_axis((0, sp.c), "rc"), te.reduce_axis((0, sp.kwp // 4), "rg"), te.reduce_axis((0, 4), "rt")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
             dp[b, rc, y * sh + ry * dh, z * sw + rg * 4 + rt].astype("int32")
@@ -115,6 +124,13 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
             axis=[rk, ry, rx, r8, ri]), name="acc")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: accp[b, o, y, z // 2, j // 2, (z % 2) * 2 + j % 2],
                          name="unperm")
+    elif sp.pmadd:  # the 4 inputs of a step as (pair r2, input r1): the layout of `intrin_avx2`
+        rk, r4 = te.reduce_axis((0, icb), "rk"), te.reduce_axis((0, cb // 4), "r4")
+        r2, r1 = te.reduce_axis((0, 2), "r2"), te.reduce_axis((0, 2), "r1")
+        acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
+            dp[b, rk, y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + r2 * 2 + r1].astype("int32")
+            * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, r2, j, r1].astype("int32"), axis=[rk, ry, rx, r4, r2, r1]),
+            name="acc")
     else:
         rk = te.reduce_axis((0, icb), "rk")
         r4 = te.reduce_axis((0, cb // 4), "r4")
@@ -161,9 +177,10 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
     oo, oi = sch.split(o, [None, ocbi])
     yo, yi = sch.split(y, [None, ohi])
     zo, zi = sch.split(z, [None, owi // 2 if sp.mmla else owi])
-    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise)  # a dot-product instruction (x86 or arm)
+    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd  # a dot-product step (x86 or arm)
+    nin = 2 if sp.pmadd else 1  # reduction loops inside the step: (pair, input) for `vpmaddwd`
     if vnni:  # (C/cb, KH, KW, cb/4) outside, the 4 input channels (or 4 taps) of one `vpdpbusd` inside
-        sch.reorder(b, oo, yo, zo, *red[:-1], oi, yi, zi, j, *([e] if e is not None else []), red[-1])
+        sch.reorder(b, oo, yo, zo, *red[:-nin], oi, yi, zi, j, *([e] if e is not None else []), *red[-nin:])
     else:
         sch.reorder(b, oo, yo, zo, *red, oi, yi, zi, j)
     sch.parallel(sch.fuse(b, oo, yo))
@@ -197,7 +214,9 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
         for lp in [jh, *outer]:
             sch.unroll(lp)
     if vnni:
-        if sp.isa == "vnni":
+        if sp.pmadd:
+            dot = dwi = register_pmadd()
+        elif sp.isa == "vnni":
             register_vnni()
             register_dw()
             dot, dwi = VNNI_INTRIN, DW_INTRIN

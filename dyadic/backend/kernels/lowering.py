@@ -174,7 +174,10 @@ class CpuKernels:
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
         rpa = 1 if self.isa == "vnni" else 4  # registers per 16-lane vector: zmm / NEON q
-        tile = choose_tile(16 if dw else o, oh, ow, w4, rpa) if self.isa in DOT_ISAS else (1, 1, 4)
+        if self.isa in DOT_ISAS or (self.isa == "avx2" and not dw):  # avx2: `vpmaddwd`, 16 ymm (spec.REGFILE)
+            tile = choose_tile(16 if dw else o, oh, ow, w4, rpa, isa=self.isa)
+        else:
+            tile = (1, 1, 4)
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
                       packing.hi32_ok(p["S"]), self.isa, tile, dw, w4)
@@ -193,8 +196,8 @@ class CpuKernels:
         return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
 
     def _record_dot(self, n: Node, sp: ConvSpec) -> None:
-        if sp.dot and (sp.dw_vnni or not sp.depthwise):  # usmmla cores run some layers on usdot
-            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot"}
+        if sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd:  # usmmla cores run some layers on usdot
+            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot", "avx2": "vpmaddwd"}
             self.dot_layers[n.name] = names.get(sp.isa, sp.isa)
 
     @staticmethod

@@ -5,6 +5,8 @@
   zero where the channel is padding. The innermost 16 x 4 block is one `vpdpbusd` weight operand
   (64 bytes; for `usmmla` 16 x 8: eight 16-byte operands of two output channels x 8 inputs); the t operands one reduction step of a tile needs are adjacent, so a layer's weights
   are read as one sequential stream.
+* AVX2 `vpmaddwd` (`ConvSpec.pmadd`): the same blocks, each 16 x 4 operand stored as [2 input pairs,
+  16 outputs, 2 inputs] (`intrin_avx2` sign-extends each 16-byte half to int16 next to its use).
 * first layers on few-channel NCHW input (`rowtaps`): [O/16, C, KH, KW/4, 16, 4], 4 horizontal taps
   per `vpdpbusd` (zero-padded).
 * depthwise weights W[C, 1, KH, KW] -> [C/16, KH, KW, 16], or for VNNI [C/16, KH, KW/4, 16, 4] (taps
@@ -51,11 +53,19 @@ def rowtaps_weight(w: np.ndarray) -> np.ndarray:
 
 def weight(w: np.ndarray, sp) -> np.ndarray:
     """The packed weights for a `cpu_conv.ConvSpec` (4-bit ones two per byte when `sp.w4`)."""
+    if sp.pmadd:
+        return pmadd_weight(rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0]))
     if sp.depthwise:
         wp = depthwise_weight(w, sp.dw_vnni)
     else:
         wp = rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0], 8 if sp.mmla else 4)
     return nibbles(wp) if sp.w4 else wp
+
+
+def pmadd_weight(wp: np.ndarray) -> np.ndarray:
+    """[..., 16, 4] int8 operands -> [..., 2, 16, 2]: element [..., p, j, e] = wp[..., j, 2p + e]."""
+    pairs = wp.reshape(*wp.shape[:-1], 2, 2)  # [..., j, p, e]
+    return np.ascontiguousarray(np.swapaxes(pairs, -3, -2))
 
 
 def nibbles(wp: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Measured `vpdpbusd` throughput of this machine: the denominator of `dyadic bench`'s "of peak".
+"""Measured `vpdpbusd` (or AVX2 `vpmaddwd`) throughput of this machine: the denominator of `dyadic bench`'s "of peak".
 
 The nominal figure (cores x 64 MACs/cycle x the clock in /proc/cpuinfo) is wrong on machines whose
 cores boost above that clock (on the 2-core znver4 VM it made ResNet-50 reach "108 %"). Instead a
 kernel with ACC independent `vpdpbusd` accumulator chains per thread and no memory traffic in its
 loop is built and timed; peak = 64 MACs x instructions / second, for the given thread count.
+On an AVX2-only CPU (`pmadd_peak_gmacs`) the chains are `vpmaddwd` + `vpaddd` on ymm (the step the
+avx2 kernels run, `intrin_avx2`): 16 MACs per `vpmaddwd`.
 """
 from __future__ import annotations
 
@@ -11,6 +13,16 @@ import time
 
 ACC = 12          #: independent chains: more than latency x throughput (4-5 cycles x 1-2 per cycle)
 ITERS = 200_000   #: loop trips per thread per call
+
+
+def host_peak() -> tuple[str | None, str | None]:
+    """(instruction, function of this module measuring it) for `dyadic bench`'s "of peak" on this host:
+    `vpdpbusd` on AVX512-VNNI, `vpmaddwd` on AVX2 without AVX-512 (what the kernels run), else Nones."""
+    from dyadic.backend.kernels import x86_isa
+    from dyadic.targets import host_target
+
+    isa = x86_isa(host_target().tvm_target)
+    return {"vnni": ("vpdpbusd", "vnni_peak_gmacs"), "avx2": ("vpmaddwd", "pmadd_peak_gmacs")}.get(isa, (None, None))
 
 
 def _kernel(threads: int):
@@ -34,19 +46,57 @@ def _kernel(threads: int):
     return main
 
 
+def _pmadd_kernel(threads: int):
+    """ACC chains acc[k] += pmaddwd(acc[k] as int16x16, b) (int32x8), as `_kernel` for `vpdpbusd`: the
+    chain's own value is the first operand, else LLVM hoists the loop-invariant product out of the loop
+    (12 chains of 3 + 1 cycles latency still issue more than the 2 `vpmaddwd` per cycle a core can run)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def main(a: T.Buffer((8,), "int32"), b: T.Buffer((16,), "int16"), out: T.Buffer((threads, ACC, 8), "int32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for p in T.parallel(threads):
+            acc = T.decl_buffer((ACC, 8), "int32", scope="local")
+            for k in T.unroll(ACC):
+                acc[k, T.ramp(0, 1, 8)] = a.vload([0], "int32x8") + T.broadcast(k, 8)
+            for _ in range(ITERS):
+                for k in T.unroll(ACC):
+                    acc[k, T.ramp(0, 1, 8)] = acc.vload([k, 0], "int32x8") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        T.reinterpret(acc.vload([k, 0], "int32x8"), dtype="int16x16"), b.vload([0], "int16x16"),
+                        dtype="int32x8")
+            for k in T.unroll(ACC):
+                out[p, k, T.ramp(0, 1, 8)] = acc.vload([k, 0], "int32x8")
+    return main
+
+
+def pmadd_peak_gmacs(threads: int, repeat: int = 10) -> float:
+    """As `vnni_peak_gmacs`, for AVX2 `vpmaddwd` (16 MACs per instruction)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 256, 8).astype("int32"), rng.integers(-128, 128, 16).astype("int16")]
+    return _time(_pmadd_kernel(threads), data, (threads, ACC, 8), threads, repeat) * 16
+
+
 def vnni_peak_gmacs(threads: int, repeat: int = 10) -> float:
     """Best-of-`repeat` measured GMAC/s of `vpdpbusd` on `threads` threads (this machine, this process:
     its TVM thread pool must have that many threads, TVM_NUM_THREADS; `bench` runs it in a subprocess)."""
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 256, 64).astype("uint8"), rng.integers(-128, 128, 64).astype("int8")]
+    return _time(_kernel(threads), data, (threads, ACC, 16), threads, repeat) * 64
+
+
+def _time(func, data, out_shape, threads: int, repeat: int) -> float:
+    """Giga-instructions per second (ITERS x ACC per thread) of one chain kernel, best of `repeat`."""
     import tvm
 
     from dyadic.targets import host_target
 
-    lib = tvm.compile(tvm.IRModule({"main": _kernel(threads)}), target=host_target().tvm())
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.integers(0, 256, 64).astype("uint8")),
-            tvm.runtime.tensor(rng.integers(-128, 128, 64).astype("int8")),
-            tvm.runtime.empty((threads, ACC, 16), "int32")]
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target().tvm())
+    args = [*(tvm.runtime.tensor(d) for d in data), tvm.runtime.empty(out_shape, "int32")]
     t_end = time.perf_counter() + 0.2  # wake the pool's workers and let the clocks settle first
     while time.perf_counter() < t_end:
         lib(*args)
@@ -55,4 +105,4 @@ def vnni_peak_gmacs(threads: int, repeat: int = 10) -> float:
         t0 = time.perf_counter()
         lib(*args)
         best = min(best, time.perf_counter() - t0)
-    return threads * ITERS * ACC * 64 / best / 1e9
+    return threads * ITERS * ACC / best / 1e9

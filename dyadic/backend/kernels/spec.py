@@ -56,6 +56,13 @@ class ConvSpec(ConvGeometry):
         return self.isa in DOT_ISAS
 
     @property
+    def pmadd(self) -> bool:
+        """AVX2 `vpmaddwd` for the plain conv / dense / `rowtaps` (`intrin_avx2`): the same 16 x 4 step as four
+        instructions on weights sign-extended to int16 in the kernel; depthwise (and 4-bit weights,
+        `lowering`) keep the fallback."""
+        return self.isa == "avx2" and not self.depthwise and not self.w4
+
+    @property
     def mmla(self) -> bool:
         """i8mm `usmmla` for a channel-blocked conv (2 pixels x 8 channels x 2 output channels per
         instruction, `arm_intrin.MMLA_INTRIN`; the two pixels must be adjacent: width stride and
@@ -87,9 +94,10 @@ class ConvSpec(ConvGeometry):
 
     @property
     def rowtaps(self) -> bool:
-        """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` are 4 horizontal taps
-        of one input channel, contiguous in an NCHW row, so the input needs no channel blocking."""
-        return (not self.packed_in and not self.depthwise and self.dot and self.dil[1] == 1
+        """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` (or of a `vpmaddwd` step)
+        are 4 horizontal taps of one input channel, contiguous in an NCHW row, so the input needs no
+        channel blocking."""
+        return (not self.packed_in and not self.depthwise and (self.dot or self.pmadd) and self.dil[1] == 1
                 and self.kw > 1 and self.c < 16)
 
     @property
@@ -108,31 +116,41 @@ class ConvSpec(ConvGeometry):
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the int8 weight operand array; with `w4` the kernel's argument is
         `weight_shape()[:-2] + (8 kg,)`: each 16 x kg operand in half the bytes (`packing.nibbles`)."""
-        if self.rowtaps:
-            return (self.ocb, self.c, self.kh, self.kwp // 4, 16, 4)
+        if self.rowtaps:  # (`vpmaddwd`: each 16 x 4 operand as [2 tap pairs, 16, 2], as below)
+            op = (2, 16, 2) if self.pmadd else (16, 4)
+            return (self.ocb, self.c, self.kh, self.kwp // 4, *op)
         if self.dw_vnni:
             return (self.ocb, self.kh, self.kwp // 4, 16, 4)
         if self.depthwise:
             return (self.ocb, self.kh, self.kw, 16)
         kg = 8 if self.mmla else 4  # input channels per instruction operand row
+        if self.pmadd:  # each 16 x 4 operand as [2 input pairs, 16 outputs, 2 inputs] (`packing`)
+            return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // 4, self.tile[0], 2, 16, 2)
         return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // kg, self.tile[0], 16, kg)
 
 
 DOT_ISAS = ("vnni", "sdot", "usdot", "usmmla")
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
+# vector register file per isa for `choose_tile`: (registers, per 16-lane int32 accumulator, per 16 x 4
+# weight operand, per activation broadcast). AVX2: 16 ymm; an accumulator is 2 of them, a weight
+# operand 4 (sign-extended to int16), the two int16 pair broadcasts of one pixel 2.
+REGFILE = {"avx2": (16, 2, 4, 2)}
 
 
-def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 1) -> tuple[int, int, int]:
+def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 1,
+                isa: str | None = None) -> tuple[int, int, int]:
     """Register tile (ocbi, ohi, owi): ocbi blocks of 16 output channels x ohi x owi pixels.
 
     Accumulators ocbi*ohi*owi <= MAX_ACC; plus the ocbi weight vectors and (when ocbi > 1) the
     reused broadcasts ohi*owi they must fit the 32 vector registers (a 16-lane accumulator or
-    weight operand takes `regs_per_acc` of them: 1 zmm on AVX-512, 4 q-registers on NEON). Cost model: padding waste times
+    weight operand takes `regs_per_acc` of them: 1 zmm on AVX-512, 4 q-registers on NEON; an isa
+    in `REGFILE` names its own register count and costs, e.g. AVX2's 16 ymm). Cost model: padding waste times
     (acc + 2) / acc (few independent accumulators leave the 4-5 cycle latency of `vpdpbusd`
     exposed), ties to more channel blocks (fewer broadcast loads per instruction). With 4-bit weights
     each weight operand costs more instructions to unpack (`cpu_conv`), shared by the ohi*owi
     pixels of the tile: + ocbi in the numerator (a weight picked from timings of a few 3x3 convs)."""
     ocb = ceil_div(o, 16)
+    nregs, per_acc, per_w, per_b = REGFILE.get(isa, (32, regs_per_acc, regs_per_acc, 1))
     best, best_key = (1, 1, 1), None
     for ocbi in (1, 2, 3, 4):
         if ocb % ocbi:
@@ -140,8 +158,8 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
         for ohi in (1, 2, 3, 4):
             for owi in range(1, MAX_ACC + 1):
                 acc = ocbi * ohi * owi
-                regs = (acc + ocbi) * regs_per_acc + (ohi * owi if ocbi > 1 else 0)
-                if regs > 31 or acc > MAX_ACC or ohi > oh or owi > ow:
+                regs = acc * per_acc + ocbi * per_w + (ohi * owi * per_b if ocbi > 1 else 0)
+                if regs > nregs - 1 or acc > MAX_ACC or ohi > oh or owi > ow:
                     continue
                 waste = ceil_div(oh, ohi) * ohi * ceil_div(ow, owi) * owi / (oh * ow)
                 key = (round(waste * (acc + 2 + (ocbi if w4 else 0)) / acc, 3), -ocbi, ohi)
