@@ -93,8 +93,9 @@ def table(rows: list[dict], host: str) -> str:
         t = r.get("timing")
         ms = "—"
         if t:
-            med = {k: v["1"]["median_ms"] if isinstance(v, dict) and "1" in v else None for k, v in t.get("ms", {}).items()}
-            ms = " / ".join(f"{med.get(k):.2f}" if med.get(k) else "?" for k in ("dyadic", "ort-fp32", "ort-int8"))
+            row = t["rows"][0]
+            ms = (" / ".join(f"{row[k + '_ms']:.2f}" for k in ("dyadic", "ort-fp32", "ort-int8"))
+                  + f" (int8/dyadic {row['vs_ort_int8']:.2f}x, fp32/dyadic {row['vs_ort_fp32']:.2f}x)")
         lines.append(f"| {r['model']} | {r['compiles']} | {r.get('bitexact', '—')} | {r.get('compile_s', '—')} | "
                      f"{r.get('cosine', '—')} | {r.get('cosine_ort_int8', '—')} | {ms} |")
     errs = [r for r in rows if r.get("error")]
