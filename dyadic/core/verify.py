@@ -47,6 +47,8 @@ def verify_integer_graph(graph: Graph, after: str) -> None:
             if graph.dtypes.get(t) not in INT_DTYPES:
                 problems.append(f"{n.name}: tensor {t} has dtype {graph.dtypes.get(t)}")
         p = n.params
+        if n.op in TABLE_INT and TABLE_INT[n.op].verify is not None:  # the op table's own bounds
+            problems += TABLE_INT[n.op].verify(graph, n)
         if "M" in p:
             m, s = np.asarray(p["M"]), np.asarray(p["S"])
             if m.min() <= 0 or m.max() >= INT32_LIMIT or s.min() < 1 or s.max() > 62:

@@ -143,8 +143,11 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -
     if missing:
         raise ModelError(f"shape inference left tensors without a static shape: {missing[:10]}")
     dtypes = {t: "float32" for t in shapes}
+    int_types = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+                 onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32}
+    int_inputs = tuple(vi.name for vi in g.input if vi.name in inputs and vi.type.tensor_type.elem_type in int_types)
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes, dtypes=dtypes,
-                 meta={"opset": opset, "producer": mp.producer_name})
+                 meta={"opset": opset, "producer": mp.producer_name, "int_inputs": int_inputs})
 
 
 def _ceil_pads(in_hw, out_hw, k, strides, pads) -> tuple:

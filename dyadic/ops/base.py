@@ -36,6 +36,7 @@ class IntOpDef:
     run_int: Callable                           #: (node, [int arrays], out_shape) -> int64 array
     lower: Callable                             #: (lowerer, node, [relax values]) -> relax value
     elementwise: bool = False                   #: layout-agnostic (runs on the packed CPU layout as is)
+    verify: Callable | None = None              #: (graph, node) -> [problem strings]: overflow bounds etc.
 
 
 @dataclass(frozen=True)

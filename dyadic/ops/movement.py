@@ -91,10 +91,15 @@ def _import_split(c):
     return nodes
 
 
-@importer("Gather", doc="integer gather with constant indices (not along the batch axis)")
+@importer("Gather", doc="integer gather with constant indices (not along the batch axis); from a constant "
+                        "table by integer ids: an int8 embedding lookup")
 def _import_gather(c):
     from dyadic.core.graph import Node
 
+    if c.is_const(0) and not c.is_const(1):
+        from dyadic.ops.embedding import import_embedding
+
+        return import_embedding(c)
     if not c.is_const(1):
         c.fail("indices must be constant")
     ax = c.axis(c.attrs.get("axis", 0))
