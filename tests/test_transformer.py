@@ -333,3 +333,48 @@ def test_matmul_verifier_bound():
     with pytest.raises(VerificationError, match="int32 accumulator can overflow"):
         verify_integer_graph(mk(QParams(0.1, 16, True)), "test")
     assert q16.bits == 16
+
+
+# --------------------------------------------------------------------------- class token, static batch
+def test_class_token_concat_dynamic_batch(tmp_path):
+    """ViT's Concat(class token constant, patches) + position embedding + LN, any batch size"""
+    pytest.importorskip("tvm")
+    rng = np.random.default_rng(3)
+    t, c = 5, 8
+    nodes = [node("MatMul", ["input", "W"], "e"), node("Concat", ["cls", "e"], "cat", axis=1),
+             node("Add", ["cat", "pos"], "x"), node("LayerNormalization", ["x", "g", "b"], "out", axis=-1)]
+    inits = {"W": f32(rng.normal(0, 0.5, (c, c))), "cls": f32(rng.normal(0, 1, (1, 1, c))),
+             "pos": f32(rng.normal(0, 0.3, (1, t + 1, c))), "g": f32(rng.uniform(0.5, 1.5, c)), "b": f32(rng.normal(0, 0.1, c))}
+    model = make_model(nodes, inits, in_shape=("N", t, c))
+    calib = {"input": rng.normal(size=(16, t, c)).astype(np.float32)}
+    res = dyadic.compile(model, output_dir=str(tmp_path), calib=calib, config=CONFIG)
+    assert "qconcat_const" in [n.op for n in res.int_graph.nodes]
+    lib = dyadic.load(str(tmp_path))
+    _check_library(res, lib, [{"input": rng.normal(size=(b, t, c)).astype(np.float32)} for b in (1, 3)])
+    x = rng.normal(size=(1, t, c)).astype(np.float32)  # ONNX Concat does not broadcast: onnxruntime at batch 1
+    assert _cos(lib.run(x), _ort(model, {"input": x})) > 0.99
+
+
+def test_static_batch_when_the_graph_moves_the_batch_axis(tmp_path):
+    """nn.MultiheadAttention's [T, N, C] layout: imported with every shape static at batch 1"""
+    pytest.importorskip("tvm")
+    rng = np.random.default_rng(4)
+    t, c = 6, 8
+    nodes = [node("Transpose", ["input"], "tn", perm=[1, 0, 2]), node("MatMul", ["tn", "W"], "m"),
+             node("Reshape", ["m", "s2"], "r2"), node("Gemm", ["r2", "W2", "B2"], "gm"),
+             node("Reshape", ["gm", "s3"], "r3"), node("Transpose", ["r3"], "out", perm=[1, 0, 2])]
+    inits = {"W": f32(rng.normal(0, 0.5, (c, c))), "s2": i64(t, c), "W2": f32(rng.normal(0, 0.5, (c, c))),
+             "B2": f32(rng.normal(0, 0.1, c)), "s3": i64(t, 1, c)}
+    model = make_model(nodes, inits, in_shape=(1, t, c))
+    with pytest.raises(ModelError, match="moves the batch axis"):
+        import_onnx(model, static_batch=False)
+    g = import_onnx(model)
+    assert g.meta["static_batch"] and g.shapes["tn"] == (t, 1, c)
+    assert [n.op for n in g.nodes] == ["transpose", "linear", "reshape", "linear", "reshape", "transpose"]
+    calib = {"input": rng.normal(size=(8, t, c)).astype(np.float32)}
+    res = dyadic.compile(model, output_dir=str(tmp_path), calib=calib, config=CONFIG)
+    assert res.plan["self_check"].startswith("bit-exact")
+    lib = dyadic.load(str(tmp_path))
+    _check_library(res, lib, [{"input": rng.normal(size=(1, t, c)).astype(np.float32)} for _ in range(2)])
+    x = rng.normal(size=(1, t, c)).astype(np.float32)
+    assert _cos(lib.run(x), _ort(model, {"input": x})) > 0.99

@@ -1,8 +1,15 @@
-"""Data movement on integers: Transpose, Squeeze/Unsqueeze, Split, Gather with constant indices.
+"""Data movement on integers: Transpose, Squeeze/Unsqueeze, Split, Gather with constant indices,
+and Concat (with constant operands: a class token).
 
 These ops move values without changing them, so the output keeps the input's scale and the same
 op runs in the float and the integer graph (pass-through). None of them may move the batch axis:
-one library serves every batch size, so axis 0 must stay axis 0.
+one library serves every batch size, so axis 0 must stay axis 0 -- except in a static-batch graph
+(`import_onnx` falls back to one when the graph moves the batch axis, as nn.MultiheadAttention's
+[T, N, C] layout does), where every shape is fixed and axis 0 is an axis like the others.
+
+`concat_const`: a Concat whose operands include constants. The output scale is calibrated; the
+activations are requantized to it and the constants quantized at it; a constant with a leading 1
+is broadcast over the batch (the class token after an exporter folded its Expand at batch 1).
 """
 from __future__ import annotations
 
@@ -46,7 +53,7 @@ def _import_transpose(c):
     perm = tuple(int(p) for p in c.attrs.get("perm", range(r - 1, -1, -1)))
     if sorted(perm) != list(range(r)):
         c.fail(f"perm {list(perm)} is not a permutation of {r} axes")
-    if perm[0] != 0:
+    if perm[0] != 0 and not c.static_batch:
         c.fail(f"perm {list(perm)} moves the batch axis")
     return [Node("transpose", c.name, (c.inputs[0],), (c.outputs[0],), {"perm": perm})]
 
@@ -62,7 +69,7 @@ def _import_squeeze(c):
     for a in np.atleast_1d(axes if axes is not None else []):
         if not -r <= int(a) < r:
             c.fail(f"axis {int(a)} is out of range for rank {r}")
-        if int(a) % r == 0:
+        if int(a) % r == 0 and not c.static_batch:
             c.fail("squeezing or unsqueezing the batch axis is not supported")
     return [Node("reshape", c.name, (c.inputs[0],), (c.outputs[0],))]
 
@@ -108,3 +115,96 @@ def _import_gather(c):
     if idx.size and (idx.min() < -dim or idx.max() >= dim):
         c.fail(f"indices {idx.min()}..{idx.max()} are out of range for axis {ax} of length {dim}")
     return [Node("gather", c.name, (c.inputs[0],), (c.outputs[0],), {"axis": ax}, {"I": idx % dim})]
+
+
+# --------------------------------------------------------------------------- concat with constants
+def _order_values(node, xs, consts):
+    batch = xs[0].shape[0]
+    vals = []
+    for o in node.attrs["order"]:
+        if o >= 0:
+            vals.append(xs[o])
+        else:
+            c = consts[-o - 1]
+            vals.append(np.broadcast_to(c, (batch,) + c.shape[1:]) if c.shape[0] == 1 else c)
+    return np.concatenate(vals, axis=node.attrs["axis"])
+
+
+def _concat_const_float(node, xs):
+    consts = [node.params[f"C{j}"].astype(xs[0].dtype) for j in range(sum(o < 0 for o in node.attrs["order"]))]
+    return _order_values(node, xs, consts)
+
+
+def _quantize_concat_const(ctx, node):
+    from dyadic.core.arith import dyadic_array
+    from dyadic.core.graph import Node
+
+    nc = sum(o < 0 for o in node.attrs["order"])
+    consts = [node.params[f"C{j}"].astype(np.float64) for j in range(nc)]
+    signed = any(ctx.qp[t].signed for t in node.inputs) or any(c.min(initial=0) < 0 for c in consts)
+    q = ctx.qp[node.output] = ctx.out_q(node.output, signed)
+    aligned = []
+    for i, t in enumerate(node.inputs):
+        if ctx.qp[t] == q:
+            aligned.append(t)
+            continue
+        name = f"{node.name}/align{i}"
+        m, s = dyadic_array(np.array(ctx.qp[t].scale / q.scale))
+        ctx.nodes.append(Node("requant", name, (t,), (name,), {"lo": q.lo, "hi": q.hi}, {"M": m, "S": s}))
+        ctx.qp[name] = q
+        aligned.append(name)
+    params = {f"C{j}": np.clip(np.rint(c / q.scale), q.lo, q.hi).astype(q.dtype) for j, c in enumerate(consts)}
+    ctx.nodes.append(Node("qconcat_const", node.name, tuple(aligned), node.outputs, dict(node.attrs), params))
+
+
+def _qconcat_const_ref(node, xs, out_shape):
+    consts = [node.params[f"C{j}"].astype(np.int64) for j in range(sum(o < 0 for o in node.attrs["order"]))]
+    return _order_values(node, [x.astype(np.int64) for x in xs], consts)
+
+
+def _qconcat_const_lower(L, node, xs):
+    from tvm import relax
+
+    vals = []
+    for o in node.attrs["order"]:
+        if o >= 0:
+            vals.append(xs[o])
+            continue
+        c = node.params[f"C{-o - 1}"]
+        v = relax.const(np.ascontiguousarray(c), str(c.dtype))
+        if c.shape[0] == 1 and not getattr(L, "static", False):
+            v = L.emit(relax.op.broadcast_to(v, [L.batch] + [int(d) for d in c.shape[1:]]))
+        vals.append(v)
+    return L.emit(relax.op.concat(vals, axis=node.attrs["axis"]))
+
+
+register_float(OpDef("concat_const", _concat_const_float, _quantize_concat_const))
+register_int(IntOpDef("qconcat_const", _qconcat_const_ref, _qconcat_const_lower))
+
+
+@importer("Concat", doc="integer concat (inputs requantized to one scale); constant inputs (a class token) "
+                        "quantized at the output scale")
+def _import_concat(c):
+    from dyadic.core.graph import Node
+
+    r = c.rank(c.inputs[0]) if c.inputs[0] in c.shapes else len(np.shape(c.consts.get(c.inputs[0])))
+    ax = int(c.attrs["axis"]) % r
+    if ax == 0 and not c.static_batch:
+        c.fail("concatenation along the batch axis is not supported")
+    ins = [t for t in c.inputs if t]
+    if not any(t not in c.consts for t in ins):
+        c.fail("no activation operand (constant folding should have removed this node)")
+    if all(t not in c.consts for t in ins):
+        return [Node("concat", c.name, tuple(ins), (c.outputs[0],), {"axis": ax})]
+    order, acts, params = [], [], {}
+    for t in ins:
+        if t in c.consts:
+            v = np.asarray(c.consts[t], np.float32)
+            if v.shape[0] != 1 and not c.static_batch:
+                c.fail(f"constant operand {t!r} of shape {list(v.shape)} does not broadcast over the batch")
+            params[f"C{len(params)}"] = v
+            order.append(-len(params))
+        else:
+            order.append(len(acts))
+            acts.append(t)
+    return [Node("concat_const", c.name, tuple(acts), (c.outputs[0],), {"axis": ax, "order": tuple(order)}, params)]
