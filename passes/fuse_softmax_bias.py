@@ -8,13 +8,44 @@ code units inside `qsoftmax` (`dyadic.ops.softmax`), where a masked entry's exp 
 
 A constant `affine` with A = 1 (Add/Sub of a constant), whose only reader is the Softmax, is
 folded when its constant varies only along non-batch axes (always true of an `affine`).
+
+An input mask: Softmax(scores + bias) where bias = A m + B is a scalar affine of an integer graph
+input m (through reshapes and casts: BERT's `(1 - attention_mask) * finfo.min`) becomes
+Softmax(scores, m) with `mask_affine = (A, B)`; the mask's float chain is dropped when nothing
+else reads it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from dyadic.core.graph import Graph
+from dyadic.core.graph import PASSTHROUGH_OPS, Graph
 from dyadic.ops.arith_ops import affine_shape
+
+
+def _mask_source(graph: Graph, prod: dict, t: str):
+    """(m, A, B) where tensor t = A m + B with m a reshape (or cast) of an integer graph input, or None."""
+    a, b = 1.0, 0.0
+    n = prod.get(t)
+    while n is not None and n.op == "affine" and n.params["A"].size == 1 and n.params["B"].size == 1 \
+            and "bshape" not in n.attrs:
+        a1, b1 = float(n.params["A"].ravel()[0]), float(n.params["B"].ravel()[0])
+        a, b = a * a1, a * b1 + b
+        t = n.inputs[0]
+        n = prod.get(t)
+    m = t
+    while n is not None and n.op in PASSTHROUGH_OPS and n.op in ("reshape", "flatten"):
+        t = n.inputs[0]
+        n = prod.get(t)
+    return (m, a, b) if n is None and t in graph.meta.get("int_inputs", ()) else None
+
+
+def _drop_dead(graph: Graph, nodes: list) -> tuple:
+    while True:
+        used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
+        keep = [n for n in nodes if n.output in used]
+        if len(keep) == len(nodes):
+            return tuple(keep)
+        nodes = keep
 
 
 def fuse_softmax_bias(graph: Graph) -> Graph:
@@ -33,6 +64,20 @@ def fuse_softmax_bias(graph: Graph) -> Graph:
         bias = b.reshape(affine_shape(src, ndim)) if b.size > 1 else b.reshape((1,) * ndim)
         replace[n.name] = n.replace(inputs=src.inputs, params={**n.params, "bias": np.ascontiguousarray(bias, np.float32)})
         drop.add(src.name)
+    for n in graph.nodes:  # an input mask
+        if n.op != "softmax" or n.name in replace or len(n.inputs) != 1:
+            continue
+        src = prod.get(n.inputs[0])
+        if src is None or src.op != "add" or len(users[src.output]) != 1 or "act" in src.attrs:
+            continue
+        for i in (0, 1):
+            found = _mask_source(graph, prod, src.inputs[1 - i])
+            if found is not None:
+                m, a, b = found
+                replace[n.name] = n.replace(inputs=(src.inputs[i], m), attrs={**n.attrs, "mask_affine": (a, b)})
+                drop.add(src.name)
+                break
     if not replace:
         return graph
-    return graph.replace(nodes=tuple(replace.get(n.name, n) for n in graph.nodes if n.name not in drop))
+    nodes = [replace.get(n.name, n) for n in graph.nodes if n.name not in drop]
+    return graph.replace(nodes=_drop_dead(graph, nodes))

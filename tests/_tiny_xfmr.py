@@ -33,6 +33,8 @@ def encoder_block(rng: np.random.Generator, t: int = 8, c: int = 16, heads: int 
         inits["mask"] = np.triu(np.full((t, t), -1e4, np.float32), 1).reshape(1, 1, t, t)
     elif mask == "inf":
         inits["mask"] = np.triu(np.full((t, t), -np.inf, np.float32), 1).reshape(1, 1, t, t)
+    if mask == "input":  # BERT: (1 - Cast(Unsqueeze(attention_mask))) * finfo.min added to the scores
+        inits.update(ax12=np.array([1, 2], np.int64), fmin=np.array(np.finfo(np.float32).min, np.float32))
     nodes = [_n("Gather", ["emb", "ids"], "tok"), _n("Add", ["tok", "pos"], "x0"),
              _n("LayerNormalization", ["x0", "g1", "b1"], "h", axis=-1, epsilon=1e-5)]
     for p in "qkv":
@@ -43,6 +45,9 @@ def encoder_block(rng: np.random.Generator, t: int = 8, c: int = 16, heads: int 
               _n("MatMul", ["q4", "kT"], "s"), _n("Div", ["s", "sqd"], "s2")]
     if mask in ("causal", "inf"):
         nodes += [_n("Add", ["s2", "mask"], "s3")]
+    elif mask == "input":
+        nodes += [_n("Unsqueeze", ["attention_mask", "ax12"], "mu4"), _n("Cast", ["mu4"], "mf", to=TensorProto.FLOAT),
+                  _n("Sub", ["one", "mf"], "inv"), _n("Mul", ["inv", "fmin"], "mb"), _n("Add", ["s2", "mb"], "s3")]
     else:
         nodes += [_n("Identity", ["s2"], "s3")]
     nodes += [_n("Softmax", ["s3"], "p", axis=-1), _n("MatMul", ["p", "v4"], "o4"),
@@ -61,7 +66,10 @@ def encoder_block(rng: np.random.Generator, t: int = 8, c: int = 16, heads: int 
               _n("MatMul", ["g", "W2"], "f2m"), _n("Add", ["f2m", "bf2"], "f2"), _n("Add", ["x1", "f2"], "x2"),
               _n("LayerNormalization", ["x2", "g3", "b3"], "out", axis=-1)]
     nodes += list(extra_nodes)
-    g = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", t])],
+    ins = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", t])]
+    if mask == "input":
+        ins.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", t]))
+    g = helper.make_graph(nodes, "encoder", ins,
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(v, k) for k, v in inits.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")

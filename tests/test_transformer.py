@@ -378,3 +378,26 @@ def test_static_batch_when_the_graph_moves_the_batch_axis(tmp_path):
     _check_library(res, lib, [{"input": rng.normal(size=(1, t, c)).astype(np.float32)} for _ in range(2)])
     x = rng.normal(size=(1, t, c)).astype(np.float32)
     assert _cos(lib.run(x), _ort(model, {"input": x})) > 0.99
+
+
+def test_encoder_block_input_mask(tmp_path):
+    """BERT's attention_mask input (int64 0/1): (1 - Cast(mask)) * finfo.min is applied in integers"""
+    pytest.importorskip("tvm")
+    rng = np.random.default_rng(11)
+    model = encoder_block(rng, mask="input")
+
+    def feeds(n):
+        lengths = rng.integers(2, 9, (n, 1))
+        return {"ids": rng.integers(0, 50, (n, 8)).astype(np.int64),
+                "attention_mask": (np.arange(8)[None, :] < lengths).astype(np.int64)}
+
+    res = dyadic.compile(model, output_dir=str(tmp_path), calib=feeds(32), config=CONFIG)
+    ig = res.int_graph
+    sm = ig.node("p")
+    assert sm.op == "qsoftmax" and len(sm.inputs) == 2 and sm.attrs["B1"] == 0 and sm.attrs["B0"] <= -(1 << 19)
+    assert ig.dtypes["attention_mask"] == "int32"
+    lib = dyadic.load(str(tmp_path))
+    _check_library(res, lib, [feeds(1), feeds(3)])
+    f = feeds(16)
+    y, ref = lib.run(f), _ort(model, f)
+    assert _cos(y, ref) > 0.99, f"cosine {_cos(y, ref):.4f} against onnxruntime fp32"

@@ -208,3 +208,16 @@ def _import_concat(c):
             order.append(len(acts))
             acts.append(t)
     return [Node("concat_const", c.name, tuple(acts), (c.outputs[0],), {"axis": ax, "order": tuple(order)}, params)]
+
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+@importer("Cast", doc="to a float type: the values unchanged (an integer mask or id input made float)")
+def _import_cast(c):
+    from dyadic.core.graph import Node
+
+    if int(c.attrs.get("to", 0)) not in _FLOAT_TYPES:
+        c.fail(f"Cast to ONNX type {int(c.attrs.get('to', 0))} (an integer or bool) changes values; only casts "
+               f"to float are supported")
+    return [Node("reshape", c.name, (c.inputs[0],), (c.outputs[0],))]
