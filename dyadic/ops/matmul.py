@@ -80,9 +80,45 @@ def _qlinear_ref(node, xs, out_shape):
     return requantize(acc, p["M"], p["S"], a["lo"], a["hi"])
 
 
+def _cpu_dense(L, node, x):
+    """The CPU kernel family's int8 1x1-conv GEMM (the one `qdense` runs on), over all leading rows."""
+    kern = getattr(L, "kernels", None)
+    if kern is None or type(kern).__name__ != "CpuKernels" or L.g.dtypes[node.inputs[0]] not in ("int8", "uint8"):
+        return None
+    from tvm import relax
+
+    from dyadic.backend.kernels import packing
+    from dyadic.backend.kernels.cpu_conv import conv_func
+    from dyadic.backend.kernels.spec import ConvSpec
+
+    p, a = node.params, node.attrs
+    shape = L.g.shapes[node.inputs[0]]
+    k, o = int(shape[-1]), int(p["W"].shape[0])
+    inner = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+    rows = L.batch * inner if not getattr(L, "static", False) else int(np.prod(shape[:-1]))
+    lead = [int(d) for d in shape[:-1]] if getattr(L, "static", False) else [L.batch] + [int(d) for d in shape[1:-1]]
+    dout = L.g.dtypes[node.output]
+    sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, L.g.dtypes[node.inputs[0]], dout, a["lo"],
+                  a["hi"], None, packing.hi32_ok(p["S"]), kern.isa, (1, 1, 1), w4=False)
+    op = sp.ocb * 16
+    wk = p["W"].reshape(o, k, 1, 1)
+    c = lambda v, dt: relax.const(np.ascontiguousarray(np.asarray(v).astype(dt)), dt)  # noqa: E731
+    x4 = L.emit(relax.op.reshape(x, [rows, k, 1, 1]))
+    args = [x4, c(packing.weight(wk, sp), "int8"), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
+            *kern._rq_consts(p, op, sp.hi32)]
+    y = kern._call(("conv", sp), lambda: conv_func(sp), args, [rows, sp.ocb, 1, 1, 16], dout)
+    y = L.emit(relax.op.reshape(y, [rows, op]))
+    if op != o:
+        y = L.emit(relax.op.strided_slice(y, [1], [0], [o]))
+    return L.emit(relax.op.reshape(y, lead + [o]))
+
+
 def _qlinear_lower(L, node, xs):
     from tvm import relax
 
+    y = _cpu_dense(L, node, xs[0])
+    if y is not None:
+        return y
     p, a = node.params, node.attrs
     w = relax.const(np.ascontiguousarray(p["W"].T.astype(np.int8)), "int8")
     acc = L.emit(relax.op.matmul(xs[0], w, out_dtype="int32"))

@@ -1,6 +1,6 @@
 """Transformers end to end: torchvision ViT-B/16, Swin-T, ConvNeXt-T (random init, opset 17).
 
-    python benchmarks/transformers.py [--models convnext_tiny,vit_b_16,swin_t] [--calib 8] [--out /tmp/dyadic-xfmr]
+    python benchmarks/bench_transformers.py [--models convnext_tiny,vit_b_16,swin_t] [--calib 8] [--out /tmp/dyadic-xfmr]
 
 Each model is exported with torch.onnx.export by a separate python that has torch/torchvision
 (`--zoo-python`, default /work/zoo-venv/bin/python; the `[zoo]` extra of pyproject), then
@@ -62,9 +62,13 @@ def main() -> int:
             continue
         t_compile = time.perf_counter() - t0
         lib = dyadic.load(os.path.join(args.out, name))
+        ig = res.int_graph
+        static = bool(ig.meta.get("static_batch"))  # e.g. ViT: nn.MultiheadAttention moves the batch axis
         x = rng.normal(size=(2, 3, 224, 224)).astype(np.float32)
-        q = quantize_inputs(res.int_graph, {"input": x})
-        exact = bool(np.array_equal(lib.run_int(q)[0], run_reference(res.int_graph, q)[res.int_graph.outputs[0]]))
+        exact = True
+        for xb in ([x[:1], x[1:]] if static else [x]):
+            q = quantize_inputs(ig, {"input": xb})
+            exact &= bool(np.array_equal(lib.run_int(q)[0], run_reference(ig, q)[ig.outputs[0]]))
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         ref = sess.run(None, {"input": x[:1]})[0]
         y = lib.run(x[:1])
@@ -76,7 +80,7 @@ def main() -> int:
         for _ in range(3):
             sess.run(None, {"input": x[:1]})
         ms_ort = (time.perf_counter() - t1) / 3 * 1e3
-        r = {"compiled": True, "bit_exact": exact, "self_check": res.plan.get("self_check"),
+        r = {"compiled": True, "static_batch": static, "bit_exact": exact, "self_check": res.plan.get("self_check"),
              "cosine_vs_ort_fp32": round(_cos(y, ref), 5), "top1_agree": bool(np.argmax(y) == np.argmax(ref)),
              "compile_s": round(t_compile, 1), "latency_ms_batch1": round(ms_lib, 1),
              "ort_fp32_ms_batch1": round(ms_ort, 1)}
