@@ -401,3 +401,20 @@ def test_encoder_block_input_mask(tmp_path):
     f = feeds(16)
     y, ref = lib.run(f), _ort(model, f)
     assert _cos(y, ref) > 0.99, f"cosine {_cos(y, ref):.4f} against onnxruntime fp32"
+
+
+def test_wide_input_of_a_product_is_narrowed(tmp_path):
+    """a 16-bit tensor (here a graph output) read by a MatMul is requantized to 8 bits first"""
+    pytest.importorskip("tvm")
+    rng = np.random.default_rng(12)
+    nodes = [node("MatMul", ["input", "W1"], "h"), node("MatMul", ["h", "W2"], "out")]
+    model = make_model(nodes, {"W1": f32(rng.normal(0, 0.5, (8, 8))), "W2": f32(rng.normal(0, 0.5, (8, 4)))},
+                       in_shape=("N", 3, 8), outputs=("out", "h"))
+    res = dyadic.compile(model, output_dir=str(tmp_path), calib={"input": rng.normal(size=(8, 3, 8)).astype(np.float32)},
+                         config=CONFIG)
+    ig = res.int_graph
+    assert ig.qparams["h"].bits == 16 and ig.node("out").inputs == ("h/a8",) and ig.qparams["h/a8"].bits == 8
+    lib = dyadic.load(str(tmp_path))
+    q = quantize_inputs(ig, {"input": rng.normal(size=(2, 3, 8)).astype(np.float32)})
+    got, want = lib.run_int(q), run_reference(ig, q)
+    assert all(np.array_equal(g, want[o]) for g, o in zip(got, ig.outputs))

@@ -34,8 +34,7 @@ def _amax(graph, t: str) -> int:
 
 def narrow_input(ctx, node, i: int) -> str:
     """Input i of `node`, requantized to 8 bits if it is wider (a `requant` node is emitted once)."""
-    from dyadic.core.graph import Node
-    from dyadic.passes.quantize_graph import activation_qparams
+    from dyadic.core.graph import Node, QParams
 
     t = node.inputs[i]
     q = ctx.qp[t]
@@ -43,7 +42,9 @@ def narrow_input(ctx, node, i: int) -> str:
         return t
     name = f"{t}/a8"
     if name not in ctx.qp:
-        q8 = ctx.qp[name] = activation_qparams(ctx.graph.ranges[t], 8, q.signed)
+        lo, hi = ctx.graph.ranges[t]  # as `quantize_graph.activation_qparams` at 8 bits
+        amax = max(abs(lo), abs(hi)) if q.signed else hi
+        q8 = ctx.qp[name] = QParams(float(amax / (127 if q.signed else 255)) if amax > 0 else 1.0, 8, q.signed)
         m, s = dyadic_array(np.array(q.scale / q8.scale))
         ctx.nodes.append(Node("requant", name, (t,), (name,), {"lo": q8.lo, "hi": q8.hi}, {"M": m, "S": s}))
     return name
