@@ -22,21 +22,36 @@ from dyadic.core.graph import PASSTHROUGH_OPS, Graph
 from dyadic.ops.arith_ops import affine_shape
 
 
+_MOVES = ("reshape", "flatten", "gather", "transpose", "expand", "slice")
+
+
 def _mask_source(graph: Graph, prod: dict, t: str):
-    """(m, A, B) where tensor t = A m + B with m a reshape (or cast) of an integer graph input, or None."""
-    a, b = 1.0, 0.0
+    """How tensor t derives from an integer graph input m (an attention mask): (m, the value-moving
+    nodes from m to t, B0, B1) where t = B1 where (moved m) != 0 and B0 elsewhere, or None.
+    Steps: scalar affines (`(1 - mask) * finfo.min`), Where(cond, c1, c2), Cast to bool, broadcasts
+    and moves. For the affine spelling the mask is taken as 0/1 (what attention masks are)."""
+    a, b = 1.0, 0.0                      # t = a v + b of the value v below
+    v0, v1 = 0.0, 1.0                    # v where the mask is 0 / not 0
     n = prod.get(t)
-    while n is not None and n.op == "affine" and n.params["A"].size == 1 and n.params["B"].size == 1 \
-            and "bshape" not in n.attrs:
-        a1, b1 = float(n.params["A"].ravel()[0]), float(n.params["B"].ravel()[0])
-        a, b = a * a1, a * b1 + b
+    moves = []
+    while n is not None:
+        if n.op == "affine" and n.params["A"].size == 1 and n.params["B"].size == 1 and "bshape" not in n.attrs:
+            a1, b1 = float(n.params["A"].ravel()[0]), float(n.params["B"].ravel()[0])
+            a, b = a * a1, a * b1 + b
+        elif n.op == "ew" and n.attrs["fn"] == "where":
+            p = dict(n.attrs["params"])
+            v0, v1 = p["c2"], p["c1"]
+        elif n.op == "ew" and n.attrs["fn"] == "nonzero":
+            pass
+        elif n.op in _MOVES and len(n.inputs) == 1:
+            moves.append(n)
+        else:
+            return None
         t = n.inputs[0]
         n = prod.get(t)
-    m = t
-    while n is not None and n.op in PASSTHROUGH_OPS and n.op in ("reshape", "flatten"):
-        t = n.inputs[0]
-        n = prod.get(t)
-    return (m, a, b) if n is None and t in graph.meta.get("int_inputs", ()) else None
+    if t not in graph.meta.get("int_inputs", ()):
+        return None
+    return t, moves[::-1], a * v0 + b, a * v1 + b
 
 
 def _drop_dead(graph: Graph, nodes: list) -> tuple:
@@ -64,6 +79,8 @@ def fuse_softmax_bias(graph: Graph) -> Graph:
         bias = b.reshape(affine_shape(src, ndim)) if b.size > 1 else b.reshape((1,) * ndim)
         replace[n.name] = n.replace(inputs=src.inputs, params={**n.params, "bias": np.ascontiguousarray(bias, np.float32)})
         drop.add(src.name)
+    head: list = []                 # the mask's moves, rebuilt on the raw input (they read only it)
+    shapes = dict(graph.shapes)
     for n in graph.nodes:  # an input mask
         if n.op != "softmax" or n.name in replace or len(n.inputs) != 1:
             continue
@@ -72,12 +89,19 @@ def fuse_softmax_bias(graph: Graph) -> Graph:
             continue
         for i in (0, 1):
             found = _mask_source(graph, prod, src.inputs[1 - i])
-            if found is not None:
-                m, a, b = found
-                replace[n.name] = n.replace(inputs=(src.inputs[i], m), attrs={**n.attrs, "mask_affine": (a, b)})
-                drop.add(src.name)
-                break
+            if found is None:
+                continue
+            m, moves, b0, b1 = found
+            for mv in moves:  # the moves again, on the raw mask (no Cast to bool / Where between them)
+                name = f"{mv.output}/mask"
+                if name not in shapes:
+                    shapes[name] = graph.shapes[mv.output]
+                    head.append(mv.replace(name=f"{mv.name}/mask", inputs=(m,), outputs=(name,)))
+                m = name
+            replace[n.name] = n.replace(inputs=(src.inputs[i], m), attrs={**n.attrs, "mask_affine": (b1 - b0, b0)})
+            drop.add(src.name)
+            break
     if not replace:
         return graph
-    nodes = [replace.get(n.name, n) for n in graph.nodes if n.name not in drop]
-    return graph.replace(nodes=_drop_dead(graph, nodes))
+    nodes = head + [replace.get(n.name, n) for n in graph.nodes if n.name not in drop]
+    return graph.replace(nodes=_drop_dead(graph, nodes), shapes=shapes)

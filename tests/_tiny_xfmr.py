@@ -33,8 +33,10 @@ def encoder_block(rng: np.random.Generator, t: int = 8, c: int = 16, heads: int 
         inits["mask"] = np.triu(np.full((t, t), -1e4, np.float32), 1).reshape(1, 1, t, t)
     elif mask == "inf":
         inits["mask"] = np.triu(np.full((t, t), -np.inf, np.float32), 1).reshape(1, 1, t, t)
-    if mask == "input":  # BERT: (1 - Cast(Unsqueeze(attention_mask))) * finfo.min added to the scores
-        inits.update(ax12=np.array([1, 2], np.int64), fmin=np.array(np.finfo(np.float32).min, np.float32))
+    if mask in ("input", "where"):  # BERT: (1 - Cast(Unsqueeze(attention_mask))) * finfo.min added to the scores
+        inits.update(ax12=np.array([1, 2], np.int64), fmin=np.array(np.finfo(np.float32).min, np.float32),
+                     zero=np.array(0.0, np.float32), alltrue=np.ones((1, 1, t, 1), bool),
+                     tt=np.array([1, 1, t, t], np.int64))
     nodes = [_n("Gather", ["emb", "ids"], "tok"), _n("Add", ["tok", "pos"], "x0"),
              _n("LayerNormalization", ["x0", "g1", "b1"], "h", axis=-1, epsilon=1e-5)]
     for p in "qkv":
@@ -45,6 +47,10 @@ def encoder_block(rng: np.random.Generator, t: int = 8, c: int = 16, heads: int 
               _n("MatMul", ["q4", "kT"], "s"), _n("Div", ["s", "sqd"], "s2")]
     if mask in ("causal", "inf"):
         nodes += [_n("Add", ["s2", "mask"], "s3")]
+    elif mask == "where":  # transformers 5: Where(Expand(And(true, Cast<bool>(mask))), 0, finfo.min)
+        nodes += [_n("Cast", ["attention_mask"], "mb0", to=TensorProto.BOOL), _n("Unsqueeze", ["mb0", "ax12"], "mb1"),
+                  _n("And", ["alltrue", "mb1"], "mb2"), _n("Expand", ["mb2", "tt"], "mb3"),
+                  _n("Where", ["mb3", "zero", "fmin"], "mb"), _n("Add", ["s2", "mb"], "s3")]
     elif mask == "input":
         nodes += [_n("Unsqueeze", ["attention_mask", "ax12"], "mu4"), _n("Cast", ["mu4"], "mf", to=TensorProto.FLOAT),
                   _n("Sub", ["one", "mf"], "inv"), _n("Mul", ["inv", "fmin"], "mb"), _n("Add", ["s2", "mb"], "s3")]
@@ -67,7 +73,7 @@ def encoder_block(rng: np.random.Generator, t: int = 8, c: int = 16, heads: int 
               _n("LayerNormalization", ["x2", "g3", "b3"], "out", axis=-1)]
     nodes += list(extra_nodes)
     ins = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", t])]
-    if mask == "input":
+    if mask in ("input", "where"):
         ins.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", t]))
     g = helper.make_graph(nodes, "encoder", ins,
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],

@@ -380,11 +380,13 @@ def test_static_batch_when_the_graph_moves_the_batch_axis(tmp_path):
     assert _cos(lib.run(x), _ort(model, {"input": x})) > 0.99
 
 
-def test_encoder_block_input_mask(tmp_path):
-    """BERT's attention_mask input (int64 0/1): (1 - Cast(mask)) * finfo.min is applied in integers"""
+@pytest.mark.parametrize("spelling", ["input", "where"])
+def test_encoder_block_input_mask(tmp_path, spelling):
+    """BERT's attention_mask input (int64 0/1), as (1 - Cast(mask)) * finfo.min or as transformers 5's
+    Where(Expand(And(true, Cast<bool>(mask))), 0, finfo.min), is applied in integers"""
     pytest.importorskip("tvm")
     rng = np.random.default_rng(11)
-    model = encoder_block(rng, mask="input")
+    model = encoder_block(rng, mask=spelling)
 
     def feeds(n):
         lengths = rng.integers(2, 9, (n, 1))

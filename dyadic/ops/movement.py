@@ -211,13 +211,77 @@ def _import_concat(c):
 
 
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_BOOL = 9
 
 
-@importer("Cast", doc="to a float type: the values unchanged (an integer mask or id input made float)")
+@importer("Cast", doc="to a float type: the values unchanged (an integer mask or id input made float); to "
+                      "bool: x != 0 (a mask)")
 def _import_cast(c):
     from dyadic.core.graph import Node
 
+    if int(c.attrs.get("to", 0)) == _BOOL:
+        return [Node("ew", c.name, (c.inputs[0],), (c.outputs[0],), {"fn": "nonzero", "params": ()})]
     if int(c.attrs.get("to", 0)) not in _FLOAT_TYPES:
         c.fail(f"Cast to ONNX type {int(c.attrs.get('to', 0))} (an integer or bool) changes values; only casts "
                f"to float are supported")
     return [Node("reshape", c.name, (c.inputs[0],), (c.outputs[0],))]
+
+
+# --------------------------------------------------------------------------- expand (broadcast)
+def _expand(node, xs, out_shape=None):
+    shape = node.attrs["shape"]
+    x = xs[0]
+    return np.broadcast_to(x, (x.shape[0],) + tuple(shape[1:]) if shape[0] == -1 else tuple(shape))
+
+
+def _expand_lower(L, node, xs):
+    from tvm import relax
+
+    shape = list(node.attrs["shape"])
+    shape = [L.batch if d == -1 else int(d) for d in shape]
+    return L.emit(relax.op.broadcast_to(xs[0], shape))
+
+
+register_float(OpDef("expand", lambda n, xs: _expand(n, xs), None, passthrough=True))
+register_int(IntOpDef("expand", _expand, _expand_lower))
+
+
+@importer("Expand", doc="integer broadcast (not along the batch axis)")
+def _import_expand(c):
+    from dyadic.core.graph import Node
+
+    out = tuple(int(d) for d in c.shapes[c.outputs[0]])
+    if c.shapes[c.inputs[0]][0] != out[0] and not c.static_batch:
+        c.fail("expanding the batch axis is not supported")
+    return [Node("expand", c.name, (c.inputs[0],), (c.outputs[0],),
+                 {"shape": out if c.static_batch else (-1,) + out[1:]})]
+
+
+@importer("And", "Where", doc="of a mask: folded into the integer softmax (an attention mask chain)")
+def _import_mask_logic(c):
+    from dyadic.core.graph import Node
+
+    out = tuple(int(d) for d in c.shapes[c.outputs[0]])
+    shape = out if c.static_batch else (-1,) + out[1:]
+    if c.op == "And":
+        acts = c.activations
+        if len(acts) != 1:
+            c.fail("And of two activations is not supported")
+        other = np.asarray(c.consts[c.inputs[0] if c.inputs[1] == acts[0] else c.inputs[1]])
+        if not np.all(other):
+            c.fail("And with a constant that is not all true is not supported")
+        return [Node("expand", c.name, (acts[0],), (c.outputs[0],), {"shape": shape})]
+    if not (c.is_const(1) and c.is_const(2)) or c.is_const(0):
+        c.fail("only Where(activation condition, scalar constant, scalar constant) is supported")
+    c1, c2 = (np.asarray(c.consts[c.inputs[i]], np.float64) for i in (1, 2))
+    if c1.size != 1 or c2.size != 1:
+        c.fail("only scalar constant branches are supported")
+    x = c.inputs[0]
+    nodes, src = [], x
+    if tuple(c.shapes[x])[1:] != out[1:]:
+        src = f"{c.outputs[0]}/expand"
+        c.shapes[src] = out
+        nodes.append(Node("expand", f"{c.name}/expand", (x,), (src,), {"shape": shape}))
+    nodes.append(Node("ew", c.name, (src,), (c.outputs[0],),
+                      {"fn": "where", "params": (("c1", float(c1.ravel()[0])), ("c2", float(c2.ravel()[0])))}))
+    return nodes
