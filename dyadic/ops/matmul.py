@@ -10,7 +10,8 @@ Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
 
 `matmul` (float): y = alpha (a @ b) of two activations with numpy batching ([N, H, T, D] x
 [N, H, D, T]: Q·Kᵀ, attn·V); `passes/fold_batchnorm` folds a positive scalar factor (1/√d) into
-alpha. Quantized (`qmatmul`): int8/uint8 codes (wider inputs are requantized to 8 bits first),
+alpha. Quantized (`qmatmul`): integer codes (16-bit attention probabilities x int8 values where
+the int32 bound below holds; otherwise wider inputs are requantized to 8 bits first),
 acc = a_q @ b_q in int32, y = clip((acc M + 2^(S-1)) >> S) with M / 2^S ≈ alpha s_a s_b / s_y.
 Verifier: K max|a_q| max|b_q| < 2^31 (K the contracted length).
 
@@ -155,7 +156,11 @@ def _matmul_float(node, xs):
 def _quantize_matmul(ctx, node):
     from dyadic.core.graph import Node
 
-    a, b = narrow_input(ctx, node, 0), narrow_input(ctx, node, 1)
+    a, b = node.inputs
+    k = int(ctx.graph.shapes[a][-1])
+    amax = lambda t: max(abs(ctx.qp[t].lo), abs(ctx.qp[t].hi))  # noqa: E731
+    if k * amax(a) * amax(b) >= INT32_LIMIT:  # a 16-bit operand (probabilities) only where the int32 sum holds
+        a, b = narrow_input(ctx, node, 0), narrow_input(ctx, node, 1)
     q = ctx.qp[node.output] = ctx.out_q(node.output)
     m, s = dyadic(node.attrs.get("alpha", 1.0) * ctx.qp[a].scale * ctx.qp[b].scale / q.scale)
     ctx.nodes.append(Node("qmatmul", node.name, (a, b), node.outputs, ctx.clip_bounds(q, node.attrs.get("act")),
@@ -179,8 +184,7 @@ def _qmatmul_lower(L, node, xs):
 def _qmatmul_verify(graph, n) -> list[str]:
     a, b = n.inputs
     k = graph.shapes[a][-1]
-    out = [f"{n.name}: reads a {graph.qparams[t].bits}-bit input (8 bits at most)"
-           for t in (a, b) if graph.qparams[t].bits > 8]
+    out = []
     bound = k * _amax(graph, a) * _amax(graph, b)
     if bound >= INT32_LIMIT:
         out.append(f"{n.name}: int32 accumulator can overflow (K {k} x {_amax(graph, a)} x {_amax(graph, b)} "
