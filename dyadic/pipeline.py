@@ -20,7 +20,8 @@ from dyadic.core.graph import Graph
 from dyadic.core.verify import verify_float_graph, verify_integer_graph
 from dyadic.core.config import BitMode
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
-                           fuse_activations, fuse_unary, measure_costs, quantize_graph, round_weights)
+                           fuse_activations, fuse_layernorm, fuse_softmax_bias, fuse_unary, measure_costs,
+                           quantize_graph, round_weights, widen_residual)
 
 Pass = Callable[[Graph], Graph]
 
@@ -28,9 +29,12 @@ Pass = Callable[[Graph], Graph]
 def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: bool = False) -> list[tuple[str, Pass]]:
     mixed = mixed or config.bits is BitMode.MIXED
     return [
+        ("fuse_layernorm", fuse_layernorm),
         ("fold_batchnorm", fold_batchnorm),
+        ("fuse_softmax_bias", fuse_softmax_bias),
         ("fuse_unary", fuse_unary),
         ("fuse_activations", fuse_activations),
+        ("widen_residual", widen_residual),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
                                      quiet=config.quiet, method=config.calibration, percentile=config.percentile)),
         *([("estimate_sensitivity", partial(estimate_sensitivity, data=calib, samples=config.hessian_samples,

@@ -8,12 +8,16 @@ from .calibrate_ranges import calibrate_ranges
 from .estimate_sensitivity import estimate_sensitivity
 from .fold_batchnorm import fold_batchnorm
 from .fuse_activations import fuse_activations
+from .fuse_layernorm import fuse_layernorm
+from .fuse_softmax_bias import fuse_softmax_bias
 from .fuse_unary import fuse_unary
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
 from .round_weights import round_weights
+from .widen_residual import widen_residual
 
 __all__ = [
-    "fold_batchnorm", "fuse_unary", "fuse_activations", "calibrate_ranges", "estimate_sensitivity",
+    "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual",
+    "calibrate_ranges", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

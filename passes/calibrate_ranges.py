@@ -19,6 +19,8 @@ def calibrate_ranges(graph: Graph, data: dict[str, np.ndarray], batch_size: int 
                      quiet: bool = False, method: Calibration = Calibration.MINMAX,
                      percentile: float = 99.99) -> Graph:
     ranges: dict[str, tuple[float, float]] = {}
+    if graph.meta.get("static_batch"):  # a static-batch graph runs at its one batch size
+        batch_size = int(graph.shapes[graph.inputs[0]][0])
 
     def observe(name: str, v: np.ndarray) -> None:
         lo, hi = float(v.min()), float(v.max())

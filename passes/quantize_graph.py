@@ -64,7 +64,7 @@ def _scalar(v: int) -> np.ndarray:
 
 def wide_tensors(graph: Graph) -> set[str]:
     """Graph outputs and the tensors they are reshaped/sliced from: these stay 16-bit."""
-    wide = set(graph.outputs)
+    wide = set(graph.outputs) | set(graph.meta.get("wide", ()))  # + a 16-bit residual stream (`widen_residual`)
     for n in reversed(graph.nodes):
         if n.output in wide and (n.op in PASSTHROUGH_OPS and n.op != "concat"
                                  or n.op in FLOAT and FLOAT[n.op].passthrough):
@@ -98,8 +98,10 @@ def quantize_graph(graph: Graph) -> Graph:
             return activation_qparams(graph.ranges[t], OUTPUT_BITS, True)
         return activation_qparams(act_range(graph, t, 4 if t in a4 else 8), 4 if t in a4 else 8, signed)
 
+    from dyadic.ops.embedding import IDS_QPARAMS  # integer (token id) inputs pass through, not quantized
+
     for t in graph.inputs:
-        qp[t] = out_q(t)
+        qp[t] = IDS_QPARAMS if t in graph.meta.get("int_inputs", ()) else out_q(t)
     nodes: list[Node] = []
     for n in graph.nodes:
         try:

@@ -39,7 +39,14 @@ def round_weights(graph: Graph, rounding: Rounding = Rounding.NEAREST, weight_cl
                   quiet: bool = False) -> Graph:
     t0 = time.perf_counter()
     data = graph.meta.get("calib_data")
-    data_aware = (rounding is Rounding.ADAROUND or bias_correction) and data is not None
+    # the float simulation walks one float input at any batch; other graphs (token ids + mask inputs,
+    # a static-batch transformer) keep nearest rounding and their trained biases
+    simple = len(graph.inputs) == 1 and not graph.meta.get("static_batch")
+    if rounding is Rounding.ADAROUND and not simple:
+        from dyadic.core.errors import ModelError
+
+        raise ModelError("--rounding adaround needs a graph with one float input and a dynamic batch")
+    data_aware = (rounding is Rounding.ADAROUND or bias_correction) and data is not None and simple
     scales = {n.name: wq.weight_scales(n.params["W"], graph.bits[n.name][0], _clips(weight_clip, graph.bits[n.name][0]))
               for n in graph.weighted_nodes()}
     info: dict[str, dict] = {}

@@ -261,7 +261,7 @@ def test_new_ops_lower_for_arm_and_cuda():
             node("Resize", ["l", EMPTY, "sc"], "r", mode="linear", coordinate_transformation_mode="half_pixel"),
             node("ConvTranspose", ["r", "Wu"], "u", kernel_shape=[2, 2], strides=[2, 2]),
             node("PRelu", ["u", "sl"], "p"), node("Pad", ["p", "pp"], "pr", mode="reflect"),
-            node("ReduceMean", ["pr", "ax"], "m", keepdims=1), node("Sub", ["pr", "m"], "o")]
+            node("ReduceSum", ["pr", "ax"], "m", keepdims=1), node("Sub", ["pr", "m"], "o")]
     nodes, inits, in_shape = _wrap(rng, body, {"sc": f32([1, 1, 2, 2]), "Wu": f32(rng.normal(0, 0.4, (4, 4, 2, 2))),
                                                "sl": f32(np.full((4, 1, 1), 0.1)), "pp": i64(0, 0, 1, 1, 0, 0, 1, 1),
                                                "ax": i64(1)})

@@ -104,8 +104,9 @@ def test_import_pad(rng, opset, axes):
 def test_import_pad_nonzero_value_raises():
     m = make_model([node("Pad", ["input", "p", "v"], "mypad")],
                    {"p": i64(0, 1, 0, 0, 0, 2, 0, 0), "v": f32(1.0)}, outputs=("mypad",))
-    with pytest.raises(ModelError, match="non-zero pad value.*mypad"):
+    with pytest.raises(ModelError) as e:
         import_onnx(m)
+    assert "mypad" in str(e.value) and "non-zero pad value" in str(e.value)
 
 
 @pytest.mark.parametrize("opset,keepdims,axes", [(17, 0, [2, 3]), (17, 1, [3, 2]), (18, 1, [-1, -2]), (18, 0, [2, 3])])
@@ -128,13 +129,10 @@ def test_import_global_average_pool(rng):
     assert n.op == "mean_hw" and n.attrs == {"keepdims": 1}
 
 
-def test_import_reduce_mean_over_channels():
-    m = make_model([node("ReduceMean", ["input"], "out", axes=[1], keepdims=1)])
-    assert [n.op for n in import_onnx(m).nodes] == ["reduce"]
-
-
 def test_import_reduce_mean_over_batch_raises():
-    m = make_model([node("ReduceMean", ["input"], "out", axes=[0, 1], keepdims=1)])
+    """a mean over channels (or any non-batch axes) is an integer `qmean`; over the batch axis it is refused"""
+    import_onnx(make_model([node("ReduceMean", ["input"], "out", axes=[1], keepdims=1)]))
+    m = make_model([node("ReduceMean", ["input"], "out", axes=[0], keepdims=1)])
     with pytest.raises(ModelError, match="batch axis"):
         import_onnx(m)
 
@@ -222,12 +220,12 @@ def test_import_unsupported_ops_grouped_with_counts(rng):
     ([node("Conv", ["input", "W"], "out", name="sameconv", auto_pad="SAME_UPPER")], "W", "auto_pad"),
     ([node("AveragePool", ["input"], "out", name="ceilpool", kernel_shape=[2, 2], ceil_mode=1,
            count_include_pad=1)], None, "ceil_mode"),
-    ([node("Add", ["input", "k"], "out", name="constadd")], "k", "varies along axis"),
+    ([node("Add", ["input", "k"], "out", name="constadd")], "k", "varies along the batch axis"),
     ([node("Gemm", ["input", "W"], "out", name="gemmT", transA=1)], "G", "transA"),
     ([node("Relu", ["input"], "out", name="foreign", domain="com.example")], None, "domain"),
 ])
 def test_import_unsupported_attributes(rng, nodes, inits, what):
-    values = {"W": {"W": conv_w(rng, 4, 3)}, "k": {"k": f32(np.ones((1, 3, 8, 8)))},
+    values = {"W": {"W": conv_w(rng, 4, 3)}, "k": {"k": f32(np.ones((2, 3, 8, 8)))},
               "G": {"W": f32(np.ones((12, 5)))}, None: {}}[inits]
     m = make_model(nodes, values, in_shape=("N", 12) if inits == "G" else ("N", 3, 8, 8))
     with pytest.raises(ModelError) as e:

@@ -29,7 +29,9 @@ class _Lowerer:
         self.g = graph
         self.target = target
         self.bb = relax.BlockBuilder()
-        self.batch = tvm.tirx.Var("n", "int64")
+        # the batch: symbolic (one library for any batch), or fixed in a static-batch graph
+        self.static = bool(graph.meta.get("static_batch"))
+        self.batch = int(graph.shapes[graph.inputs[0]][0]) if self.static else tvm.tirx.Var("n", "int64")
         # --- dyadic.kernels: fused target-specific kernels (x86 VNNI), None = generic ops only ---
         from dyadic.backend import kernels
         self.kernels = kernels.for_lowerer(self)
@@ -113,13 +115,14 @@ class _Lowerer:
             end = [e if e >= 0 else -(2 ** 31) for e in end]  # past the front for negative steps
             return self.emit(relax.op.strided_slice(x, list(axes), list(begin), end, list(step)))
         if op in ("reshape", "flatten"):
-            shape = [self.batch] + [int(d) for d in self.g.shapes[n.output][1:]]
+            shape = [int(d) for d in self.g.shapes[n.output]] if self.static else \
+                [self.batch] + [int(d) for d in self.g.shapes[n.output][1:]]
             return self.emit(relax.op.reshape(x, shape))
         raise NotImplementedError(op)
 
     def run(self) -> tvm.IRModule:
         g = self.g
-        params = [relax.Var(t, relax.TensorType(shape=[self.batch] + list(g.shapes[t][1:]), dtype=g.dtypes[t]))
+        params = [relax.Var(t, relax.TensorType(shape=(list(g.shapes[t]) if self.static else [self.batch] + list(g.shapes[t][1:])), dtype=g.dtypes[t]))
                   for t in g.inputs]
         with self.bb.function("main", params):
             with self.bb.dataflow():

@@ -90,4 +90,7 @@ def pad_nd(x, pads) -> np.ndarray:
 
 
 def reshape_batch(x, shape) -> np.ndarray:
+    """Reshape keeping the batch (shape[0] == -1), or to the static shape of a static-batch graph."""
+    if shape and shape[0] != -1:
+        return x.reshape(tuple(shape))
     return x.reshape((x.shape[0],) + tuple(shape[1:]))

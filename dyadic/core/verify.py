@@ -47,9 +47,13 @@ def verify_integer_graph(graph: Graph, after: str) -> None:
             if graph.dtypes.get(t) not in INT_DTYPES:
                 problems.append(f"{n.name}: tensor {t} has dtype {graph.dtypes.get(t)}")
         p = n.params
+        if n.op in TABLE_INT and TABLE_INT[n.op].verify is not None:  # the op table's own bounds
+            problems += TABLE_INT[n.op].verify(graph, n)
         if "M" in p:
             m, s = np.asarray(p["M"]), np.asarray(p["S"])
-            if m.min() <= 0 or m.max() >= INT32_LIMIT or s.min() < 1 or s.max() > 62:
+            # a sum's operand may get M = 0: it is below half an output step (ConvNeXt's 1e-6 layer scale)
+            zero_ok = n.op in ("qadd", "qbinary") and m.max() > 0
+            if (m.min() < 0 if zero_ok else m.min() <= 0) or m.max() >= INT32_LIMIT or s.min() < 1 or s.max() > 62:
                 problems.append(f"{n.name}: rescale is not dyadic (M in [{m.min()}, {m.max()}], S in [{s.min()}, {s.max()}])")
         if n.op in ("qconv", "qdense"):
             w = p["W"].astype(np.int64).reshape(p["W"].shape[0], -1)

