@@ -22,6 +22,7 @@ from onnx import numpy_helper, shape_inference
 
 from dyadic.core.errors import ModelError
 from dyadic.core.graph import Graph, Node
+from dyadic.frontend import validate
 from dyadic.frontend.normalize import normalize
 from dyadic.ops import IMPORTERS, ImportContext
 
@@ -37,8 +38,7 @@ def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise ModelError(f"model file {path!r} does not exist")
+    validate.check_model_path(path)
     try:
         return onnx.load(path)
     except Exception as e:  # protobuf raises several unrelated types
@@ -102,7 +102,10 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ModelError(f"model opset {opset} is outside the supported range "
                          f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+    validate.check_raw(mp)
+    declared = validate.declared_outputs(mp)
     mp = normalize(mp, input_shapes)
+    validate.check_normalized(mp, declared)
     g = mp.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     shapes = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
