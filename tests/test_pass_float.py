@@ -75,23 +75,39 @@ def test_fold_batchnorm_dense(rng):
     np.testing.assert_allclose(execute(folded, {"input": x})["out"], run_ort(m, x), rtol=1e-5, atol=1e-5)
 
 
-def test_fold_batchnorm_after_non_conv_raises(rng):
-    m = make_model([node("Relu", ["input"], "r"), _bn("r", "out", name="lonely_bn")], _bn_inits(rng, 3))
-    with pytest.raises(ModelError, match="lonely_bn"):
-        fold_batchnorm(import_onnx(m))
+def _unfoldable_cases(rng):
+    yield "lonely_bn", make_model([node("Relu", ["input"], "r"), _bn("r", "out", name="lonely_bn")], _bn_inits(rng, 3))
+    yield "input_bn", make_model([_bn("input", "out", name="input_bn")], _bn_inits(rng, 3))
+    yield "shared_bn", make_model([node("Conv", ["input", "W"], "c", pads=[1, 1, 1, 1]), _bn("c", "b", name="shared_bn"),
+                                   node("Add", ["c", "b"], "out")], {"W": conv_w(rng, 3, 3), **_bn_inits(rng, 3)})
 
 
-def test_fold_batchnorm_on_graph_input_raises(rng):
-    m = make_model([_bn("input", "out", name="input_bn")], _bn_inits(rng, 3))
-    with pytest.raises(ModelError, match="input_bn"):
-        fold_batchnorm(import_onnx(m))
+def test_fold_batchnorm_unfoldable_becomes_affine(rng):
+    """A BN after a non-conv, on the graph input, or on a conv output with other readers stays as
+    a per-channel affine y = A x + B with A = gamma / sqrt(var + eps), B = beta - A mean."""
+    for name, m in _unfoldable_cases(rng):
+        g = fold_batchnorm(import_onnx(m))
+        (bn,) = [n for n in g.nodes if n.name == name]
+        assert bn.op == "affine", name
+        inits = {t.name: np.frombuffer(t.raw_data, np.float32) if t.raw_data else np.array(t.float_data, np.float32)
+                 for t in m.graph.initializer}
+        a = inits["bn.g"] / np.sqrt(inits["bn.v"] + 1e-5)
+        np.testing.assert_allclose(bn.params["A"], a, rtol=1e-6)
+        np.testing.assert_allclose(bn.params["B"], inits["bn.b"] - a * inits["bn.m"], rtol=1e-5, atol=1e-7)
+        x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(execute(g, {"input": x})["out"], run_ort(m, x), rtol=1e-4, atol=1e-5)
 
 
-def test_fold_batchnorm_conv_with_two_readers_raises(rng):
-    m = make_model([node("Conv", ["input", "W"], "c", pads=[1, 1, 1, 1]), _bn("c", "b", name="shared_bn"),
-                    node("Add", ["c", "b"], "out")], {"W": conv_w(rng, 3, 3), **_bn_inits(rng, 3)})
-    with pytest.raises(ModelError, match="shared_bn"):
-        fold_batchnorm(import_onnx(m))
+def test_fold_affine_chain_into_conv(rng):
+    """conv -> Add(per-channel bias) -> BN -> Mul(scalar): all three fold into the conv (paddle2onnx)."""
+    m = make_model([node("Conv", ["input", "W"], "c", pads=[1, 1, 1, 1]), node("Add", ["c", "cb"], "cbias"),
+                    _bn("cbias", "b"), node("Mul", ["b", "k"], "out")],
+                   {"W": conv_w(rng, 4, 3), "cb": f32(rng.normal(0, 0.1, (1, 4, 1, 1))), **_bn_inits(rng, 4),
+                    "k": f32(0.5)})
+    g = fold_batchnorm(import_onnx(m))
+    assert [n.op for n in g.nodes] == ["conv"]
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(execute(g, {"input": x})["out"], run_ort(m, x), rtol=1e-4, atol=1e-5)
 
 
 def test_fold_batchnorm_two_bns_in_a_chain(rng):

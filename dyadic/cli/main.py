@@ -19,6 +19,12 @@ def _add_norm(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", help="per-channel std of pixel/255, comma-separated (e.g. 0.229,0.224,0.225)")
 
 
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=None, metavar="NAME:D0,D1,...",
+                   help="pin the dims of a model input (repeatable), e.g. x:1,3,48,192; needed where the file "
+                        "declares dynamic spatial dims. A dynamic batch dim stays dynamic in the library")
+
+
 def _add_bits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", choices=[m.value for m in BitMode], default="8",
                    help="8: every layer W8A8 (default); 4: every layer W4A4 except the pinned first/last; "
@@ -49,8 +55,11 @@ def _config(a, target: str):
         parse_address(rpc)
         if a.bits != "mixed":
             raise DyadicError("--rpc times layers for --bits mixed; to run a build on a board use `dyadic run --rpc`")
+    from dyadic.core.config import parse_input_shapes
+
     return CompileConfig(target=target, bits=BitMode(a.bits), budgets=budgets, pin_first_last=not a.free_first_last,
-                         hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc)
+                         hessian_samples=a.hessian_samples, quiet=a.quiet, rpc=rpc,
+                         input_shapes=parse_input_shapes(getattr(a, "input_shape", None)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="mixed: time each layer's kernel on the --target device through the TVM RPC server at "
                         "HOST:PORT (a board or GPU box) instead of using a cost model")
     _add_norm(c)
+    _add_input_shape(c)
     _add_bits(c)
     from dyadic.cli.sweep import add_parser as add_sweep
     add_sweep(sub, _add_norm)
@@ -108,7 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--threads", type=int, default=None,
                    help="threads of a build (default: the physical cores, or $TVM_NUM_THREADS)")
+    e.add_argument("--vs", default=None, metavar="MODEL.onnx",
+                   help="also run the same inputs through this ONNX model in onnxruntime fp32 and report top-1 "
+                        "agreement and logit cosine (no labels needed)")
     _add_norm(e)
+    _add_input_shape(e)
     from dyadic.cli import bench  # `dyadic bench`: parser and command live in dyadic/cli/bench.py
     bench.add_subparser(sub)
     return ap
@@ -131,7 +145,7 @@ def cmd_compile(a) -> int:
     model = load_model_arg(a.model, a.image_size)
     calib, source = None, ""
     if a.calib:
-        shapes = input_shapes(import_onnx(model))
+        shapes = input_shapes(import_onnx(model, dict(config.input_shapes)))
         calib, _ = load_npz(a.calib, shapes, Normalize.parse(a.mean, a.std), a.calib_count)
         source = os.path.abspath(a.calib)
     res = dyadic.compile(model, a.output, calib, config, calib_source=source)
@@ -166,20 +180,33 @@ def cmd_run(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    from dyadic.core.config import parse_input_shapes
     from dyadic.frontend.data import Normalize, load_npz
-    from dyadic.cli.evaluate import evaluate
+    from dyadic.cli.evaluate import agreement, evaluate
 
     norm = Normalize.parse(a.mean, a.std)
-    runner, shapes = _runner(a.model, a.threads)
+    pinned = dict(parse_input_shapes(a.input_shape))
+    runner, shapes, batch = _runner(a.model, a.threads, pinned)
     x, y = load_npz(a.data, shapes, norm, a.limit)
+    batch = batch or a.batch
+    if a.vs:
+        peer, peer_shapes, peer_batch = _runner(a.vs, a.threads, pinned or shapes)
+        if any(tuple(peer_shapes.get(k, ())[1:]) != tuple(s[1:]) for k, s in shapes.items()):
+            raise DyadicError(f"{a.vs} takes inputs {peer_shapes}, the build takes {shapes}: not the same model")
+        r = agreement(runner, peer, x, peer_batch or batch, quiet=a.quiet)
+        print(f"vs {a.vs} (onnxruntime fp32): top-1 agreement {100.0 * r['agree']:.2f}%, logit cosine mean "
+              f"{r['cos_mean']:.5f} min {r['cos_min']:.5f} ({r['n']} inputs)")
+        if y is None:
+            return 0
     if y is None:
-        raise DyadicError(f"{a.data} has no 'labels' array: eval needs labels")
-    correct, n = evaluate(runner, x, y, a.batch, quiet=a.quiet)
+        raise DyadicError(f"{a.data} has no 'labels' array: eval needs labels (or --vs MODEL.onnx to compare)")
+    correct, n = evaluate(runner, x, y, batch, quiet=a.quiet)
     print(f"top1 {100.0 * correct / n:.2f}% ({n} images)")
     return 0
 
 
-def _runner(path: str, threads: int | None = None):
+def _runner(path: str, threads: int | None = None, pinned: dict | None = None):
+    """(run(inputs) -> first output, {input: shape}, the batch the model requires or None)."""
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
@@ -187,15 +214,26 @@ def _runner(path: str, threads: int | None = None):
             sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise DyadicError(f"onnxruntime cannot load {path!r}: {e}") from None
-        shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in sess.get_inputs()}
-        return (lambda xs: sess.run(None, xs)[0]), shapes
+        shapes = {}
+        for i in sess.get_inputs():
+            dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in i.shape)
+            want = (pinned or {}).get(i.name)
+            if want is not None:
+                dims = (dims[0],) + tuple(want[1:]) if len(want) == len(dims) else dims
+            if any(d < 0 for d in dims[1:]):
+                raise DyadicError(f"{path}: input {i.name!r} has dynamic dims {list(i.shape)}: pin them with "
+                                  f"--input-shape {i.name}:" + ",".join(str(d) if isinstance(d, int) else "D"
+                                                                        for d in i.shape))
+            shapes[i.name] = dims
+        fixed = {d[0] for d in shapes.values() if d[0] > 0}
+        return (lambda xs: sess.run(None, xs)[0]), shapes, (fixed.pop() if len(fixed) == 1 else None)
     import dyadic
 
     try:
         m = dyadic.load(path, threads)
     except FileNotFoundError as e:
         raise DyadicError(str(e)) from None
-    return (lambda xs: m.run(xs)), {i["name"]: tuple(i["shape"]) for i in m.inputs}
+    return (lambda xs: m.run(xs)), {i["name"]: tuple(i["shape"]) for i in m.inputs}, None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,26 @@ class Budgets:
         return [(k, b) for k, b in (("latency", self.latency), ("memory", self.memory), ("bops", self.bops)) if b]
 
 
+def parse_input_shapes(specs: list[str] | None) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """`NAME:D0,D1,...` strings (the CLI's repeatable --input-shape) -> ((name, dims), ...)."""
+    from dyadic.core.errors import DyadicError
+
+    out: dict[str, tuple[int, ...]] = {}
+    for s in specs or []:
+        name, sep, dims = s.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise DyadicError(f"--input-shape {s!r}: give NAME:D0,D1,... with positive integer dims, "
+                              f"e.g. x:1,3,224,224")
+        if name in out:
+            raise DyadicError(f"--input-shape names input {name!r} twice")
+        out[name] = shape
+    return tuple(out.items())
+
+
 @dataclass(frozen=True)
 class CompileConfig:
     target: str = "host"          #: a preset name from `dyadic.targets.PRESETS`

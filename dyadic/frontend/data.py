@@ -4,6 +4,10 @@ Two layouts are accepted:
   * `images` (uint8, [N, H, W, C], RGB) with optional `labels`: converted to the model's NCHW float
     input as (pixels / 255 - mean) / std per channel;
   * arrays keyed by the model's input names, already preprocessed (float, the model's shape).
+
+A model whose input is itself named `images` (many YOLO exports) is unambiguous by this rule: the
+keyed reading wins whenever every model input has an array of its name whose dtype is not uint8 and
+whose shape fits the input ([N, *dims]); otherwise an `images` array is read as uint8 NHWC pictures.
 """
 from __future__ import annotations
 
@@ -47,7 +51,9 @@ def load_npz(path: str, input_shapes: dict[str, tuple[int, ...]], norm: Normaliz
     arrays = open_npz(path)
     labels = arrays.get("labels")
     sl = slice(0, limit)
-    if "images" in arrays:
+    keyed = all(k in arrays and arrays[k].dtype != np.uint8 and arrays[k].ndim == len(s)
+                and arrays[k].shape[1:] == tuple(s[1:]) for k, s in input_shapes.items())
+    if "images" in arrays and not keyed:
         if len(input_shapes) != 1:
             raise DataError(f"{path}: 'images' can only feed a model with one input; the model has "
                             f"{list(input_shapes)}: key the arrays by input name instead")

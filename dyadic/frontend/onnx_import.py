@@ -27,11 +27,19 @@ from dyadic.frontend.normalize import normalize
 from dyadic.ops import IMPORTERS, ImportContext
 
 OPSET_RANGE = (7, 21)
-SUPPORTED = frozenset({
-    "Conv", "BatchNormalization", "Relu", "Clip", "Add", "Gemm", "MatMul", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Concat", "Pad", "Slice", "Identity",
-    "Dropout", "Constant",
-})
+#: the older rules of this module, op type -> how it runs (the README's op table lists these too)
+LEGACY_DOCS = {
+    "Conv": "int8/int4 per-channel weights, int32 accumulation, dyadic requant (dyadic's CPU kernels)",
+    "BatchNormalization": "folded into the conv/dense before it, else a per-channel dyadic affine",
+    "Relu": "clip bounds of the producer's requant", "Clip": "clip bounds of the producer's requant",
+    "Gemm": "int8 dense with constant weights (transA=0)", "MatMul": "int8 dense with constant weights",
+    "MaxPool": "integer max (ceil_mode as end padding)", "AveragePool": "integer window sum + dyadic divide",
+    "GlobalAveragePool": "integer sum + dyadic divide", "ReduceMean": "integer sum over H, W + dyadic divide",
+    "Flatten": "integer reshape", "Reshape": "integer reshape (batch axis fixed)",
+    "Concat": "scales aligned by dyadic requants, any non-batch axis", "Pad": "constant 0 padding",
+    "Slice": "integer slice with steps", "Identity": "removed", "Dropout": "removed (inference)",
+}
+SUPPORTED = frozenset(LEGACY_DOCS) | {"Constant"}
 
 
 def _load(model) -> onnx.ModelProto:
@@ -82,14 +90,14 @@ def _dims(vi) -> tuple:
 
 
 def _group(problems: list[tuple[str, str, str]]) -> str:
-    """'OpType: reason xN (first, node, names)' lines, grouped, under ~2,000 characters."""
+    """'OpType xN (first, node, names): reason' lines, grouped, under ~2,000 characters."""
     groups: dict[tuple[str, str], list[str]] = {}
     for op, reason, name in problems:
         groups.setdefault((op, reason), []).append(name)
     lines = []
     for (op, reason), names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        lines.append(f"{op}: {reason} x{len(names)} ({shown})")
+        lines.append(f"{op} x{len(names)} ({shown}): {reason}")
     text = "; ".join(lines[:12]) + (f"; and {len(lines) - 12} more groups" if len(lines) > 12 else "")
     return text if len(text) <= 1900 else text[:1900] + " ..."
 

@@ -1,0 +1,90 @@
+"""The command line on exported graphs: --input-shape, eval --vs, the data-file layout rule, ppocr."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from _tiny_onnx import bias, conv_w, make_model, node
+
+from dyadic.cli.main import main
+
+from conftest import shared_path
+
+PPOCR = shared_path("models", "ppocr_textline_cls.onnx")
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def _dynamic_hw_model(tmp_path, name="x"):
+    rng = np.random.default_rng(0)
+    m = make_model([node("Conv", [name, "W", "B"], "c", pads=[1, 1, 1, 1]), node("HardSwish", ["c"], "h"),
+                    node("GlobalAveragePool", ["h"], "g"), node("Flatten", ["g"], "out")],
+                   {"W": conv_w(rng, 4, 3), "B": bias(rng, 4)}, in_shape=("N", 3, "H", "W"), input_name=name)
+    p = tmp_path / "dyn.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def test_input_shape_pins_dynamic_dims_and_vs_compares(tmp_path, capsys):
+    model = _dynamic_hw_model(tmp_path)
+    code, _, err = _run(["compile", str(model), "-o", str(tmp_path / "b0"), "--quiet"], capsys)
+    assert code == 2 and "--input-shape x:N,3,H,W" in err and not (tmp_path / "b0").exists()
+    out = tmp_path / "b"
+    code, stdout, err = _run(["compile", str(model), "-o", str(out), "--input-shape", "x:1,3,12,16", "--quiet"], capsys)
+    assert code == 0, err
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).normal(size=(40, 3, 12, 16)).astype(np.float32))
+    code, stdout, err = _run(["eval", str(out), "--data", str(data), "--vs", str(model), "--quiet"], capsys)
+    assert code == 0, err
+    line = stdout.strip().splitlines()[-1]
+    assert "top-1 agreement" in line and "(40 inputs)" in line
+    cos = float(line.split("logit cosine mean ")[1].split()[0])
+    assert 0.98 < cos <= 1.0
+    code, stdout, err = _run(["eval", str(model), "--data", str(data), "--quiet"], capsys)
+    assert code == 2 and "--input-shape" in err
+
+
+@pytest.mark.parametrize("spec", ["x", "x:1,3,a,4", ":1,2", "x:0,3,4,4"])
+def test_bad_input_shape_flag(tmp_path, capsys, spec):
+    model = _dynamic_hw_model(tmp_path)
+    code, _, err = _run(["compile", str(model), "-o", str(tmp_path / "b"), "--input-shape", spec], capsys)
+    assert code == 2 and "--input-shape" in err and not (tmp_path / "b").exists()
+
+
+def test_input_named_images_reads_keyed_float_array(tmp_path, capsys):
+    """A model input called `images` (YOLO exports): a float NCHW array of that name is the input itself,
+    a uint8 NHWC one is pictures to normalize."""
+    from dyadic.frontend.data import Normalize, load_npz
+
+    x = np.random.default_rng(2).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    p = tmp_path / "k.npz"
+    np.savez(p, images=x)
+    got, _ = load_npz(str(p), {"images": (-1, 3, 8, 8)})
+    np.testing.assert_array_equal(got["images"], x)
+    pics = np.random.default_rng(3).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    np.savez(p, images=pics)
+    got, _ = load_npz(str(p), {"images": (-1, 3, 8, 8)}, Normalize((0.5,) * 3, (0.5,) * 3))
+    np.testing.assert_allclose(got["images"], (pics.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5, atol=1e-6)
+
+
+@pytest.mark.skipif(not __import__("os").path.isfile(PPOCR), reason="../shared (ppocr model) is not beside the checkout")
+def test_ppocr_textline_cls_compiles_from_the_file(tmp_path, capsys):
+    """The real PaddleOCR classifier (opset 11, dynamic H/W, HardSigmoid SE, hard-swish spelled out)."""
+    out = tmp_path / "b"
+    code, stdout, err = _run(["compile", PPOCR, "-o", str(out), "--input-shape", "x:1,3,48,192", "--calib",
+                              shared_path("data", "textlines_calib.npz"), "--mean", "0.5,0.5,0.5", "--std",
+                              "0.5,0.5,0.5", "--quiet"], capsys)
+    assert code == 0, err
+    assert "bit-exact vs int64 reference: yes" in stdout
+    code, stdout, err = _run(["eval", str(out), "--data", shared_path("data", "textlines_test.npz"), "--limit", "300",
+                              "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--vs", PPOCR, "--quiet"], capsys)
+    assert code == 0, err
+    lines = stdout.strip().splitlines()
+    agree = float(lines[-2].split("top-1 agreement ")[1].split("%")[0])
+    top1 = float(lines[-1].split()[1].rstrip("%"))
+    assert agree >= 97.0 and top1 >= 97.0, stdout
