@@ -154,8 +154,8 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -
     if missing:
         raise ModelError(f"shape inference left tensors without a static shape: {missing[:10]}")
     dtypes = {t: "float32" for t in shapes}
-    return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes, dtypes=dtypes,
-                 meta={"opset": opset, "producer": mp.producer_name})
+    return validate.check_graph(Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes,
+                                      dtypes=dtypes, meta={"opset": opset, "producer": mp.producer_name}))
 
 
 def _ceil_pads(in_hw, out_hw, k, strides, pads) -> tuple:

@@ -119,7 +119,9 @@ def _raise(problems: list[str], what: str) -> None:
 
 def check_raw(mp: onnx.ModelProto) -> None:
     """Structure, initializers, finiteness and the ONNX checker, on the model as loaded."""
+    _check_text(mp)
     g = mp.graph
+    _check_dims(g)
     if not g.node:
         raise ModelError("the model's graph has no nodes")
     if not g.output:
@@ -167,6 +169,43 @@ def _checker(mp: onnx.ModelProto) -> None:
     except Exception as e:  # ValidationError, InferenceError, and protobuf errors of a damaged model
         msg = " ".join(str(e).split())
         raise ModelError(f"the ONNX checker refuses the model: {msg[:1200]}") from None
+
+
+def _check_text(mp: onnx.ModelProto) -> None:
+    """Every name in the model is valid UTF-8 (protobuf raises UnicodeDecodeError on first read)."""
+    def enc(v):
+        if isinstance(v, bytes):  # upb hands back bytes for a string field that is not UTF-8
+            raise UnicodeDecodeError("utf-8", v, 0, len(v), "invalid UTF-8 in a string field")
+        if isinstance(v, str):
+            v.encode("utf-8")
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                enc(x)
+
+    try:
+        g = mp.graph
+        enc([mp.producer_name, mp.domain, g.name, [o.domain for o in mp.opset_import],
+             [(p.key, p.value) for p in mp.metadata_props]])
+        for n in g.node:
+            enc([n.name, n.op_type, n.domain, list(n.input), list(n.output), [a.name for a in n.attribute],
+                 [a.ref_attr_name for a in n.attribute]])
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            enc([vi.name, [d.dim_param for d in vi.type.tensor_type.shape.dim]])
+        for t in g.initializer:
+            enc([t.name, [(e.key, e.value) for e in t.external_data]])
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise ModelError("the model holds names that are not valid UTF-8 text: the file is damaged") from None
+
+
+def _check_dims(g: onnx.GraphProto) -> None:
+    """No negative dims in declared shapes (onnx's C++ shape inference asserts on some of them)."""
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if any(d < 0 for d in dims):
+            raise ModelError(f"tensor {vi.name!r} declares a negative dimension {dims}")
+    for t in g.initializer:
+        if any(d < 0 for d in t.dims):
+            raise ModelError(f"initializer {t.name!r} has a negative dimension {list(t.dims)}")
 
 
 def _ints(node, a: dict, key: str, problems: list[str], n: int | None = None, low: int | None = None):
@@ -297,6 +336,14 @@ def check_normalized(mp: onnx.ModelProto, declared_outputs: dict[str, tuple] | N
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
             problems.append(f"{n.name} ({n.op_type}): malformed ({type(e).__name__}: {e})")
     _raise(problems, "the model cannot be compiled")
+    produced = {o for n in g.node for o in n.output}
+    inputs = {vi.name for vi in g.input}
+    for o in g.output:
+        if o.name not in produced:
+            problems.append(f"output {o.name!r} is " + ("a graph input" if o.name in inputs else
+                            "a constant (it does not depend on the model's input)" if o.name in consts else
+                            "not produced by any node"))
+    _raise(problems, "the model cannot be compiled")
     for name, want in (declared_outputs or {}).items():
         got = shapes.get(name)
         if got is None or not want:
@@ -314,3 +361,23 @@ def declared_outputs(mp: onnx.ModelProto) -> dict[str, tuple]:
         if vi.type.HasField("tensor_type") and tt.HasField("shape"):
             out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
     return out
+
+
+def check_graph(graph):
+    """The imported float graph is wired: every node reads the graph input or an earlier node's output,
+    every graph output is computed, and the model's input is used. Returns the graph."""
+    avail = set(graph.inputs)
+    problems = []
+    for n in graph.nodes:
+        missing = [t for t in n.inputs if t not in avail]
+        if missing:
+            problems.append(f"{n.name} ({n.op}) reads {missing}, which no earlier node computes from the input")
+        avail.update(n.outputs)
+    problems += [f"output {o!r} is not computed from the model's input" for o in graph.outputs if o not in avail
+                 or o in graph.inputs]
+    if not graph.nodes or not graph.outputs:
+        problems.append("nothing is left to compute (no nodes or no outputs)")
+    used = {t for n in graph.nodes for t in n.inputs}
+    problems += [f"input {t!r} is not used by any node" for t in graph.inputs if t not in used]
+    _raise(problems, "the model cannot be compiled")
+    return graph
