@@ -130,6 +130,15 @@ def check_raw(mp: onnx.ModelProto) -> None:
     if not [vi for vi in g.input if vi.name not in inits]:
         raise ModelError("the model's graph has no (non-constant) inputs")
     problems: list[str] = []
+    for vi in g.input:
+        if vi.name not in inits and vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+            et = vi.type.tensor_type.elem_type
+            problems.append(f"input {vi.name!r} is {TensorProto.DataType.Name(et) if et in TensorProto.DataType.values() else et}"
+                            ", but dyadic compiles models with float32 inputs")
+    for vi in g.output:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == TensorProto.UNDEFINED:
+            problems.append(f"output {vi.name!r} declares no element type (UNDEFINED)")
+    _raise(problems, "the model's inputs or outputs are not usable")
     for t in g.initializer:
         _check_initializer(t, problems)
     _raise(problems, "the model's weights are malformed")
@@ -203,6 +212,9 @@ def _check_dims(g: onnx.GraphProto) -> None:
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
         if any(d < 0 for d in dims):
             raise ModelError(f"tensor {vi.name!r} declares a negative dimension {dims}")
+    for vi in g.input:
+        if any(d.HasField("dim_value") and d.dim_value == 0 for d in vi.type.tensor_type.shape.dim):
+            raise ModelError(f"input {vi.name!r} declares an empty (0) dimension")
     for t in g.initializer:
         if any(d < 0 for d in t.dims):
             raise ModelError(f"initializer {t.name!r} has a negative dimension {list(t.dims)}")
