@@ -158,6 +158,8 @@ def check_raw(mp: onnx.ModelProto) -> None:
             if a.type == onnx.AttributeProto.FLOAT and not math.isfinite(a.f) and n.op_type != "Constant":
                 problems.append(f"{n.name or n.output[0]} ({n.op_type}): attribute {a.name} is {a.f}")
     _raise(problems, "the model has non-finite attributes")
+    _nodes(g, {vi.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
+               for vi in list(g.input) + list(g.value_info) if vi.type.tensor_type.HasField("shape")}, problems)
     _checker(mp)
 
 
@@ -310,6 +312,34 @@ def _check_node(n, shapes: dict, consts: dict, problems: list[str]) -> None:
             problems.append(f"{n.name} ({op}): axis {a['axis']} out of range for rank {r}")
 
 
+def _nodes(g: onnx.GraphProto, shapes: dict, problems: list[str], consts: dict | None = None) -> None:
+    """dyadic's attribute checks of every node (see the module docstring); raises on any problem."""
+    from onnx import numpy_helper
+
+    if consts is None:
+        consts = {}
+        for t in g.initializer:
+            try:
+                consts[t.name] = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001  (reported by the initializer checks)
+                pass
+    for i, n in enumerate(g.node):
+        try:
+            if not n.name:
+                n = _named(n, i)
+            _check_node(n, shapes, consts, problems)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+            problems.append(f"{n.name} ({n.op_type}): malformed ({type(e).__name__}: {e})")
+    _raise(problems, "the model cannot be compiled")
+
+
+def _named(n, i: int):
+    m = onnx.NodeProto()
+    m.CopyFrom(n)
+    m.name = f"{n.op_type}_{i}"
+    return m
+
+
 def check_normalized(mp: onnx.ModelProto, declared_outputs: dict[str, tuple] | None = None) -> None:
     """Size guard, per-op attribute checks and declared-vs-inferred output shapes (see the module
     docstring), on the normalized model. Raises ModelError listing the problems."""
@@ -342,12 +372,7 @@ def check_normalized(mp: onnx.ModelProto, declared_outputs: dict[str, tuple] | N
         shapes.setdefault(name, tuple(v.shape))
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
             problems.append(f"{_where(name)} (folded) has non-finite values (NaN or Inf)")
-    for n in g.node:
-        try:
-            _check_node(n, shapes, consts, problems)
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-            problems.append(f"{n.name} ({n.op_type}): malformed ({type(e).__name__}: {e})")
-    _raise(problems, "the model cannot be compiled")
+    _nodes(g, shapes, problems, consts)
     produced = {o for n in g.node for o in n.output}
     inputs = {vi.name for vi in g.input}
     for o in g.output:
