@@ -142,7 +142,7 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -
             nodes.append(_convert(n, name, ins, consts, shapes))
         except ModelError as e:
             problems.append((n.op_type, str(e).removeprefix(f"{name} ({n.op_type}): "), name))
-        except (KeyError, IndexError, ValueError, TypeError) as e:
+        except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError, AttributeError) as e:
             problems.append((n.op_type, f"malformed node ({type(e).__name__}: {e})", name))
     if problems:
         raise ModelError("the model cannot be compiled: " + _group(problems) + ". Supported ONNX ops: "

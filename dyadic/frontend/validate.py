@@ -273,8 +273,18 @@ def _check_node(n, shapes: dict, consts: dict, problems: list[str]) -> None:
             return
         k = _ints(n, a, "kernel_shape", problems, sp, 1)
         _ints(n, a, "strides", problems, sp, 1)
-        _ints(n, a, "dilations", problems, sp, 1)
+        dil = _ints(n, a, "dilations", problems, sp, 1)
         pads = _ints(n, a, "pads", problems, 2 * sp, 0)
+        if k is None and w is not None:
+            k = tuple(int(v) for v in w.shape[2:])
+        if k and x and len(x) == sp + 2 and a.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"):
+            p = pads or (0,) * (2 * sp)
+            d = dil or (1,) * sp
+            for j in range(sp):
+                if x[2 + j] > 0 and x[2 + j] + p[j] + p[sp + j] < (k[j] - 1) * d[j] + 1:
+                    problems.append(f"{n.name} ({op}): the {k[j]}-wide window (dilation {d[j]}) is larger than the "
+                                    f"padded input ({x[2 + j]} + pads {p[j]}, {p[sp + j]}) along spatial axis {j}")
+                    break
         auto = a.get("auto_pad", b"NOTSET")
         if auto == b"VALID" and pads and any(pads):
             problems.append(f"{n.name} ({op}): auto_pad=VALID together with non-zero pads {list(pads)}")
