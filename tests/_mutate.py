@@ -139,7 +139,7 @@ def _mutate_value_info(rnd: random.Random, vi: onnx.ValueInfoProto) -> None:
     choice = rnd.randrange(5)
     if choice == 0 and tt.shape.dim:
         d = rnd.choice(list(tt.shape.dim))
-        v = rnd.choice([0, 1, 2, 11, 4096, 1 << 20, -3, None])
+        v = rnd.choice([0, 1, 2, 11, 4096, 1 << 20, -3, -1, None])
         if v is None:
             d.dim_param = "H"
         else:

@@ -170,9 +170,17 @@ def _checker(mp: onnx.ModelProto) -> None:
     from onnx import shape_inference
 
     m = mp
-    if any(not o.type.tensor_type.HasField("shape") for o in mp.graph.output):
+    vis = list(mp.graph.input) + list(mp.graph.output) + list(mp.graph.value_info)
+    if any(d.HasField("dim_value") and d.dim_value < 0 for vi in vis for d in vi.type.tensor_type.shape.dim):
+        m = onnx.ModelProto()  # -1 dims (an exporter's "dynamic") as symbolic dims, on a copy
+        m.CopyFrom(mp)
+        for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.dim_param = "dynamic"
+    if any(not o.type.tensor_type.HasField("shape") for o in m.graph.output):
         try:
-            m = shape_inference.infer_shapes(mp)
+            m = shape_inference.infer_shapes(m)
         except Exception as e:
             raise ModelError(f"ONNX shape inference refuses the model: {' '.join(str(e).split())[:1200]}") from None
     try:
@@ -212,7 +220,7 @@ def _check_dims(g: onnx.GraphProto) -> None:
     """No negative dims in declared shapes (onnx's C++ shape inference asserts on some of them)."""
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
-        if any(d < 0 for d in dims):
+        if any(d < -1 for d in dims):  # -1 is how some exporters spell a dynamic dim
             raise ModelError(f"tensor {vi.name!r} declares a negative dimension {dims}")
     for vi in g.input:
         if any(d.HasField("dim_value") and d.dim_value == 0 for d in vi.type.tensor_type.shape.dim):
