@@ -424,3 +424,15 @@ def test_internal_error_is_one_paragraph_and_logged(tmp_path, capsys, monkeypatc
 def test_every_error_class_is_a_dyadic_error():
     for cls in (BuildDirError, DataError, DataRangeError, InputError, ModelError, OutputError):
         assert issubclass(cls, DyadicError)
+
+
+def test_input_without_shape_names_the_flag():
+    m = make_model([node("Relu", ["input"], "out")])
+    m.graph.input[0].type.tensor_type.ClearField("shape")
+    _refused(m, "declares no shape", "--input-shape")
+
+
+def test_minus_one_dims_are_dynamic(rng):
+    m = _conv_model(rng)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    import_onnx(m)

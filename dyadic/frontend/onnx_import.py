@@ -110,7 +110,7 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ModelError(f"model opset {opset} is outside the supported range "
                          f"{OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
-    validate.check_raw(mp)
+    validate.check_raw(mp, input_shapes)
     declared = validate.declared_outputs(mp)
     mp = normalize(mp, input_shapes)
     validate.check_normalized(mp, declared)

@@ -117,7 +117,7 @@ def _raise(problems: list[str], what: str) -> None:
         raise ModelError(f"{what}: {shown}")
 
 
-def check_raw(mp: onnx.ModelProto) -> None:
+def check_raw(mp: onnx.ModelProto, input_shapes: dict | None = None) -> None:
     """Structure, initializers, finiteness and the ONNX checker, on the model as loaded."""
     _check_text(mp)
     g = mp.graph
@@ -160,20 +160,32 @@ def check_raw(mp: onnx.ModelProto) -> None:
     _raise(problems, "the model has non-finite attributes")
     _nodes(g, {vi.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
                for vi in list(g.input) + list(g.value_info) if vi.type.tensor_type.HasField("shape")}, problems)
-    _checker(mp)
+    _checker(mp, input_shapes or {})
 
 
-def _checker(mp: onnx.ModelProto) -> None:
+def _checker(mp: onnx.ModelProto, input_shapes: dict) -> None:
     """`onnx.checker.check_model(full_check=True)`. Graph outputs declared without a shape (legal for
     onnxruntime, and what many exporters write) get the inferred one first, on a copy: the checker
     otherwise refuses them ("Field 'shape' of 'type' is required")."""
     from onnx import shape_inference
 
     m = mp
-    vis = list(mp.graph.input) + list(mp.graph.output) + list(mp.graph.value_info)
-    if any(d.HasField("dim_value") and d.dim_value < 0 for vi in vis for d in vi.type.tensor_type.shape.dim):
-        m = onnx.ModelProto()  # -1 dims (an exporter's "dynamic") as symbolic dims, on a copy
+    inits = {t.name for t in mp.graph.initializer}
+    shapeless = [vi.name for vi in mp.graph.input if vi.name not in inits and not vi.type.tensor_type.HasField("shape")]
+    for name in shapeless:
+        if name not in input_shapes:
+            raise ModelError(f"input {name!r} declares no shape: give it with --input-shape {name}:D0,D1,...")
+    if shapeless:
+        m = onnx.ModelProto()  # the pinned shapes (--input-shape) where the file declares none, on a copy
         m.CopyFrom(mp)
+        for vi in m.graph.input:
+            if vi.name in shapeless:
+                for d in input_shapes[vi.name]:
+                    vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+    vis = list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info)
+    if any(d.HasField("dim_value") and d.dim_value < 0 for vi in vis for d in vi.type.tensor_type.shape.dim):
+        src, m = m, onnx.ModelProto()  # -1 dims (an exporter's "dynamic") as symbolic dims, on a copy
+        m.CopyFrom(src)
         for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
             for d in vi.type.tensor_type.shape.dim:
                 if d.HasField("dim_value") and d.dim_value < 0:
