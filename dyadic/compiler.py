@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -51,16 +49,31 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
     """Compile `model` (path or onnx.ModelProto). `calib` maps input names to float arrays; None
     means synthetic standard-normal data (only sensible for the built-in random-weight models).
     `prepared`: the graph after `pipeline.float_passes` (a sweep reuses it across budgets)."""
+    from dyadic.core.outdir import staged_output
+
+    with staged_output(output_dir) as stage:  # checks -o, locks it, stages beside it (all-or-nothing)
+        res = _compile(model, stage, calib, config, calib_source, prepared)
+        if output_dir is None:
+            return CompileResult(res.float_graph, res.int_graph, res.plan, None, None)
+        stage.commit(res.so_path)
+    return CompileResult(res.float_graph, res.int_graph, res.plan, output_dir, os.path.join(output_dir, "model.so"))
+
+
+def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResult:
+    """The compile proper, writing into the staging directory `stage.path`; returns the result with
+    `so_path` set to the list of top-level names written (what `stage.commit` moves into place)."""
     from dyadic import targets
     from dyadic.backend import build
+    from dyadic.core.plan import library_record
     from dyadic.frontend import data, import_onnx
+    from dyadic.frontend.datacheck import check_calib
 
     t_start = time.perf_counter()
     log = PassLog()
     fg = import_onnx(model, dict(config.input_shapes))
     if calib is None:
         calib, calib_source = data.synthetic(input_shapes(fg)), "synthetic normal(0,1), 32 samples"
-    _check_calib(fg, calib)
+    check_calib(input_shapes(fg), calib)
     if prepared is not None:
         ig = run_passes(prepared, integer_passes(config), log)
     else:
@@ -71,44 +84,34 @@ def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None =
         mod = build.lower_and_verify(ig, target)
         built = target.build(mod)
     log.seconds["build"] = time.perf_counter() - t0
-    tmp = tempfile.mkdtemp(prefix="dyadic-build-")
-    try:
-        so = os.path.join(tmp, "model.so")
-        target.export(built, so)
-        ncal = len(next(iter(calib.values())))
-        plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
-        plan["target"]["instructions"] = target.count_instructions(built, so)
-        plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
-        plan["target"]["kernel_coverage"] = build.kernel_coverage(mod)
-        plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
-        outputs = ["model.so", "model.json"] + target.package(built, tmp, plan)
-        with open(os.path.join(tmp, "model.json"), "w") as f:
-            json.dump(plan, f)
-        sample = {k: v[: config.check_samples] for k, v in calib.items()}
-        plan["self_check"] = target.self_check(ig, tmp, plan, sample)
-        log.seconds["total"] = time.perf_counter() - t_start
-        plan["timings_s"] = {k: round(v, 3) for k, v in log.seconds.items()}
-        with open(os.path.join(tmp, "model.json"), "w") as f:
-            json.dump(plan, f, indent=1)
-        if output_dir is None:
-            return CompileResult(fg, ig, plan, None, None)
-        os.makedirs(output_dir, exist_ok=True)
-        for name in outputs:  # a target may add files (arm: lib/, bin/, README.txt; cuda: cuda/)
-            dest = os.path.join(output_dir, name)
-            if os.path.isdir(dest):
-                shutil.rmtree(dest)
-            shutil.move(os.path.join(tmp, name), dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return CompileResult(fg, ig, plan, output_dir, os.path.join(output_dir, "model.so"))
+    tmp = stage.path
+    so = os.path.join(tmp, "model.so")
+    target.export(built, so)
+    ncal = len(next(iter(calib.values())))
+    plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
+    plan["library"] = library_record(so)
+    plan["target"]["instructions"] = target.count_instructions(built, so)
+    plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
+    plan["target"]["kernel_coverage"] = build.kernel_coverage(mod)
+    plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
+    outputs = ["model.so", "model.json"] + target.package(built, tmp, plan)
+    _write_json(os.path.join(tmp, "model.json"), plan)
+    sample = {k: v[: config.check_samples] for k, v in calib.items()}
+    plan["self_check"] = target.self_check(ig, tmp, plan, sample)
+    log.seconds["total"] = time.perf_counter() - t_start
+    plan["timings_s"] = {k: round(v, 3) for k, v in log.seconds.items()}
+    _write_json(os.path.join(tmp, "model.json"), plan, indent=1)
+    return CompileResult(fg, ig, plan, None, outputs)
 
 
-def _check_calib(fg: Graph, calib: dict[str, np.ndarray]) -> None:
-    from dyadic.core.errors import DataError
+def _write_json(path: str, plan: dict, indent: int | None = None) -> None:
+    """Strict JSON (a NaN or Inf anywhere is a bug: the plan schema forbids them), checked against
+    the plan schema, flushed to disk."""
+    from dyadic.core.plan_schema import validate_plan
 
-    for t, shape in input_shapes(fg).items():
-        if t not in calib:
-            raise DataError(f"calibration data has no array for model input {t!r} (has {sorted(calib)})")
-        if calib[t].shape[1:] != tuple(shape[1:]):
-            raise DataError(f"calibration array {t!r} has shape {list(calib[t].shape)}, the model needs "
-                            f"[N, {', '.join(map(str, shape[1:]))}]")
+    validate_plan(plan, where="the plan being written")
+    text = json.dumps(plan, indent=indent, allow_nan=False)
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())

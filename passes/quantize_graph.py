@@ -45,6 +45,10 @@ def activation_qparams(rng: tuple[float, float], bits: int, signed: bool | None 
         signed = lo < 0
     qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
     amax = max(abs(lo), abs(hi)) if signed else hi
+    if not math.isfinite(amax):
+        from dyadic.core.errors import DataRangeError
+        raise DataRangeError(f"calibrated range [{lo}, {hi}] is not usable: ranges must be finite (a tensor that "
+                             "is identically 0 gets scale 1, which represents it exactly)")
     return QParams(scale=float(amax / qmax) if amax > 0 else 1.0, bits=bits, signed=signed)
 
 

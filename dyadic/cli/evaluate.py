@@ -11,6 +11,9 @@ from dyadic.core.progress import Progress
 
 def evaluate(run: Callable[[dict], np.ndarray], x: dict[str, np.ndarray], y: np.ndarray,
              batch: int = 100, quiet: bool = False) -> tuple[int, int]:
+    if not isinstance(batch, int) or batch < 1:
+        from dyadic.core.errors import DataError
+        raise DataError(f"--batch must be a positive integer, got {batch!r}")
     correct = 0
     with Progress("eval", len(y), quiet=quiet) as bar:
         for i, b in enumerate(batches(x, batch)):

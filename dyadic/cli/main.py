@@ -139,6 +139,9 @@ def cmd_compile(a) -> int:
 
     from dyadic.targets import preset_name
 
+    from dyadic.core.outdir import check_output_dir
+
+    check_output_dir(a.output)  # before any work: -o is a file or not writable
     target = preset_name(a.target, a.cpu, a.arch)  # before any work: a bad flag fails fast
     config = _config(a, target)
     model = load_model_arg(a.model, a.image_size)
@@ -154,17 +157,13 @@ def cmd_compile(a) -> int:
 
 
 def cmd_run(a) -> int:
-    import json
-
     from dyadic.runtime.loader import quantize_plan_inputs
     from dyadic.frontend.data import Normalize, load_npz
     from dyadic.runtime.remote import run_build
 
-    js = os.path.join(a.build, "model.json")
-    if not os.path.isfile(js):
-        raise DyadicError(f"{js} not found: is {a.build!r} the output directory of `dyadic compile`?")
-    with open(js) as f:
-        plan = json.load(f)
+    from dyadic.core.plan_schema import read_plan
+
+    plan = read_plan(a.build)
     x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, Normalize.parse(a.mean, a.std),
                     a.limit)
     q = quantize_plan_inputs(plan["inputs"], x)
@@ -246,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         from dyadic.cli.bench import cmd as cmd_bench
         return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run, "sweep": cmd_sweep,
                 "bench": cmd_bench}[args.cmd](args)
-    except DyadicError as e:
-        print(f"dyadic {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:  # one error path: dyadic.cli.errors (a bug is logged, not shown)
+        if isinstance(e, SystemExit):
+            raise
+        from dyadic.cli.errors import report
+
+        return report(args.cmd, e, argv)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """
     qmax = (1 << (bits - 1)) - 1
     absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
+    if not np.isfinite(absmax).all():
+        from dyadic.core.errors import DataRangeError
+        raise DataRangeError("weights with NaN or Inf values cannot be quantized")
     scale = np.where(absmax > 0, absmax / qmax, 1.0)
     bshape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(np.int8)

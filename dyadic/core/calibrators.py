@@ -53,10 +53,11 @@ class Histogram:
 
     def add(self, v: np.ndarray) -> None:
         a = np.abs(np.asarray(v, np.float32)).ravel()
-        nz = a[a > 0]
+        nz = a[(a > 0) & np.isfinite(a)]  # NaN/Inf: the min/max pass has them, and the range check refuses them
         self.zeros += a.size - nz.size
         if self.amax > 0 and nz.size:
-            idx = np.minimum((nz * (len(self.counts) / self.amax)).astype(np.int64), len(self.counts) - 1)
+            pos = np.minimum(nz.astype(np.float64) * (len(self.counts) / self.amax), len(self.counts) - 1)
+            idx = pos.astype(np.int64)
             self.counts += np.bincount(idx, minlength=len(self.counts))
 
     @property

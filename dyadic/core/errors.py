@@ -27,3 +27,24 @@ class TargetError(DyadicError):
 
 class ToolchainError(DyadicError):
     """A tool a target needs is missing or failed (cross compiler, nvcc, qemu, runtime wheels, RPC)."""
+
+
+class DataRangeError(DataError):
+    """Calibration data, weights, flags or calibrated ranges that are not finite (NaN/Inf) or unusable."""
+
+
+class OutputError(DyadicError):
+    """The output directory cannot be written (a file, not writable, locked by another compile)."""
+
+
+class BuildDirError(DyadicError):
+    """A build directory that cannot be loaded: missing or damaged files, a plan that fails its schema,
+    a library whose size or sha256 differs from what the plan records."""
+
+
+class InputError(DyadicError):
+    """Arguments of `run`/`run_int` that do not fit the build (names, dtype, shape, integer range)."""
+
+
+class InternalError(DyadicError):
+    """A bug in dyadic (an exception that is not one of these classes); the CLI logs its traceback."""

@@ -13,7 +13,24 @@ import numpy as np
 
 from dyadic.core.graph import Graph, QParams
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  #: 2: `library` (size and sha256 of model.so, checked by the loader before dlopen)
+
+
+def sha256_file(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_record(so_path: str) -> dict:
+    """What the loader checks before it maps the library: its file name, size and sha256."""
+    import os
+
+    return {"file": os.path.basename(so_path), "bytes": os.path.getsize(so_path), "sha256": sha256_file(so_path)}
 
 
 def _q(q: QParams) -> dict:

@@ -29,7 +29,24 @@ def verify_float_graph(graph: Graph, after: str) -> None:
     problems = [f"{n.name}: op {n.op} is not a float-graph op" for n in graph.nodes
                 if n.op not in FLOAT_OPS and n.op not in TABLE_FLOAT]
     problems += [f"{t}: no shape" for n in graph.nodes for t in n.outputs if t not in graph.shapes]
+    problems += [f"{n.name}: parameter {k} has {int(np.size(v) - np.isfinite(v).sum())} non-finite values"
+                 for n in graph.nodes for k, v in n.params.items()
+                 if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all()]
     _raise(problems, after)
+    _check_ranges(graph, after)
+
+
+def _check_ranges(graph: Graph, after: str) -> None:
+    """Calibrated ranges must be finite: a NaN or Inf anywhere (data, weights, --mean/--std) would
+    otherwise turn into scales that quantize everything to garbage."""
+    from dyadic.core.errors import DataRangeError
+
+    bad = [f"{t} [{lo}, {hi}]" for t, (lo, hi) in graph.ranges.items()
+           if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi)]
+    if bad:
+        raise DataRangeError(f"after pass {after}: {len(bad)} tensor(s) have a non-finite calibrated range "
+                             f"(NaN or Inf in the calibration data or produced by the model), e.g. "
+                             f"{'; '.join(bad[:5])}")
 
 
 def _amax(graph: Graph, t: str) -> int:

@@ -11,12 +11,14 @@ whose shape fits the input ([N, *dims]); otherwise an `images` array is read as 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.core.errors import DataError
+from dyadic.core.errors import DataError, DataRangeError
+from dyadic.frontend.datacheck import check_arrays, check_limit, open_npz
 
 
 @dataclass(frozen=True)
@@ -30,22 +32,23 @@ class Normalize:
             if s is None:
                 return default
             try:
-                return tuple(float(v) for v in s.split(","))
+                v = tuple(float(v) for v in s.split(","))
             except ValueError:
                 raise DataError(f"--mean/--std must be comma-separated numbers, got {s!r}") from None
-        return Normalize(floats(mean, (0.0, 0.0, 0.0)), floats(std, (1.0, 1.0, 1.0)))
+            if not all(math.isfinite(x) for x in v):
+                raise DataRangeError(f"--mean/--std must be finite numbers, got {s!r}")
+            return v
+        out = Normalize(floats(mean, (0.0, 0.0, 0.0)), floats(std, (1.0, 1.0, 1.0)))
+        if any(x <= 0 for x in out.std):
+            raise DataRangeError(f"--std values must be positive, got {std!r}")
+        return out
 
 
 def load_npz(path: str, input_shapes: dict[str, tuple[int, ...]], norm: Normalize = Normalize(),
              limit: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Return ({input name: float32 array}, labels or None), or raise DataError saying what is wrong."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file {path!r} does not exist")
-    try:
-        f = np.load(path, allow_pickle=False)
-        arrays = {k: f[k] for k in f.files}
-    except Exception as e:
-        raise DataError(f"{path!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    check_limit(limit)
+    arrays = open_npz(path)
     labels = arrays.get("labels")
     sl = slice(0, limit)
     keyed = all(k in arrays and arrays[k].dtype != np.uint8 and arrays[k].ndim == len(s)
@@ -76,11 +79,17 @@ def load_npz(path: str, input_shapes: dict[str, tuple[int, ...]], norm: Normaliz
                 raise DataError(f"{path}: array {k!r} has shape {list(a.shape)}, the model needs "
                                 f"[N, {', '.join(map(str, shape[1:]))}]")
             out[k] = a.astype(np.float32)
+    check_arrays(path, out)
     n = {len(v) for v in out.values()}
     if len(n) != 1 or 0 in n:
         raise DataError(f"{path}: the input arrays are empty or differ in length")
     if labels is not None:
-        labels = labels[sl].astype(np.int64)
+        labels = labels[sl]
+        if labels.ndim != 1 or labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not (
+                np.isfinite(labels).all() and (labels == np.round(labels)).all())) or (labels < 0).any():
+            raise DataError(f"{path}: 'labels' must be a 1-D array of non-negative integers, got {labels.dtype} "
+                            f"{list(labels.shape)}")
+        labels = labels.astype(np.int64)
         if len(labels) != next(iter(n)):
             raise DataError(f"{path}: {len(labels)} labels for {next(iter(n))} inputs")
     return out, labels

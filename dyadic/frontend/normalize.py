@@ -192,6 +192,8 @@ def _fold_once(mp: onnx.ModelProto) -> bool:
                 and all((not i) or i in consts for i in n.input) and not any(a.type == onnx.AttributeProto.GRAPH
                                                                              for a in n.attribute):
             try:
+                if any(np.prod(shapes[o], dtype=np.float64) > FOLD_LIMIT for o in n.output if o in shapes):
+                    raise MemoryError  # known too large before it is computed: never allocated
                 vals = _evaluate(n, [numpy_helper.to_array(consts[i]) if i else None for i in n.input], opset)
             except Exception:
                 vals = None  # left as a node: the importer reports it if it is not supported

@@ -22,6 +22,7 @@ from onnx import numpy_helper, shape_inference
 
 from dyadic.core.errors import ModelError
 from dyadic.core.graph import Graph, Node
+from dyadic.frontend import validate
 from dyadic.frontend.normalize import normalize
 from dyadic.ops import IMPORTERS, ImportContext
 
@@ -45,8 +46,7 @@ def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise ModelError(f"model file {path!r} does not exist")
+    validate.check_model_path(path)
     try:
         return onnx.load(path)
     except Exception as e:  # protobuf raises several unrelated types
@@ -122,7 +122,10 @@ def import_onnx(model, input_shapes: dict[str, tuple[int, ...]] | None = None,
     declared_static = all(vi.name in (input_shapes or {}) or (vi.type.tensor_type.shape.dim and
                                                                vi.type.tensor_type.shape.dim[0].dim_value > 0)
                           for vi in mp.graph.input if vi.name not in inits)
+    validate.check_raw(mp, input_shapes)
+    declared = validate.declared_outputs(mp)
     mp = normalize(mp, input_shapes)
+    validate.check_normalized(mp, declared)
     if static_batch:
         return _convert_graph(mp, opset, True)
     try:
@@ -176,7 +179,7 @@ def _convert_graph(mp: onnx.ModelProto, opset: int, static: bool) -> Graph:
             nodes.append(_convert(n, name, ins, consts, shapes, static))
         except ModelError as e:
             problems.append((n.op_type, str(e).removeprefix(f"{name} ({n.op_type}): "), name))
-        except (KeyError, IndexError, ValueError, TypeError) as e:
+        except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError, AttributeError) as e:
             problems.append((n.op_type, f"malformed node ({type(e).__name__}: {e})", name))
     if problems:
         err = _BatchAxisError if not static and any(_is_batch_problem(r) for _, r, _ in problems) else ModelError
@@ -197,9 +200,10 @@ def _convert_graph(mp: onnx.ModelProto, opset: int, static: bool) -> Graph:
     int_types = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
                  onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32}
     int_inputs = tuple(vi.name for vi in g.input if vi.name in inputs and vi.type.tensor_type.elem_type in int_types)
-    return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes, dtypes=dtypes,
-                 meta={"opset": opset, "producer": mp.producer_name, "int_inputs": int_inputs,
-                       **({"static_batch": True} if static else {})})
+    return validate.check_graph(Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, shapes=shapes,
+                                      dtypes=dtypes, meta={"opset": opset, "producer": mp.producer_name,
+                                                           "int_inputs": int_inputs,
+                                                           **({"static_batch": True} if static else {})}))
 
 
 def _ceil_pads(in_hw, out_hw, k, strides, pads) -> tuple:

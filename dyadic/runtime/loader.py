@@ -14,18 +14,32 @@ cores this process may use; `load(path, threads=N)` asks for N. Either only take
 process first runs a library: TVM creates its thread pool once. It also sets TVM_BIND_THREADS=0
 unless set: TVM's thread pinning put both threads of a 2-thread pool on one core in 3 of 5 fresh
 processes on the 2-core VM (a `vpdpbusd` loop then ran at 1-thread speed); unpinned, 5 of 5 scaled.
+
+Checks (`BuildDirError` / `InputError`, never a crash): `model.json` is parsed strictly and
+validated against the plan schema (`dyadic.core.plan_schema`); `model.so` must have the size and
+sha256 the plan records before it is mapped (a truncated or edited library would otherwise SIGBUS,
+SIGILL or run garbage); `run_int` refuses missing inputs, non-integer dtypes, wrong shapes and
+values outside the input's integer range; `run` refuses non-finite or wrongly shaped floats.
+A build directory is native code: load only builds from a trusted source (the checksum detects
+damage, not a malicious plan and library written together).
+
+Thread safety: one `CompiledModel` may be called from many threads. The TVM VM is not reentrant
+(its registers and the pooled allocator are shared: concurrent calls segfaulted), so calls into
+the library are serialized by a lock; the quantize/dequantize and input checks run outside it.
+Each call already uses all the cores through TVM's thread pool.
 """
 from __future__ import annotations
 
 import ctypes
 import importlib.util
-import json
 import os
 import sys
+import threading
 
 import numpy as np
 
 from dyadic.core.arith import quantize_float
+from dyadic.core.errors import BuildDirError, InputError
 
 _RUNTIME_LOADED = False
 
@@ -55,8 +69,52 @@ def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
 
 def quantize_plan_inputs(specs: list[dict], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float inputs -> the library's integer inputs, by the plan's `inputs` entries (scale, lo, hi, dtype)."""
-    return {i["name"]: quantize_float(inputs[i["name"]], i["scale"], i["lo"], i["hi"]).astype(i["dtype"])
-            for i in specs}
+    out = {}
+    for i in specs:
+        x = _input_array(inputs, i, "float")
+        if x.dtype.kind not in "biuf":
+            raise InputError(f"input {i['name']!r} has dtype {x.dtype}, not a real number type")
+        if not np.isfinite(x).all():
+            raise InputError(f"input {i['name']!r} has {int(x.size - np.isfinite(x).sum())} non-finite value(s) "
+                             "(NaN or Inf)")
+        out[i["name"]] = quantize_float(x, i["scale"], i["lo"], i["hi"]).astype(i["dtype"])
+    return out
+
+
+def _input_array(inputs, spec: dict, kind: str) -> np.ndarray:
+    """inputs[spec name] as an array whose shape fits the plan (any batch >= 1 where it is dynamic)."""
+    if not isinstance(inputs, dict):
+        raise InputError(f"inputs must be a dict of arrays keyed by input name, got {type(inputs).__name__}")
+    if spec["name"] not in inputs:
+        raise InputError(f"no array for input {spec['name']!r} (got {sorted(map(str, inputs))})")
+    x = np.asarray(inputs[spec["name"]])
+    want = spec["shape"]
+    if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]) or x.shape[0] < 1 \
+            or (want[0] > 0 and x.shape[0] != want[0]):
+        raise InputError(f"{kind} input {spec['name']!r} has shape {list(x.shape)}, the build takes "
+                         f"[{'N' if want[0] < 0 else want[0]}, {', '.join(map(str, want[1:]))}]")
+    return x
+
+
+def check_int_inputs(specs: list[dict], q_inputs) -> list[np.ndarray]:
+    """The library's integer arguments, checked: present, integer dtype, shape, inside [lo, hi]."""
+    if isinstance(q_inputs, dict):
+        extra = sorted(set(map(str, q_inputs)) - {i["name"] for i in specs})
+        if extra:
+            raise InputError(f"unknown input(s) {extra}; the build's inputs are {[i['name'] for i in specs]}")
+    args = []
+    for i in specs:
+        q = _input_array(q_inputs, i, "integer")
+        if q.dtype.kind not in "iu":
+            raise InputError(f"integer input {i['name']!r} has dtype {q.dtype}: run_int takes integers "
+                             f"({i['dtype']}); use run() for float inputs")
+        if q.size:
+            lo, hi = int(q.min()), int(q.max())
+            if lo < i["lo"] or hi > i["hi"]:
+                raise InputError(f"integer input {i['name']!r} has values in [{lo}, {hi}], outside the "
+                                 f"{i['dtype']} range [{i['lo']}, {i['hi']}] of the build (they would wrap)")
+        args.append(q.astype(i["dtype"], copy=False))
+    return args
 
 
 def physical_cores() -> int:
@@ -91,10 +149,15 @@ class CompiledModel:
         set_threads(threads)
         _ensure_runtime()
         self.plan = plan
-        self._lib = tvm_ffi.load_module(so_path)
-        self._vm = self._lib["vm_load_executable"]()
-        self._vm["vm_initialization"](1, 0, 2)  # kDLCPU, device 0, pooled allocator
-        self._main = self._vm["main"]
+        try:
+            self._lib = tvm_ffi.load_module(so_path)
+            self._vm = self._lib["vm_load_executable"]()
+            self._vm["vm_initialization"](1, 0, 2)  # kDLCPU, device 0, pooled allocator
+            self._main = self._vm["main"]
+        except Exception as e:  # a library that passed its checksum but is not ours (or needs another runtime)
+            raise BuildDirError(f"{so_path} cannot be loaded by the TVM runtime: {' '.join(str(e).split())[:300]}") \
+                from None
+        self._lock = threading.Lock()  # the VM is not reentrant: see the module docstring
         self.inputs = plan["inputs"]
         self.outputs = plan["outputs"]
 
@@ -106,10 +169,13 @@ class CompiledModel:
     def run_int(self, q_inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         import tvm_ffi
 
-        args = [tvm_ffi.from_dlpack(aligned(q_inputs[i["name"]].astype(i["dtype"]))) for i in self.inputs]
-        out = self._main(*args)
-        outs = list(out) if len(self.outputs) > 1 else [out]
-        return [np.from_dlpack(o).copy() for o in outs]
+        if isinstance(q_inputs, np.ndarray) and len(self.inputs) == 1:
+            q_inputs = {self.inputs[0]["name"]: q_inputs}
+        args = [aligned(a) for a in check_int_inputs(self.inputs, q_inputs)]
+        with self._lock:
+            out = self._main(*[tvm_ffi.from_dlpack(a) for a in args])
+            outs = list(out) if len(self.outputs) > 1 else [out]
+            return [np.from_dlpack(o).copy() for o in outs]
 
     def run(self, inputs) -> np.ndarray | list[np.ndarray]:
         """Float inputs (array or {name: array}) -> float outputs (dequantized)."""
@@ -118,14 +184,38 @@ class CompiledModel:
         return res[0] if len(res) == 1 else res
 
 
+def check_library(so: str, plan: dict) -> None:
+    """`so` is a regular file with the size and sha256 `plan["library"]` records (before any dlopen)."""
+    import stat
+
+    from dyadic.core.plan import sha256_file
+
+    try:
+        st = os.stat(so)
+    except OSError:
+        raise BuildDirError(f"{so} not found: is {os.path.dirname(so) or '.'!r} the output directory of "
+                            "`dyadic compile`?") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BuildDirError(f"{so} is not a regular file")
+    lib = plan["library"]
+    if st.st_size != lib["bytes"]:
+        raise BuildDirError(f"{so} is {st.st_size} bytes, the plan records {lib['bytes']}: the library is damaged "
+                            "(truncated or replaced); compile it again")
+    if sha256_file(so) != lib["sha256"]:
+        raise BuildDirError(f"{so} does not match the sha256 recorded in model.json: the library is damaged or "
+                            "was modified; compile it again")
+
+
 def load(path: str, threads: int | None = None) -> CompiledModel:
     """Load `path/model.so` + `path/model.json` (or a .so with its .json beside it). `threads`: see
-    the module docstring (default: the physical cores, unless TVM_NUM_THREADS says otherwise)."""
+    the module docstring (default: the physical cores, unless TVM_NUM_THREADS says otherwise).
+    Raises `BuildDirError` for a missing or damaged build (see the module docstring)."""
+    from dyadic.core.plan_schema import read_plan
+
+    path = os.fspath(path)
     so = os.path.join(path, "model.so") if os.path.isdir(path) else path
-    js = os.path.splitext(so)[0] + ".json"
-    for f in (so, js):
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"{f} not found: is {path!r} the output directory of `dyadic compile`?")
-    with open(js) as fh:
-        plan = json.load(fh)
+    if not os.path.isdir(path) and not os.path.isfile(path):
+        raise BuildDirError(f"{path} not found: is {path!r} the output directory of `dyadic compile`?")
+    plan = read_plan(path)
+    check_library(so, plan)
     return CompiledModel(so, plan, threads)

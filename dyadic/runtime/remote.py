@@ -111,15 +111,13 @@ def run_build(build_dir: str, q_inputs: dict[str, np.ndarray], rpc: str | None =
               threads: int | None = None):
     """Run a build directory wherever its target says: over RPC, on a local GPU, as an arm bundle
     (natively or under qemu) or on this CPU. Returns (outputs, timing or None, where it ran)."""
-    import json
-
+    from dyadic.core.plan_schema import read_plan
     from dyadic.runtime import bundle
+    from dyadic.runtime.loader import check_library
 
-    if not os.path.isfile(os.path.join(build_dir, "model.json")):
-        raise TargetError(f"{build_dir} has no model.json: is it the output directory of `dyadic compile`?")
-    with open(os.path.join(build_dir, "model.json")) as f:
-        plan = json.load(f)
+    plan = read_plan(build_dir)
     so, kind = os.path.join(build_dir, "model.so"), plan["target"].get("kind", "host")
+    check_library(so, plan)  # size and sha256 before the library goes anywhere
     if rpc:
         outs, timing = run_rpc(so, plan, q_inputs, rpc, reps)
         return outs, timing, f"{rpc} over TVM RPC"
