@@ -11,6 +11,7 @@ the same 512 images), with int4 weights for W4A8 and int8 for W8A8. Results are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -70,19 +71,23 @@ def store_w4_unpacked(graph):
     return graph.replace(nodes=nodes, meta={**graph.meta, "planned_bits": bits})
 
 
-def _patch_pipeline():
+@contextlib.contextmanager
+def _patched_pipeline():
+    """The evaluation builds' pipeline, for the duration of one row only: the patch must not leak into
+    other compiles of the same process (the test suite runs this from a test)."""
     import dyadic.compiler
     import dyadic.pipeline
 
     orig = dyadic.pipeline.integer_passes
-    if getattr(orig, "patched", False):
-        return
 
     def integer_passes(config):
         return orig(config) + [("store_w4_unpacked", store_w4_unpacked)]
 
-    integer_passes.patched = True
     dyadic.pipeline.integer_passes = dyadic.compiler.integer_passes = integer_passes
+    try:
+        yield
+    finally:
+        dyadic.pipeline.integer_passes = dyadic.compiler.integer_passes = orig
 
 
 def run_row(opts: dict, calib, test, labels) -> dict:
@@ -91,8 +96,7 @@ def run_row(opts: dict, calib, test, labels) -> dict:
     import dyadic
     from dyadic.cli.evaluate import evaluate
 
-    _patch_pipeline()
-    with tempfile.TemporaryDirectory() as d:
+    with _patched_pipeline(), tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         res = dyadic.compile(MODEL, d, calib, config(opts))
         seconds = time.perf_counter() - t0
