@@ -29,9 +29,10 @@ def verify_float_graph(graph: Graph, after: str) -> None:
     problems = [f"{n.name}: op {n.op} is not a float-graph op" for n in graph.nodes
                 if n.op not in FLOAT_OPS and n.op not in TABLE_FLOAT]
     problems += [f"{t}: no shape" for n in graph.nodes for t in n.outputs if t not in graph.shapes]
-    problems += [f"{n.name}: parameter {k} has {int(np.size(v) - np.isfinite(v).sum())} non-finite values"
+    # NaN is never meaningful; -inf is (an additive attention mask, whose softmax entry is exactly 0)
+    problems += [f"{n.name}: parameter {k} has {int(np.isnan(v).sum())} non-finite (NaN) values"
                  for n in graph.nodes for k, v in n.params.items()
-                 if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all()]
+                 if isinstance(v, np.ndarray) and v.dtype.kind == "f" and np.isnan(v).any()]
     _raise(problems, after)
     _check_ranges(graph, after)
 

@@ -37,6 +37,9 @@ MAX_MODEL_BYTES = 1 << 31
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
+#: float activations, and integer inputs that stay integers (token ids, attention masks: `dyadic.ops.embedding`)
+_INPUT_TYPES = {TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32}
+
 
 def check_model_path(path: str) -> None:
     try:
@@ -106,9 +109,11 @@ def _finite_initializers(g: onnx.GraphProto, problems: list[str]) -> None:
         except Exception as e:
             problems.append(f"{_where(t.name)} cannot be read ({type(e).__name__}: {e})")
             continue
-        bad = int(np.size(a) - np.isfinite(a).sum())
+        # -inf is legal in an additive attention mask (the integer softmax gives it probability 0);
+        # an Inf that reaches an activation is refused by the finite-range check after calibration
+        bad = int(np.isnan(a).sum()) if a.dtype.kind == "f" else 0
         if bad:
-            problems.append(f"{_where(t.name)} has {bad} non-finite value(s) (NaN or Inf)")
+            problems.append(f"{_where(t.name)} has {bad} non-finite value(s) (NaN)")
 
 
 def _raise(problems: list[str], what: str) -> None:
@@ -131,10 +136,10 @@ def check_raw(mp: onnx.ModelProto, input_shapes: dict | None = None) -> None:
         raise ModelError("the model's graph has no (non-constant) inputs")
     problems: list[str] = []
     for vi in g.input:
-        if vi.name not in inits and vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+        if vi.name not in inits and vi.type.tensor_type.elem_type not in _INPUT_TYPES:
             et = vi.type.tensor_type.elem_type
             problems.append(f"input {vi.name!r} is {TensorProto.DataType.Name(et) if et in TensorProto.DataType.values() else et}"
-                            ", but dyadic compiles models with float32 inputs")
+                            ", but dyadic compiles models with float32 inputs (or integer token-id/mask inputs)")
     for vi in g.output:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == TensorProto.UNDEFINED:
             problems.append(f"output {vi.name!r} declares no element type (UNDEFINED)")
@@ -400,8 +405,8 @@ def check_normalized(mp: onnx.ModelProto, declared_outputs: dict[str, tuple] | N
             problems.append(f"{_where(t.name)} cannot be read ({type(e).__name__}: {e})")
     for name, v in consts.items():
         shapes.setdefault(name, tuple(v.shape))
-        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-            problems.append(f"{_where(name)} (folded) has non-finite values (NaN or Inf)")
+        if v.dtype.kind == "f" and np.isnan(v).any():
+            problems.append(f"{_where(name)} (folded) has non-finite values (NaN)")
     _nodes(g, shapes, problems, consts)
     produced = {o for n in g.node for o in n.output}
     inputs = {vi.name for vi in g.input}
