@@ -52,14 +52,7 @@ def activation_qparams(rng: tuple[float, float], bits: int, signed: bool | None 
     return QParams(scale=float(amax / qmax) if amax > 0 else 1.0, bits=bits, signed=signed)
 
 
-def _clip_bounds(q: QParams, act) -> dict:
-    lo, hi = q.lo, q.hi
-    if act is not None:
-        if math.isfinite(act[0]):
-            lo = max(lo, math.ceil(act[0] / q.scale))
-        if math.isfinite(act[1]):
-            hi = min(hi, math.floor(act[1] / q.scale))
-    return {"lo": int(lo), "hi": int(hi)}
+_clip_bounds = QuantContext.clip_bounds  # one definition, shared with the op table's quantize rules
 
 
 def _scalar(v: int) -> np.ndarray:
