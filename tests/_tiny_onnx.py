@@ -66,3 +66,17 @@ def matches_ort(model, x, rtol=1e-5, atol=1e-5):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
     return g
+
+
+def conv_block(rng, x, out, cin, cout, k=3, relu=False, tag="c"):
+    nodes = [node("Conv", [x, f"W{tag}", f"B{tag}"], out + "_pre" if relu else out, pads=[k // 2] * 4)]
+    if relu:
+        nodes.append(node("Relu", [out + "_pre"], out))
+    return nodes, {f"W{tag}": conv_w(rng, cout, cin, k), f"B{tag}": bias(rng, cout)}
+
+
+def wrap_op(rng, body, inits=None, c=4, tail_c=None, relu=False, hw=(8, 8)):
+    """The op-table tests' sandwich: input -> conv -> body (reads "h", writes "o") -> 1x1 conv -> out."""
+    hn, hi = conv_block(rng, "input", "h", 3, c, relu=relu, tag="h")
+    tn, ti = conv_block(rng, "o", "out", tail_c or c, 3, k=1, tag="t")
+    return hn + body + tn, {**hi, **ti, **(inits or {})}, ("N", 3) + hw

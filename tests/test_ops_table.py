@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from _tiny_onnx import bias, conv_w, f32, i64, make_model, node
+from _tiny_onnx import bias, conv_block as _conv, conv_w, f32, i64, make_model, node, wrap_op as _wrap
 
 import dyadic
 from dyadic.compiler import quantize_inputs
@@ -22,20 +22,6 @@ from dyadic.core.reference import run_reference
 pytest.importorskip("tvm")
 
 CONFIG = CompileConfig(quiet=True)
-
-
-def _conv(rng, x, out, cin, cout, k=3, relu=False, tag="c"):
-    nodes = [node("Conv", [x, f"W{tag}", f"B{tag}"], out + "_pre" if relu else out, pads=[k // 2] * 4)]
-    if relu:
-        nodes.append(node("Relu", [out + "_pre"], out))
-    return nodes, {f"W{tag}": conv_w(rng, cout, cin, k), f"B{tag}": bias(rng, cout)}
-
-
-def _wrap(rng, body, inits=None, c=4, tail_c=None, relu=False, hw=(8, 8)):
-    """input -> conv -> body (reads "h", writes "o") -> 1x1 conv -> out."""
-    hn, hi = _conv(rng, "input", "h", 3, c, relu=relu, tag="h")
-    tn, ti = _conv(rng, "o", "out", tail_c or c, 3, k=1, tag="t")
-    return hn + body + tn, {**hi, **ti, **(inits or {})}, ("N", 3) + hw
 
 
 def case_sigmoid(rng):
