@@ -76,7 +76,18 @@ def one(name: str, work: str, torch_python: str, threads: list[int], timing: boo
 
         res = bench.run(out, onnx_path, threads=tuple(threads), batch=1, repeat=2, iters=10)
         row["timing"] = res
+        row["profile"] = profile(out)
     return row
+
+
+def profile(build: str) -> dict:
+    """`dyadic profile` at 1 thread in a fresh process: the share of a run outside dyadic's kernels."""
+    js = os.path.join(build, "profile.json")
+    p = subprocess.run([sys.executable, "-m", "dyadic.cli", "profile", build, "--threads", "1", "--iters", "10",
+                        "--json", js], capture_output=True, text=True)
+    if p.returncode:
+        return {"error": " ".join(p.stderr.split())[-300:]}
+    return json.load(open(js))
 
 
 def table(rows: list[dict], host: str) -> str:
@@ -87,8 +98,8 @@ def table(rows: list[dict], host: str) -> str:
              "against onnxruntime fp32 on 16 fresh N(0,1) inputs, for dyadic and for onnxruntime's own int8 "
              "model (`quantize_static`, same calibration inputs). Compile s: the compile's own total "
              "(import to self-check), measured while other jobs shared the 2 cores.", "",
-             "| model | compiles | bit-exact | compile s | cosine vs fp32: dyadic | ort-int8 | ms dyadic / ort-fp32 / ort-int8 (1 thread) |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | compiles | bit-exact | compile s | cosine vs fp32: dyadic | ort-int8 | ms dyadic / ort-fp32 / ort-int8 (1 thread) | outside kernels |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("timing")
         ms = "—"
@@ -96,8 +107,10 @@ def table(rows: list[dict], host: str) -> str:
             row = t["rows"][0]
             ms = (" / ".join(f"{row[k + '_ms']:.2f}" for k in ("dyadic", "ort-fp32", "ort-int8"))
                   + f" (int8/dyadic {row['vs_ort_int8']:.2f}x, fp32/dyadic {row['vs_ort_fp32']:.2f}x)")
+        prof = r.get("profile") or {}
+        outside = f"{100 * prof['outside_share']:.1f} %" if "outside_share" in prof else "—"
         lines.append(f"| {r['model']} | {r['compiles']} | {r.get('bitexact', '—')} | {r.get('compile_s', '—')} | "
-                     f"{r.get('cosine', '—')} | {r.get('cosine_ort_int8', '—')} | {ms} |")
+                     f"{r.get('cosine', '—')} | {r.get('cosine_ort_int8', '—')} | {ms} | {outside} |")
     errs = [r for r in rows if r.get("error")]
     if errs:
         lines += ["", "Failures (last part of the error):", ""]

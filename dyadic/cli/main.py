@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_input_shape(e)
     from dyadic.cli import bench  # `dyadic bench`: parser and command live in dyadic/cli/bench.py
     bench.add_subparser(sub)
+    from dyadic.cli import profile_cmd  # `dyadic profile`
+    profile_cmd.add_subparser(sub)
     return ap
 
 
@@ -243,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from dyadic.cli.sweep import cmd_sweep
         from dyadic.cli.bench import cmd as cmd_bench
+        from dyadic.cli.profile_cmd import cmd as cmd_profile
         return {"compile": cmd_compile, "eval": cmd_eval, "run": cmd_run, "sweep": cmd_sweep,
-                "bench": cmd_bench}[args.cmd](args)
+                "bench": cmd_bench, "profile": cmd_profile}[args.cmd](args)
     except BaseException as e:  # one error path: dyadic.cli.errors (a bug is logged, not shown)
         if isinstance(e, SystemExit):
             raise
