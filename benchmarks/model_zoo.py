@@ -49,6 +49,7 @@ def cosines(build: str, onnx_path: str, work: str, n: int = 16) -> tuple[float, 
         None, {spec["name"]: x[i:i + 1]})[0] for i in range(n)])
     ref = run(onnx_path)
     calib = {spec["name"]: np.random.default_rng(0).standard_normal([32] + shape).astype(np.float32)}
+    os.makedirs(work, exist_ok=True)
     q8 = quantize_for_ort(onnx_path, work, calib)
     return _cos(np.asarray(m.run({spec["name"]: x})), ref), _cos(run(q8), ref)
 

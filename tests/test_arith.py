@@ -10,7 +10,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dyadic.core.arith import (MAX_SHIFT, dyadic, dyadic_array, dyadic_shared, quantize_float,
+from dyadic.core.arith import (CHANNEL_FLOOR, MAX_SHIFT, dyadic, dyadic_array, dyadic_shared, quantize_float,
                           quantize_weight, requantize, rounding_term)
 
 #: applied to every property test of this module (no global profile: other modules keep theirs)
@@ -225,21 +225,24 @@ def test_quantize_weight_properties(w, bits):
     rec = q.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
     err = np.abs(rec - w.astype(np.float64))
     assert np.all(err <= scale.reshape(-1, 1, 1, 1) / 2 * (1 + 1e-9))
+    top = float(np.abs(w).max())
     for c in range(w.shape[0]):
         amax = float(np.abs(w[c]).max())
-        if amax > 0:
+        if top == 0:
+            assert scale[c] == 1.0 and not q[c].any()
+        elif amax >= top * CHANNEL_FLOOR:
             # per-channel symmetric scale: the largest weight of each channel maps to +-qmax
             assert scale[c] == pytest.approx(amax / qmax, rel=1e-12)
             assert np.abs(q[c].astype(np.int64)).max() == qmax
-        else:
-            assert scale[c] == 1.0 and not q[c].any()
+        else:  # a dead channel, 96 dB under the layer's largest: the floor's scale
+            assert scale[c] == pytest.approx(top * CHANNEL_FLOOR / qmax, rel=1e-12)
 
 
 def test_quantize_weight_per_channel_scales_differ():
     w = np.stack([np.full((2, 3, 3), 0.01), np.full((2, 3, 3), -5.0), np.zeros((2, 3, 3))]).astype(np.float32)
     w[0, 0, 0, 0] = -0.02
     q, scale = quantize_weight(w, 8)
-    np.testing.assert_allclose(scale, [0.02 / 127, 5.0 / 127, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(scale, [0.02 / 127, 5.0 / 127, 5.0 * CHANNEL_FLOOR / 127], rtol=1e-6)
     assert q[0, 0, 0, 0] == -127 and q[0, 1, 1, 1] == 64  # 0.01 / (0.02/127) = 63.5 -> 64 (half-even)
     assert np.all(q[1] == -127) and np.all(q[2] == 0)
 

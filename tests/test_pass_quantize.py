@@ -200,3 +200,43 @@ def test_assign_bitwidths_uniform(rng):
     assert assign_bitwidths(fg, mode=BitMode.INT4).bits == {"c": (8, 8)}
     assert assign_bitwidths(fg, mode=BitMode.INT4, pin_first_last=False).bits == {"c": (4, 4)}
     assert assign_bitwidths(fg, mode=BitMode.W4A8, pin_first_last=False).bits == {"c": (4, 8)}
+
+
+# ============================================================================== dead channels
+
+
+def test_channel_scales_floor_dead_channels():
+    from dyadic.core.arith import CHANNEL_FLOOR, channel_scales
+
+    w = np.ones((4, 3, 1, 1), np.float32)
+    w[1], w[2], w[3] = 1e-34, 0.0, 0.25
+    s = channel_scales(w, 8)
+    assert s[0] == pytest.approx(1 / 127) and s[3] == pytest.approx(0.25 / 127)
+    assert s[1] == s[2] == pytest.approx(CHANNEL_FLOOR / 127)  # floored, not 1e-34 / 127
+    assert (channel_scales(np.zeros((2, 3)), 4) == 1.0).all()
+    q, _ = quantize_weight(w, 8)
+    assert (q[1] == 0).all() and (q[0] == 127).all()
+
+
+def test_bn_with_zero_gamma_compiles_bit_exact(tmp_path):
+    """A pretrained net's BN with gamma ~ 0 folds to weights of 1e-34 beside a bias: the bias must
+    still fit int32 (PP-OCRv4's text detector has such channels)."""
+    import dyadic
+
+    rng = np.random.default_rng(3)
+    c = 6
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    gamma[2], gamma[4] = 1e-36, 3e-30
+    m = make_model([node("Conv", ["input", "W", "B"], "c", pads=[1, 1, 1, 1]),
+                    node("BatchNormalization", ["c", "g", "b", "mu", "var"], "bn"), node("Relu", ["bn"], "r"),
+                    node("Conv", ["r", "W2", "B2"], "out")],
+                   {"W": conv_w(rng, c, 3), "B": bias(rng, c), "g": gamma, "b": bias(rng, c, 0.5),
+                    "mu": bias(rng, c), "var": rng.uniform(0.5, 2, c).astype(np.float32),
+                    "W2": conv_w(rng, 3, c, 1), "B2": bias(rng, 3)})
+    calib = {"input": rng.normal(size=(8, 3, 8, 8)).astype(np.float32)}
+    res = dyadic.compile(m, str(tmp_path / "b"), calib, CompileConfig(quiet=True, check_samples=2))
+    assert res.plan["self_check"].startswith("bit-exact")
+    ig = res.int_graph
+    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    got = dyadic.load(str(tmp_path / "b")).run_int(quantize_inputs(ig, {"input": x}))[0]
+    np.testing.assert_array_equal(got, run_reference(ig, quantize_inputs(ig, {"input": x}))[ig.outputs[0]])

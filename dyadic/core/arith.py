@@ -83,17 +83,34 @@ def quantize_float(x: np.ndarray, scale: float, lo: int, hi: int) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, np.float64) / scale), lo, hi).astype(np.int64)
 
 
-def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel (axis 0) weight quantization to `bits` bits.
+# A channel whose largest weight is this far below the layer's largest gets the floor's scale: its
+# products sit ~100 dB under the shared output scale, so their precision is invisible, while its own
+# absmax (BN folding with gamma ~ 0 leaves weights of 1e-34 in pretrained nets) would make the int32
+# bias B / (s_x * s_w) overflow.
+CHANNEL_FLOOR = 2.0 ** -16
 
-    Returns (q, scale) with q int8 in [-(2^(b-1)-1), 2^(b-1)-1] and w ≈ q * scale[:, None...].
-    """
-    qmax = (1 << (bits - 1)) - 1
+
+def channel_scales(w: np.ndarray, bits: int) -> np.ndarray:
+    """Per-output-channel (axis 0) max-abs scales, absmax / (2^(b-1) - 1), each at least
+    CHANNEL_FLOOR x the layer's largest channel; an all-zero layer gets 1.0."""
     absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
     if not np.isfinite(absmax).all():
         from dyadic.core.errors import DataRangeError
         raise DataRangeError("weights with NaN or Inf values cannot be quantized")
-    scale = np.where(absmax > 0, absmax / qmax, 1.0)
+    top = absmax.max(initial=0.0)
+    if top == 0:
+        return np.ones_like(absmax)
+    return np.maximum(absmax, top * CHANNEL_FLOOR) / ((1 << (bits - 1)) - 1)
+
+
+def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel (axis 0) weight quantization to `bits` bits.
+
+    Returns (q, scale) with q int8 in [-(2^(b-1)-1), 2^(b-1)-1] and w ≈ q * scale[:, None...]
+    (`channel_scales`).
+    """
+    qmax = (1 << (bits - 1)) - 1
+    scale = channel_scales(w, bits)
     bshape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(np.int8)
     return q, scale

@@ -32,6 +32,9 @@ from enum import Enum
 
 import numpy as np
 
+from dyadic.core.arith import channel_scales
+
+
 class Rounding(Enum):
     NEAREST = "nearest"
     ADAROUND = "adaround"
@@ -62,8 +65,7 @@ def fake_quant(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
 
 
 def maxabs_scales(w: np.ndarray, bits: int) -> np.ndarray:
-    absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-    return np.where(absmax > 0, absmax / qmax(bits), 1.0)
+    return channel_scales(w, bits)
 
 
 def clip_scales(w: np.ndarray, bits: int, grid: int = 71) -> np.ndarray:
