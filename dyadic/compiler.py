@@ -94,7 +94,7 @@ def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResu
     plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
     plan["target"]["kernel_coverage"] = build.kernel_coverage(mod)
     requires = target.runtime_requirements(mod)
-    if requires:  # checked by dyadic.load (and the deploy runner) before the library is mapped
+    if requires:  # checked by dyadic.load (and the bundle runner) before the library is mapped
         plan["target"]["requires"] = requires
     plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
     outputs = ["model.so", "model.json"] + target.package(built, tmp, plan)

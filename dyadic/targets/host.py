@@ -43,13 +43,12 @@ class HostTarget(Target):
 
     def runtime_requirements(self, mod) -> dict:
         """model.json `requires`: the CPU flags (`x86.required_flags`) and whether AMX tile data is needed."""
-        from dyadic.backend.build import amx_layers
-        from dyadic.backend.kernels import x86_isa
         from dyadic.targets.x86 import required_flags
 
-        if x86_isa(self.tvm_target) is None:
-            return {}
-        return {"cpu_flags": required_flags(self.tvm_target), "amx_tile_data": amx_layers(mod) > 0}
+        flags = required_flags(self.tvm_target)
+        fam = mod.attrs.get("dyadic_families") if mod.attrs is not None else None  # set by the lowering
+        amx = any(str(v) == "amx" for v in (fam or {}).values())
+        return {"cpu_flags": flags, "amx_tile_data": amx} if flags or amx else {}
 
     def count_instructions(self, built: Built, so_path: str) -> dict[str, int]:
         """x86 int8 MAC / AMX mnemonics in `objdump -d` of the library (empty without objdump)."""

@@ -36,17 +36,7 @@ from __future__ import annotations
 import enum
 import os
 
-
-class KernelFamily(enum.Enum):
-    """Which kernel family a layer ran on (recorded per layer in model.json)."""
-    AMX = "amx"
-    VNNI = "vnni"
-    AVX512 = "avx512"
-    AVX2 = "avx2"
-    SDOT = "sdot"
-    USDOT = "usdot"
-    USMMLA = "usmmla"
-    CUDA = "cuda"
+from dyadic.backend.kernels.family import KernelFamily  # noqa: F401  (re-exported)
 
 
 class KernelsOverride(enum.Enum):

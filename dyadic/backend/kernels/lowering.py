@@ -26,7 +26,8 @@ from tvm import relax
 
 from dyadic.core.arith import rounding_term
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import KernelFamily, amx_lowering, epilogue, packing, packed_ops, cpu_ops
+from dyadic.backend.kernels import amx_lowering, epilogue, packing, packed_ops, cpu_ops
+from dyadic.backend.kernels.family import KernelFamily
 from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
