@@ -362,3 +362,17 @@ def test_cpu_presets():
         preset_name("host", "pentium4")
     with pytest.raises(TargetError, match="only applies"):
         preset_name("cuda", "sapphirerapids")
+
+
+def test_native_target_drops_features_the_os_does_not_report(monkeypatch):
+    """A VM whose CPU model implies AMX but whose /proc/cpuinfo has no amx_int8 (hidden by the
+    hypervisor) gets a native target without AMX (-mattr), so its default build needs no flag it lacks."""
+    import dyadic.runtime.cpu as cpu
+    from dyadic.backend.kernels import x86_amx
+    from dyadic.targets.host import _mask_unreported
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512_vnni"})
+    tgt = _mask_unreported({"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert tgt["mattr"] == ["-amx-int8", "-amx-tile"] and not x86_amx(tgt)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"})
+    assert "mattr" not in _mask_unreported({"kind": "llvm", "mcpu": "sapphirerapids"})

@@ -1,6 +1,6 @@
 """`dyadic bench BUILD --vs MODEL.onnx`: time the integer library against onnxruntime, same machine.
 
-Three runners on the same model, batch size and thread count, float input to float output:
+The runners, on the same model, batch size and thread count, float input to float output:
   * dyadic:   the compiled library (`dyadic.load(BUILD).run`: numpy input quantization, the
               integer library, output dequantization), threads set with TVM_NUM_THREADS;
   * ort-int8: onnxruntime on a QDQ model from `quantize_static` (per-channel, uint8 activations,

@@ -92,7 +92,23 @@ def host_target(cpu: str | None = None) -> HostTarget:
 
     cores = os.cpu_count() or 1
     if cpu is None:
-        return HostTarget("host", {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+        tgt = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores}
+        return HostTarget("host", _mask_unreported(tgt))
     if cpu not in X86_CPUS:
         raise TargetError(f"unknown x86 CPU preset {cpu!r} for --target host; known: {', '.join(X86_CPUS)}")
     return HostTarget(f"host:{cpu}", {"kind": "llvm", "mcpu": cpu, "num-cores": cores}, cpu=X86_CPUS[cpu])
+
+
+def _mask_unreported(tgt: dict) -> dict:
+    """This CPU's target without the gating features its model name implies but /proc/cpuinfo does not
+    report (a VM that hides AMX or AVX-512: LLVM knows the CPU by its name, the OS by what it enabled),
+    so a native build never needs a flag this machine lacks."""
+    from dyadic.runtime.cpu import cpu_flags
+    from dyadic.targets.x86 import GATING_FEATURES, required_flags
+
+    flags = cpu_flags()
+    if flags is None:
+        return tgt
+    feats = dict((flag, feat) for feat, flag in GATING_FEATURES)
+    off = [f"-{feats[f]}" for f in required_flags(tgt) if f not in flags]
+    return {**tgt, "mattr": off} if off else tgt

@@ -37,8 +37,14 @@ GATING_FEATURES = (("amx-int8", "amx_int8"), ("amx-tile", "amx_tile"), ("avx512v
 
 def required_flags(tvm_target: dict) -> list[str]:
     """The /proc/cpuinfo flags (of `GATING_FEATURES`) a library for this x86 TVM target needs."""
+    import platform
+
     import tvm
     from tvm.target import codegen
 
+    triple = str(tvm_target.get("mtriple", ""))
+    arch = triple.split("-")[0] if triple else platform.machine().lower()
+    if arch not in ("x86_64", "amd64", "i686", "i386"):
+        return []
     tgt = tvm.target.Target(tvm_target)
     return [flag for feat, flag in GATING_FEATURES if codegen.target_has_features(feat, tgt)]
