@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
 def test_nncf_model_is_quantized(tiny, tmp_path):
     import openvino as ov
 
-    from dyadic.cli.bench import quantize_for_openvino
+    from dyadic.cli.bench_openvino import quantize_for_openvino
 
     d, calib = tiny
     xml = quantize_for_openvino(str(d / "tiny.onnx"), str(tmp_path), calib, count=8)

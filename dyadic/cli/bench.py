@@ -38,21 +38,13 @@ import time
 import numpy as np
 
 RUNNERS = ("dyadic", "ort-int8", "ort-fp32")
-OV_RUNNERS = ("ov-int8", "ov-fp32")
-
-
-def openvino_available() -> bool:
-    """Whether the OpenVINO peers can run: `openvino` and `nncf` are installed (the [peers] extra)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
 
 
 def runners(openvino: bool | None = None) -> tuple[str, ...]:
-    """The runners of one bench: the onnxruntime peers always, OpenVINO's where available (or asked)."""
+    """The runners of one bench: the onnxruntime peers always, OpenVINO's where installed (or asked)."""
+    from dyadic.cli.bench_openvino import OV_RUNNERS, openvino_available
+
     return RUNNERS + (OV_RUNNERS if (openvino_available() if openvino is None else openvino) else ())
-
-
 # ------------------------------------------------------------------------- worker (subprocess side)
 def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int) -> dict:
     rng = np.random.default_rng(0)
@@ -66,7 +58,9 @@ def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: 
         x = {spec["name"]: rng.standard_normal([batch] + spec["shape"][1:]).astype(np.float32)}
         call = lambda: m.run(x)  # noqa: E731
     elif kind.startswith("ov-"):
-        call = _openvino_call(path, threads, batch, rng)
+        from dyadic.cli.bench_openvino import openvino_call
+
+        call = openvino_call(path, threads, batch, rng)
     else:
         import onnxruntime as ort
 
@@ -89,41 +83,7 @@ def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: 
     return {"times_ms": times}
 
 
-def _openvino_call(path: str, threads: int, batch: int, rng):
-    """One OpenVINO CPU inference on random input, as a callable (the settings of the module docstring)."""
-    import openvino as ov
-    import openvino.properties as props
-    import openvino.properties.hint as hints
-
-    core = ov.Core()
-    model = core.read_model(path)
-    shapes = {i.get_any_name(): [batch] + [d.get_length() if d.is_static else 1 for d in list(i.get_partial_shape())[1:]]
-              for i in model.inputs}
-    model.reshape(shapes)
-    cfg = {props.inference_num_threads: threads, props.num_streams: 1, hints.performance_mode:
-           hints.PerformanceMode.LATENCY, hints.inference_precision: ov.Type.f32}
-    req = core.compile_model(model, "CPU", cfg).create_infer_request()
-    x = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
-    return lambda: req.infer(x)
-
-
 # ------------------------------------------------------------------------- preparation
-def quantize_for_openvino(model_path: str, out_dir: str, calib: dict[str, np.ndarray], count: int = 32) -> str:
-    """The OpenVINO int8 peer: NNCF post-training quantization of MODEL on the calibration samples
-    (one sample per item, as for onnxruntime), saved as OpenVINO IR; returns the .xml path."""
-    import nncf
-    import openvino as ov
-
-    model = ov.Core().read_model(model_path)
-    names = [i.get_any_name() for i in model.inputs]
-    n = min(count, len(next(iter(calib.values()))))
-    items = [{k: calib[k][i:i + 1].astype(np.float32) for k in names} for i in range(n)]
-    q = nncf.quantize(model, nncf.Dataset(items), subset_size=n)
-    out = os.path.join(out_dir, "ov-int8.xml")
-    ov.save_model(q, out)
-    return out
-
-
 def quantize_for_ort(model_path: str, out_dir: str, calib: dict[str, np.ndarray], count: int = 32) -> str:
     """The onnxruntime int8 baseline: QDQ, per-channel, u8 activations / s8 weights."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -215,6 +175,8 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
             raise DyadicError(f"onnxruntime cannot quantize {model_path!r} for the int8 baseline: "
                               f"{type(e).__name__}: {e}") from None
         paths = {"dyadic": build_dir, "ort-int8": int8, "ort-fp32": model_path}
+        from dyadic.cli.bench_openvino import quantize_for_openvino
+
         kinds = runners(openvino)
         if "ov-int8" in kinds:
             log(f"bench: quantizing {os.path.basename(model_path)} for OpenVINO int8 (nncf.quantize)")
