@@ -93,6 +93,9 @@ def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResu
     plan["target"]["instructions"] = target.count_instructions(built, so)
     plan["target"]["dot_macs"] = build.dot_macs(mod, ig)
     plan["target"]["kernel_coverage"] = build.kernel_coverage(mod)
+    requires = target.runtime_requirements(mod)
+    if requires:  # checked by dyadic.load (and the bundle runner) before the library is mapped
+        plan["target"]["requires"] = requires
     plan["library_bytes"] = {**build.library_bytes(so), "constants": build.constant_bytes(mod)}
     outputs = ["model.so", "model.json"] + target.package(built, tmp, plan)
     _write_json(os.path.join(tmp, "model.json"), plan)

@@ -63,11 +63,25 @@ def dot_macs(mod: tvm.IRModule, graph: Graph) -> dict | None:
 
 def kernel_coverage(mod: tvm.IRModule) -> dict:
     """How many integer-graph nodes run on dyadic's own kernels, and which ops (with counts) were left
-    to TVM's generic lowering (its default schedules): where a model's time outside our kernels goes."""
+    to TVM's generic lowering (its default schedules): where a model's time outside our kernels goes.
+    `layer_kernels`: the kernel family (amx, vnni, avx2, ...) each conv / dense layer ran on;
+    `families`: their counts."""
     info = mod.attrs.get("dyadic_coverage") if mod.attrs is not None else None
     counts = {str(k): int(v) for k, v in (info or {}).items()}
     ours = counts.pop("kernel", 0)
-    return {"kernel_nodes": ours, "generic_nodes": sum(counts.values()), "generic_ops": dict(sorted(counts.items()))}
+    fam = mod.attrs.get("dyadic_families") if mod.attrs is not None else None
+    layers = {str(k): str(v) for k, v in (fam or {}).items()}
+    by_family: dict[str, int] = {}
+    for v in layers.values():
+        by_family[v] = by_family.get(v, 0) + 1
+    return {"kernel_nodes": ours, "generic_nodes": sum(counts.values()), "generic_ops": dict(sorted(counts.items())),
+            "families": dict(sorted(by_family.items())), "layer_kernels": layers}
+
+
+def amx_layers(mod: tvm.IRModule) -> int:
+    """Conv / dense layers that run on AMX tiles: a library with any needs tile-data permission at load."""
+    fam = mod.attrs.get("dyadic_families") if mod.attrs is not None else None
+    return sum(1 for v in (fam or {}).values() if str(v) == "amx")
 
 
 def library_bytes(so_path: str) -> dict[str, int]:

@@ -136,6 +136,9 @@ class _Lowerer:
         mod = mod.with_attr("dyadic_coverage", dict(self.coverage))
         if getattr(self.kernels, "isa", None):  # which layers' MACs the kernel family put on which instruction
             mod = mod.with_attr("dyadic_dot", {"isa": self.kernels.isa, "layers": dict(self.kernels.dot_layers)})
+        families = getattr(self.kernels, "families", None)
+        if families:  # conv / dense layer -> kernel family (amx, vnni, avx2, ...): model.json kernel_coverage
+            mod = mod.with_attr("dyadic_families", {k: v.value for k, v in families.items()})
         return mod
 
 

@@ -1,14 +1,21 @@
 """`dyadic bench BUILD --vs MODEL.onnx`: time the integer library against onnxruntime, same machine.
 
-Three runners on the same model, batch size and thread count, float input to float output:
+The runners, on the same model, batch size and thread count, float input to float output:
   * dyadic:   the compiled library (`dyadic.load(BUILD).run`: numpy input quantization, the
               integer library, output dequantization), threads set with TVM_NUM_THREADS;
   * ort-int8: onnxruntime on a QDQ model from `quantize_static` (per-channel, uint8 activations,
               int8 weights), made from MODEL after `quant_pre_process` (batch-norm folded) and
               calibrated on the data the library was calibrated on (or --calib);
-  * ort-fp32: onnxruntime on MODEL itself.
+  * ort-fp32: onnxruntime on MODEL itself;
+  * ov-int8, ov-fp32 (when `openvino` and `nncf` import: `pip install dyadic[peers]`): OpenVINO on
+              NNCF's post-training `nncf.quantize` of MODEL, calibrated on the same data as ort-int8,
+              and on MODEL itself; both compiled for "CPU" with INFERENCE_NUM_THREADS = T, one stream,
+              the LATENCY hint, inputs reshaped to the batch, and INFERENCE_PRECISION_HINT f32 (on AMX
+              hosts OpenVINO would otherwise run the fp32 model in bf16).
 onnxruntime sessions use intra_op_num_threads = T, one inter-op thread, and
 'session.intra_op.allow_spinning' = '0' (idle spinning workers would steal the other core).
+The dyadic worker goes through `dyadic.load`, which requests AMX tile data for a library with AMX
+kernels; the peak measurement of an AMX host (`peak.amx_peak_gmacs`) requests it too.
 
 Every (runner, threads) measurement runs in its own subprocess; the whole set is repeated
 `repeat` times with the runner order rotated, because on small VMs a process can land in a slow
@@ -33,6 +40,11 @@ import numpy as np
 RUNNERS = ("dyadic", "ort-int8", "ort-fp32")
 
 
+def runners(openvino: bool | None = None) -> tuple[str, ...]:
+    """The runners of one bench: the onnxruntime peers always, OpenVINO's where installed (or asked)."""
+    from dyadic.cli.bench_openvino import OV_RUNNERS, openvino_available
+
+    return RUNNERS + (OV_RUNNERS if (openvino_available() if openvino is None else openvino) else ())
 # ------------------------------------------------------------------------- worker (subprocess side)
 def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int) -> dict:
     rng = np.random.default_rng(0)
@@ -45,6 +57,10 @@ def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: 
         # dequantization (numpy) are timed too
         x = {spec["name"]: rng.standard_normal([batch] + spec["shape"][1:]).astype(np.float32)}
         call = lambda: m.run(x)  # noqa: E731
+    elif kind.startswith("ov-"):
+        from dyadic.cli.bench_openvino import openvino_call
+
+        call = openvino_call(path, threads, batch, rng)
     else:
         import onnxruntime as ort
 
@@ -135,8 +151,8 @@ def _measure(kind: str, path: str, threads: int, batch: int, iters: int, warmup:
 
 
 def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat: int = 3, iters: int = 20,
-        warmup: int = 3, calib: dict[str, np.ndarray] | None = None, log=print) -> dict:
-    """Measure the three runners; returns {"rows": [...], "meta": {...}} (and prints via `log`)."""
+        warmup: int = 3, calib: dict[str, np.ndarray] | None = None, log=print, openvino: bool | None = None) -> dict:
+    """Measure the runners (`runners(openvino)`); returns {"rows": [...], "meta": {...}} (and prints via `log`)."""
     from dyadic.backend.kernels.peak import host_peak
     from dyadic.frontend import data
     from dyadic.runtime.loader import load
@@ -159,9 +175,22 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
             raise DyadicError(f"onnxruntime cannot quantize {model_path!r} for the int8 baseline: "
                               f"{type(e).__name__}: {e}") from None
         paths = {"dyadic": build_dir, "ort-int8": int8, "ort-fp32": model_path}
+        from dyadic.cli.bench_openvino import quantize_for_openvino
+
+        kinds = runners(openvino)
+        if "ov-int8" in kinds:
+            log(f"bench: quantizing {os.path.basename(model_path)} for OpenVINO int8 (nncf.quantize)")
+            try:
+                paths["ov-int8"] = quantize_for_openvino(model_path, tmp, calib)
+            except Exception as e:
+                from dyadic.core.errors import DyadicError
+
+                raise DyadicError(f"NNCF cannot quantize {model_path!r} for the OpenVINO int8 peer: "
+                                  f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+            paths["ov-fp32"] = model_path
         for rep in range(repeat):
             for t in threads:
-                order = RUNNERS[rep % 3:] + RUNNERS[:rep % 3]
+                order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
                 for kind in order:
                     ts = _measure(kind, paths[kind], t, batch, iters, warmup)
                     times.setdefault((kind, t), []).extend(ts)
@@ -169,12 +198,12 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
                     log(f"bench: repeat {rep + 1}/{repeat}, {t} thread(s), {kind:8s} median {np.median(ts):8.2f} ms")
     rows = []
     for t in threads:
-        med = {k: float(np.median(times[(k, t)])) for k in RUNNERS}
-        row = {"threads": t, "batch": batch, **{f"{k}_ms": med[k] for k in RUNNERS},
-               **{f"{k}_min_ms": float(np.min(times[(k, t)])) for k in RUNNERS},
-               "vs_ort_int8": med["ort-int8"] / med["dyadic"], "vs_ort_fp32": med["ort-fp32"] / med["dyadic"],
+        med = {k: float(np.median(times[(k, t)])) for k in kinds}
+        row = {"threads": t, "batch": batch, **{f"{k}_ms": med[k] for k in kinds},
+               **{f"{k}_min_ms": float(np.min(times[(k, t)])) for k in kinds},
+               **{f"vs_{k.replace('-', '_')}": med[k] / med["dyadic"] for k in kinds if k != "dyadic"},
                "gmacs": macs / med["dyadic"] / 1e6,
-               "repeat_medians_ms": {k: per_repeat[(k, t)] for k in RUNNERS}}
+               "repeat_medians_ms": {k: per_repeat[(k, t)] for k in kinds}}
         if t in peaks:
             row["peak_gmacs"] = peaks[t]
             row["peak_fraction"] = row["gmacs"] / peaks[t]
@@ -182,31 +211,36 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
     return {"rows": rows, "meta": {"build": build_dir, "model": model_path, "macs": macs,
                                    "peak_gmacs": {str(t): p for t, p in peaks.items()},
                                    "peak_instruction": host_peak()[0] if peaks else None,
-                                   "repeat": repeat, "iters": iters}}
+                                   "repeat": repeat, "iters": iters, "runners": list(kinds)}}
 
 
 def format_table(res: dict) -> str:
     m = res["meta"]
     peak = ", ".join(f"{t} thr {p:.0f}" for t, p in m["peak_gmacs"].items()) or "n/a (no VNNI or AVX2)"
     ins = m.get("peak_instruction") or "vpdpbusd"
-    label = {"vpdpbusd": "VNNI", "vpmaddwd": "AVX2"}.get(ins, ins)
+    label = {"vpdpbusd": "VNNI", "vpmaddwd": "AVX2", "tdpbusd": "AMX"}.get(ins, ins)
+    peers = [k for k in m.get("runners", RUNNERS) if k != "dyadic"]
     lines = [f"{os.path.basename(m['model'])}: {m['macs'] / 1e9:.3f} GMAC per run, measured {ins} peak GMAC/s: "
              f"{peak}; medians of {m['repeat']} x {m['iters']} runs",
-             f"threads  batch  dyadic ms  ort-int8 ms  ort-fp32 ms  int8/dyadic  fp32/dyadic  GMAC/s  of {label} peak"]
+             "threads  batch  dyadic ms  " + "".join(f"{k + ' ms':>11}  " for k in peers)
+             + "".join(f"{k + '/dyadic':>15}  " for k in peers)
+             + f"GMAC/s  of {label} peak"]
     for r in res["rows"]:
-        lines.append(f"{r['threads']:7d}  {r['batch']:5d}  {r['dyadic_ms']:9.2f}  {r['ort-int8_ms']:11.2f}  "
-                     f"{r['ort-fp32_ms']:11.2f}  {r['vs_ort_int8']:10.2f}x  {r['vs_ort_fp32']:10.2f}x  "
-                     f"{r['gmacs']:6.0f}  {100 * r.get('peak_fraction', float('nan')):11.0f}%")
+        lines.append(f"{r['threads']:7d}  {r['batch']:5d}  {r['dyadic_ms']:9.2f}  "
+                     + "".join(f"{r[k + '_ms']:11.2f}  " for k in peers)
+                     + "".join(f"{r['vs_' + k.replace('-', '_')]:14.2f}x  " for k in peers)
+                     + f"{r['gmacs']:6.0f}  {100 * r.get('peak_fraction', float('nan')):11.0f}%")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- CLI
 def add_subparser(sub) -> None:
-    b = sub.add_parser("bench", help="time a build against onnxruntime fp32 and int8 on this machine",
+    b = sub.add_parser("bench", help="time a build against onnxruntime (and OpenVINO) fp32 and int8 on this machine",
                        description="Time the compiled library against onnxruntime fp32 and onnxruntime int8 (QDQ, "
-                       "per-channel, u8 activations, s8 weights) on the same model, batch size and thread "
+                       "per-channel, u8 activations, s8 weights), and OpenVINO fp32 and int8 (NNCF) when installed, "
+                       "on the same model, batch size and thread "
                        "count; each measurement in its own process, repeated with the order rotated. Prints "
-                       "medians, ratios and the fraction of the VNNI peak.")
+                       "medians, ratios and the fraction of the measured VNNI / AVX2 / AMX peak.")
     b.add_argument("build", help="a build directory from `dyadic compile`")
     b.add_argument("--vs", metavar="MODEL.onnx", help="the ONNX model the build was compiled from (required "
                                                     "unless --rpc)")
@@ -220,6 +254,8 @@ def add_subparser(sub) -> None:
     b.add_argument("--calib", help=".npz calibration data for the onnxruntime int8 model (default: the synthetic "
                                    "data `dyadic compile` uses without --calib)")
     b.add_argument("--json", help="also write the results to this file")
+    b.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO peers (by default they run "
+                   "when openvino and nncf are installed: pip install 'dyadic[peers]')")
 
 
 def run_remote(build_dir: str, addr: str, batch: int, repeat: int, iters: int) -> dict:
@@ -277,7 +313,7 @@ def cmd(a) -> int:
         calib, _ = load_npz(a.calib, shapes)
     threads = tuple(int(t) for t in a.threads.split(","))
     res = run(a.build, a.vs, threads, a.batch, a.repeat, a.iters, calib=calib,
-              log=lambda s: print(s, file=sys.stderr))
+              log=lambda s: print(s, file=sys.stderr), openvino=False if a.no_openvino else None)
     print(format_table(res))
     if a.json:
         with open(a.json, "w") as f:

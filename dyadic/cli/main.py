@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="host", help="host (this CPU, default), arm (aarch64 Linux, "
                    "cross-compiled, with a deploy bundle) or cuda (NVIDIA GPU; builds without a GPU)")
     c.add_argument("--cpu", default=None, help="ARM core preset for --target arm: cortex-a76 (default), "
-                   "cortex-a55, neoverse-n1, cortex-a72, neoverse-v1")
+                   "cortex-a55, neoverse-n1, cortex-a72, neoverse-v1; x86 CPU for --target host (default: this "
+                   "CPU): sapphirerapids, emeraldrapids, graniterapids (AMX), icelake-server, cascadelake, znver4, "
+                   "haswell")
     c.add_argument("--arch", default=None, help="GPU architecture for --target cuda: sm_75 (default), sm_80, "
                    "sm_86, sm_89, sm_90")
     c.add_argument("--quiet", action="store_true", help="no progress output")

@@ -41,6 +41,10 @@ def summary(plan: dict) -> str:
         rest = ", ".join(f"{k} x{v}" for k, v in cov["generic_ops"].items())
         rows.append(f"nodes on dyadic's kernels: {cov['kernel_nodes']} of {cov['kernel_nodes'] + cov['generic_nodes']}"
                     f"; TVM's generic lowering: {rest}")
+    if cov and cov.get("families"):
+        rows.append("conv/dense kernels: " + ", ".join(f"{k} {v}" for k, v in cov["families"].items())
+                    + (" (AMX: tile-data permission requested at load)" if tgt.get("requires", {}).get("amx_tile_data")
+                       else ""))
     ilp = plan.get("bit_selection", {}).get("ilp")
     if ilp:
         used = ", ".join(f"{k} {v['used']:.4g} of {v['limit']:.4g} (all-int8 {v['all_int8']:.4g})"

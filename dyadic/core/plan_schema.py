@@ -145,6 +145,12 @@ def validate_plan(plan, where: str = "model.json") -> None:
     tgt = plan.get("target")
     if not isinstance(tgt, dict) or not isinstance(tgt.get("preset"), str):
         problems.append("target: missing or without a preset")
+    elif "requires" in tgt:
+        req = tgt["requires"]
+        if not (isinstance(req, dict) and isinstance(req.get("cpu_flags", []), list)
+                and all(isinstance(f, str) and f.isidentifier() for f in req.get("cpu_flags", []))
+                and isinstance(req.get("amx_tile_data", False), bool)):
+            problems.append(f"target.requires: {req!r} is not {{cpu_flags: [names], amx_tile_data: bool}}")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise BuildDirError(f"{where} fails the plan schema: {shown}")

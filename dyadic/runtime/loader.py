@@ -20,6 +20,9 @@ validated against the plan schema (`dyadic.core.plan_schema`); `model.so` must h
 sha256 the plan records before it is mapped (a truncated or edited library would otherwise SIGBUS,
 SIGILL or run garbage); `run_int` refuses missing inputs, non-integer dtypes, wrong shapes and
 values outside the input's integer range; `run` refuses non-finite or wrongly shaped floats.
+A host library built for another x86 CPU (`--cpu sapphirerapids`) records the CPU flags it needs
+(`target.requires` in model.json); `load` refuses it on a CPU without them, and requests Linux's
+AMX tile-data permission for a library with AMX kernels (`dyadic.runtime.cpu`), before mapping it.
 A build directory is native code: load only builds from a trusted source (the checksum detects
 damage, not a malicious plan and library written together).
 
@@ -218,4 +221,7 @@ def load(path: str, threads: int | None = None) -> CompiledModel:
         raise BuildDirError(f"{path} not found: is {path!r} the output directory of `dyadic compile`?")
     plan = read_plan(path)
     check_library(so, plan)
+    from dyadic.runtime.cpu import prepare
+
+    prepare(plan["target"].get("requires"), so)  # CPU flags (never a SIGILL), AMX tile-data permission
     return CompiledModel(so, plan, threads)

@@ -8,6 +8,12 @@
 //     SHAPE  e.g. 1x3x32x32                                OUT_PREFIX  writes OUT_PREFIX<k>.bin
 //   For each output it prints "output <k> <dtype> <shape> <file>"; with -r REPS it also runs `main`
 //   REPS more times and prints "timing: median <ms> ms, min <ms> ms over <REPS> runs".
+//
+// x86-64 Linux: a library with AMX kernels (model.json beside MODEL.so says "amx_tile_data": true, or
+// --amx) needs the process's AMX tile-data permission before its first tile instruction:
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA). The runner checks the CPU (cpuid leaf 7:
+// AMX-TILE, AMX-INT8) and asks for it before loading the library; a CPU without AMX or a kernel that
+// refuses is a one-line error and exit status 2, never a SIGILL.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/container/tensor.h>
@@ -21,6 +27,16 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#endif
 
 using namespace tvm;
 
@@ -85,24 +101,59 @@ std::vector<ffi::Tensor> Outputs(const ffi::Any& ret) {
   return outs;
 }
 
+// Whether model.json beside the library records AMX kernels ("amx_tile_data": true).
+bool PlanNeedsAmx(const std::string& so) {
+  size_t slash = so.rfind('/');
+  std::ifstream in((slash == std::string::npos ? std::string() : so.substr(0, slash + 1)) + "model.json");
+  std::string text, compact;
+  if (!in) return false;
+  text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  for (char ch : text)
+    if (ch != ' ' && ch != '\n' && ch != '\t' && ch != '\r') compact += ch;
+  return compact.find("\"amx_tile_data\":true") != std::string::npos;
+}
+
+void RequestAmxTileData() {
+#if defined(__x86_64__) && defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1))
+    Fail("the library uses Intel AMX tiles (amx_int8, amx_tile), which this CPU does not have; compile it for "
+         "this CPU (dyadic compile --target host)");
+  if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0)
+    Fail(std::string("the Linux kernel refused AMX tile-data permission (arch_prctl(ARCH_REQ_XCOMP_PERM): ") +
+         std::strerror(errno) + "); AMX needs Linux >= 5.16");
+  uint64_t mask = 0;
+  if (syscall(SYS_arch_prctl, 0x1022 /* ARCH_GET_XCOMP_PERM */, &mask) != 0 || !((mask >> 18) & 1))
+    Fail("Linux does not report AMX tile-data permission after the request");
+#else
+  Fail("the library uses Intel AMX tiles: only x86-64 Linux runs it");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "-h") {
-    std::fprintf(stderr, "usage: dyadic-run MODEL.so -i FILE:DTYPE:SHAPE [-i ...] -o OUT_PREFIX [-r REPS]\n");
+    std::fprintf(stderr, "usage: dyadic-run MODEL.so -i FILE:DTYPE:SHAPE [-i ...] -o OUT_PREFIX [-r REPS] [--amx]\n");
     return 2;
   }
   std::vector<ffi::Any> inputs;
   std::string prefix = "out";
   int reps = 0;
+  bool amx = PlanNeedsAmx(argv[1]);
   for (int k = 2; k < argc; ++k) {
     std::string flag = argv[k];
+    if (flag == "--amx") {
+      amx = true;
+      continue;
+    }
     if (k + 1 >= argc) Fail("flag " + flag + " needs a value");
     if (flag == "-i") inputs.push_back(LoadInput(argv[++k]));
     else if (flag == "-o") prefix = argv[++k];
     else if (flag == "-r") reps = std::atoi(argv[++k]);
     else Fail("unknown flag " + flag);
   }
+  if (amx) RequestAmxTileData();  // before the library's first instruction
   ffi::Module lib = ffi::Module::LoadFromFile(argv[1]);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2 /* pooled allocator */);

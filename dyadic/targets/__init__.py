@@ -1,7 +1,7 @@
 """Target presets -> TVM target descriptions.
 
 A compile names its target as one string so that `CompileConfig.target` stays a plain value:
-`host` (this CPU), `arm[:CPU]` (aarch64 Linux, cross-compiled) or `cuda[:sm_XX]` (NVIDIA GPU).
+`host[:CPU]` (this CPU, or an x86 preset such as host:sapphirerapids), `arm[:CPU]` (aarch64 Linux, cross-compiled) or `cuda[:sm_XX]` (NVIDIA GPU).
 The presets are typed and frozen because they are facts about hardware, not options: which
 instructions a core has decides both the LLVM `-mattr` and which instruction counts mean anything
 (an `sdot` count on a Cortex-A72 preset would be a bug, it has no dot-product extension).
@@ -25,21 +25,19 @@ PRESETS = {"host": host_target, "arm": arm_target, "cuda": cuda_target}
 
 
 def resolve(name: str) -> Target:
-    """`host`, `arm`, `arm:CPU`, `cuda` or `cuda:sm_XX` -> a Target."""
+    """`host`, `host:CPU`, `arm`, `arm:CPU`, `cuda` or `cuda:sm_XX` -> a Target."""
     kind, _, sub = name.partition(":")
     if kind not in PRESETS:
-        raise TargetError(f"unknown target {name!r}; known: host, arm[:CPU], cuda[:sm_XX]")
-    if kind == "host":
-        if sub:
-            raise TargetError(f"target 'host' takes no sub-preset (got {name!r})")
-        return host_target()
+        raise TargetError(f"unknown target {name!r}; known: host[:CPU], arm[:CPU], cuda[:sm_XX]")
+    if kind == "host":  # host:CPU: another x86 CPU (`x86.X86_CPUS`), e.g. host:sapphirerapids
+        return host_target(sub or None)
     return PRESETS[kind](sub) if sub else PRESETS[kind]()
 
 
 def preset_name(target: str, cpu: str | None = None, arch: str | None = None) -> str:
     """Combine the CLI's --target/--cpu/--arch into one preset string, rejecting inconsistent flags."""
-    if cpu and target != "arm":
-        raise TargetError(f"--cpu {cpu} only applies to --target arm (got --target {target})")
+    if cpu and target not in ("arm", "host"):
+        raise TargetError(f"--cpu {cpu} only applies to --target arm or host (got --target {target})")
     if arch and target != "cuda":
         raise TargetError(f"--arch {arch} only applies to --target cuda (got --target {target})")
     name = f"{target}:{cpu or arch}" if (cpu or arch) else target

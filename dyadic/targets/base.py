@@ -84,6 +84,11 @@ class Target:
         """The target's int8 MAC instructions in the library (none counted by default)."""
         return {}
 
+    def runtime_requirements(self, mod) -> dict:
+        """What the loader must check or enable before mapping the library (model.json `target.requires`;
+        host: CPU flags, AMX tile data). Nothing by default."""
+        return {}
+
 
 TargetSpec = Target
 

@@ -1,27 +1,74 @@
-"""The host target: this CPU, built with TVM's default pipeline and checked in this process."""
+"""The host target: this CPU (or, with `--cpu NAME`, another x86 CPU: `dyadic.targets.x86`), built with
+TVM's default pipeline and checked in this process where this CPU can run it."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.targets.base import Target
+from dyadic.core.errors import TargetError
+from dyadic.targets.base import Built, Target
+
+#: x86 int8 MAC (and AMX tile) mnemonics counted in the library's disassembly
+X86_MNEMONICS = ("vpdpbusd", "vpmaddwd", "tdpbusd", "tileloadd", "ldtilecfg")
 
 
 @dataclass(frozen=True)
 class HostTarget(Target):
     @property
     def runs_here(self) -> bool:
-        return True
+        """This CPU has every flag the library needs (always, for a build for this CPU)."""
+        from dyadic.runtime.cpu import cpu_flags
+
+        if self.cpu is None:
+            return True
+        flags = cpu_flags()
+        return flags is not None and not self.missing_flags(flags)
+
+    def missing_flags(self, flags: set[str]) -> list[str]:
+        from dyadic.targets.x86 import required_flags
+
+        return [f for f in required_flags(self.tvm_target) if f not in flags]
+
+    def describe(self) -> dict:
+        d = {"preset": self.name, "kind": self.kind, "tvm": self.tvm_target}
+        if self.cpu is not None:
+            d["cpu"] = {"name": self.cpu.name, "examples": self.cpu.examples}
+        return d
+
+    def runtime_requirements(self, mod) -> dict:
+        """model.json `requires`: the CPU flags (`x86.required_flags`) and whether AMX tile data is needed."""
+        from dyadic.targets.x86 import required_flags
+
+        flags = required_flags(self.tvm_target)
+        fam = mod.attrs.get("dyadic_families") if mod.attrs is not None else None  # set by the lowering
+        amx = any(str(v) == "amx" for v in (fam or {}).values())
+        return {"cpu_flags": flags, "amx_tile_data": amx} if flags or amx else {}
+
+    def count_instructions(self, built: Built, so_path: str) -> dict[str, int]:
+        """x86 int8 MAC / AMX mnemonics in `objdump -d` of the library (empty without objdump)."""
+        if shutil.which("objdump") is None:
+            return {}
+        asm = subprocess.run(["objdump", "-d", so_path], capture_output=True, text=True).stdout
+        words = Counter(re.findall(r"\t([a-z][a-z0-9]*) ", asm))
+        return {m: words[m] for m in X86_MNEMONICS if words[m]}
 
     def self_check(self, int_graph, build_dir: str, plan: dict, sample: dict[str, np.ndarray]) -> str:
         """The built library must equal the int64 reference exactly on real (calibration) inputs."""
         from dyadic.core.errors import VerificationError
         from dyadic.core.io import quantize_inputs
         from dyadic.core.reference import run_reference
+        from dyadic.runtime.cpu import cpu_flags
         from dyadic.runtime.loader import load
 
+        if not self.runs_here:
+            missing = self.missing_flags(cpu_flags() or set())
+            return f"not run: this CPU lacks {', '.join(missing)} (built for {self.cpu.name})"
         ig = int_graph
         m = load(build_dir)
         q_all = quantize_inputs(ig, sample)
@@ -37,8 +84,31 @@ class HostTarget(Target):
         return f"bit-exact vs int64 reference ({len(next(iter(sample.values())))} inputs)"
 
 
-def host_target() -> HostTarget:
+def host_target(cpu: str | None = None) -> HostTarget:
+    """This CPU, or the x86 preset `cpu` (`dyadic.targets.x86.X86_CPUS`)."""
     from tvm.target import codegen
 
-    cpu = codegen.llvm_get_system_cpu()
-    return HostTarget("host", {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
+    from dyadic.targets.x86 import X86_CPUS
+
+    cores = os.cpu_count() or 1
+    if cpu is None:
+        tgt = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores}
+        return HostTarget("host", _mask_unreported(tgt))
+    if cpu not in X86_CPUS:
+        raise TargetError(f"unknown x86 CPU preset {cpu!r} for --target host; known: {', '.join(X86_CPUS)}")
+    return HostTarget(f"host:{cpu}", {"kind": "llvm", "mcpu": cpu, "num-cores": cores}, cpu=X86_CPUS[cpu])
+
+
+def _mask_unreported(tgt: dict) -> dict:
+    """This CPU's target without the gating features its model name implies but /proc/cpuinfo does not
+    report (a VM that hides AMX or AVX-512: LLVM knows the CPU by its name, the OS by what it enabled),
+    so a native build never needs a flag this machine lacks."""
+    from dyadic.runtime.cpu import cpu_flags
+    from dyadic.targets.x86 import GATING_FEATURES, required_flags
+
+    flags = cpu_flags()
+    if flags is None:
+        return tgt
+    feats = dict((flag, feat) for feat, flag in GATING_FEATURES)
+    off = [f"-{feats[f]}" for f in required_flags(tgt) if f not in flags]
+    return {**tgt, "mattr": off} if off else tgt

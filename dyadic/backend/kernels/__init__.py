@@ -8,6 +8,9 @@ when no kernel family fits the target (the generic Relax lowering then does ever
 Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as implicit GEMMs on
 `mma.sync` tensor cores, s8/u8 and s4/u4, requant fused, see `cuda_gemm`), and CPU
 (`lowering.CpuKernels`), one set of loop nests and layouts for x86 and aarch64, with
+  * "amx": on a target with AMX-INT8 (Sapphire Rapids and later), conv and dense layers with enough
+    channels and pixels run on `tdpbusd` tiles (`amx_conv`, `amx_layout`, `intrin_amx`; the
+    per-layer choice is `amx_lowering.AmxPolicy`), the others on the VNNI kernels below;
   * "vnni":   AVX512-VNNI `vpdpbusd` (u8 x s8 -> s32), the fast x86 path;
   * "avx2": conv and dense on AVX2 `vpmaddwd` (operands widened to int16, `intrin_avx2`), depthwise
     with int32 vector multiply-adds;
@@ -15,7 +18,8 @@ Families so far: cuda (`cuda_lowering.CudaKernels`: integer conv / dense as impl
   * "sdot" (dotprod cores) / "usmmla" (i8mm cores: `usmmla` matrix multiply-accumulate for
     channel-blocked convs, `usdot` for the others), `arm_intrin`; a core without dotprod
     (Cortex-A72) gets the generic lowering.
-Set DYADIC_KERNELS=generic in the environment to force the generic lowering (for comparisons).
+Set DYADIC_KERNELS=generic in the environment to force the generic lowering, DYADIC_KERNELS=vnni to
+keep AMX targets on the previous (VNNI) kernels (for comparisons; `kernel_choice`).
 
 Modules: `lowering` (which graph nodes, in which layout), `spec` (kernel parameters, register tile),
 `cpu_conv` (conv / depthwise / dense with fused requant and residual add), `cpu_ops` (add, pooling,
@@ -29,7 +33,39 @@ and 16-bit activations everywhere, take the generic path.
 """
 from __future__ import annotations
 
+import enum
 import os
+
+from dyadic.backend.kernels.family import KernelFamily  # noqa: F401  (re-exported)
+
+
+class KernelsOverride(enum.Enum):
+    """DYADIC_KERNELS: unset (the target's best), `generic` (no dyadic kernels), `vnni` (no AMX)."""
+    DEFAULT = ""
+    GENERIC = "generic"
+    VNNI = "vnni"
+
+
+def kernel_choice() -> KernelsOverride:
+    v = os.environ.get("DYADIC_KERNELS", "").strip().lower()
+    try:
+        return KernelsOverride(v)
+    except ValueError:
+        from dyadic.core.errors import TargetError
+
+        raise TargetError(f"DYADIC_KERNELS={v!r} is not one of: generic, vnni (or unset)") from None
+
+
+def x86_amx(tvm_target: dict) -> bool:
+    """Whether an x86 TVM target has AMX-INT8 tiles (`amx-tile` and `amx-int8`, from its -mcpu /
+    -mattr), i.e. whether the lowering may use the AMX kernels. DYADIC_KERNELS=vnni says no."""
+    if kernel_choice() is not KernelsOverride.DEFAULT or x86_isa(tvm_target) != "vnni":
+        return False
+    import tvm
+    from tvm.target import codegen
+
+    tgt = tvm.target.Target(tvm_target)
+    return bool(codegen.target_has_features("amx-int8", tgt)) and bool(codegen.target_has_features("amx-tile", tgt))
 
 
 def x86_isa(tvm_target: dict) -> str | None:
@@ -67,7 +103,7 @@ def arm_isa(target) -> str | None:
 
 def for_lowerer(lowerer):
     """The kernel family for `lowerer.target` (a `dyadic.targets.Target`), or None."""
-    if os.environ.get("DYADIC_KERNELS", "").lower() == "generic" or lowerer.target is None:
+    if kernel_choice() is KernelsOverride.GENERIC or lowerer.target is None:
         return None
     if lowerer.target.kind == "cuda":
         from dyadic.backend.kernels.cuda_lowering import CudaKernels
@@ -78,4 +114,5 @@ def for_lowerer(lowerer):
         return None
     from dyadic.backend.kernels.lowering import CpuKernels
 
-    return CpuKernels(lowerer, isa)
+    amx = lowerer.target.kind != "arm" and x86_amx(lowerer.target.tvm_target)
+    return CpuKernels(lowerer, isa, amx=amx)

@@ -14,6 +14,8 @@ Residual fusion: a conv whose only consumer is a `qadd` is not emitted at once; 
 emitted with the add in its epilogue (the other branch read from memory), which is the same
 integer formula as conv-then-add (`dyadic.reference`), without the conv output's round trip.
 Kernels are built once per distinct shape (`ConvSpec` etc.); weights and constants are arguments.
+On an AMX target (`amx=True`) `amx_lowering` picks, per conv / dense layer, the AMX kernel
+(`amx_conv`, same arguments and packed output) or the VNNI one; `families` records the choice.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from tvm import relax
 
 from dyadic.core.arith import rounding_term
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import epilogue, packing, packed_ops, cpu_ops
+from dyadic.backend.kernels import amx_lowering, epilogue, packing, packed_ops, cpu_ops
+from dyadic.backend.kernels.family import KernelFamily
 from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
@@ -38,8 +41,8 @@ def _c(v: np.ndarray, dtype: str):
 
 
 class CpuKernels:
-    def __init__(self, lowerer, isa: str):
-        self.L, self.g, self.isa = lowerer, lowerer.g, isa
+    def __init__(self, lowerer, isa: str, amx: bool = False):
+        self.L, self.g, self.isa, self.amx = lowerer, lowerer.g, isa, amx
         self.consumers = self.g.consumers()
         self.packed: set[str] = set()          # tensors whose Relax value is in the packed layout
         self.values: dict[str, object] = {}    # packed Relax value of each packed tensor
@@ -47,6 +50,7 @@ class CpuKernels:
         self.deferred: dict[str, tuple] = {}   # conv output -> (node, xs), waiting for its add
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
         self.dot_layers: dict[str, str] = {}   # layer -> the dot-product instruction its MACs run on
+        self.families: dict[str, KernelFamily] = {}  # conv / dense layer -> the kernel family it ran on
 
     # ---------------------------------------------------------------- helpers
     def _call(self, key: tuple, make, args: list, shape: list, dtype: str):
@@ -169,6 +173,9 @@ class CpuKernels:
             rt, add, first = res
             r32 = epilogue.int32_ok((a["lo"], a["hi"]), self._dtype(rt), add.params["S"])
             residual, out_dtype = (self._dtype(rt), add.attrs["lo"], add.attrs["hi"], r32), self._dtype(add.output)
+        amx = amx_lowering.conv_spec(self, n, residual, out_dtype) if self.amx else None
+        if amx is not None:
+            return self._amx_call(n, x, amx, p["W"], res)
         _, c, h, w = self.g.shapes[t]
         o, _, kh, kw = p["W"].shape
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
@@ -196,9 +203,26 @@ class CpuKernels:
         return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
 
     def _record_dot(self, n: Node, sp: ConvSpec) -> None:
+        self.families[n.name] = KernelFamily(sp.isa)
         if sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd:  # usmmla cores run some layers on usdot
             names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot", "avx2": "vpmaddwd"}
             self.dot_layers[n.name] = names.get(sp.isa, sp.isa)
+
+    def _amx_call(self, n: Node, x, sp, w, res=None):
+        """Emit the AMX kernel of conv / dense n (`amx_conv`; res as in `_conv`)."""
+        from dyadic.backend.kernels import amx_conv, amx_layout
+
+        op = sp.ocb * 16
+        args = [x, _c(amx_layout.weight(w, sp), "int8"), _c(packing.bias(n.params["B"], w, sp.offset, op), "int32"),
+                *self._rq_consts(n.params, op, sp.hi32)]
+        if res is not None:
+            rt, add, first = res
+            mm = np.asarray(add.params["M"]).reshape(-1)
+            q = epilogue.consts(mm if first else mm[::-1], add.params["S"], sp.residual[3])
+            args += [self.values[rt], _c(q, str(q.dtype))]
+        self.families[n.name], self.dot_layers[n.name] = KernelFamily.AMX, "tdpbusd"
+        shape = [self.L.batch, sp.ocb, *((1, 1) if sp.dense else sp.out_hw), 16]
+        return self._call(("amxconv", sp), lambda: amx_conv.conv_func(sp), args, shape, sp.out_dtype)
 
     @staticmethod
     def _rq_consts(p, op: int, hi32: bool = False) -> list:
@@ -215,6 +239,11 @@ class CpuKernels:
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
+        amx = amx_lowering.dense_spec(self, n) if self.amx else None
+        if amx is not None:
+            y = self._amx_call(n, x4, amx, wk)
+            y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
+            return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y
         args = [x4, _c(packing.weight(wk, sp), "int8"),
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
         self._record_dot(n, sp)

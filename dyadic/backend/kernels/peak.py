@@ -6,6 +6,9 @@ kernel with ACC independent `vpdpbusd` accumulator chains per thread and no memo
 loop is built and timed; peak = 64 MACs x instructions / second, for the given thread count.
 On an AVX2-only CPU (`pmadd_peak_gmacs`) the chains are `vpmaddwd` + `vpaddd` on ymm (the step the
 avx2 kernels run, `intrin_avx2`): 16 MACs per `vpmaddwd`.
+On an AMX host (`amx_peak_gmacs`) the chains are 4 independent 16 x 16 int32 accumulator tiles fed by
+2 A and 2 B tiles loaded once (`intrin_amx`, the 2 x 2 blocking of the AMX kernels): 16 x 16 x 64 =
+16,384 MACs per `tdpbusd`. The process requests AMX tile data first (`dyadic.runtime.cpu`).
 """
 from __future__ import annotations
 
@@ -21,8 +24,66 @@ def host_peak() -> tuple[str | None, str | None]:
     from dyadic.backend.kernels import x86_isa
     from dyadic.targets import host_target
 
-    isa = x86_isa(host_target().tvm_target)
+    from dyadic.backend.kernels import x86_amx
+
+    tgt = host_target().tvm_target
+    if x86_amx(tgt):
+        return "tdpbusd", "amx_peak_gmacs"
+    isa = x86_isa(tgt)
     return {"vnni": ("vpdpbusd", "vnni_peak_gmacs"), "avx2": ("vpmaddwd", "pmadd_peak_gmacs")}.get(isa, (None, None))
+
+
+AMX_ITERS = 20_000  #: `tdpbusd` rounds (4 instructions, ~16 cycles each) per thread per call
+
+
+def amx_kernel(threads: int):
+    """The `tdpbusd` chain kernel (a TIR PrimFunc; compiled for an AMX target in `amx_peak_gmacs`)."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script.builder import ir as T
+
+    from dyadic.backend.kernels.intrin_amx import TileOps
+
+    ops = TileOps(16, 2, 2)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            T.func_attr({"tirx.noalias": True})
+            a = T.match_buffer(T.arg("a", T.handle()), (2048,), "uint8")
+            b = T.match_buffer(T.arg("b", T.handle()), (2048,), "int8")
+            out = T.match_buffer(T.arg("out", T.handle()), (threads * 4 * 256,), "int32")
+            with T.parallel(0, threads) as p:
+                ops.begin()
+                for i in range(2):
+                    ops.load(ops.a(i), a, i * 1024, 64)
+                    ops.load(ops.b(i), b, i * 1024, 64)
+                    for j in range(2):
+                        ops.zero(ops.c(i, j))
+                with T.serial(0, AMX_ITERS):
+                    for i in range(2):
+                        for j in range(2):
+                            ops.dot(ops.c(i, j), ops.a(i), ops.b(j))
+                for t in range(4):
+                    T.evaluate(tirx.call_llvm_intrin("void", "llvm.x86.tilestored64", tirx.const(t, "int8"),
+                                                     tirx.address_of(out[(p * 4 + t) * 256]), tirx.const(64, "int64")))
+                ops.end()
+    return ib.get()
+
+
+def amx_peak_gmacs(threads: int, repeat: int = 10) -> float:
+    """As `vnni_peak_gmacs`, for AMX `tdpbusd` (16,384 MACs per instruction); this host must have AMX."""
+    import numpy as np
+    import tvm
+
+    from dyadic.runtime.cpu import request_amx_tile_data
+    from dyadic.targets import host_target
+
+    request_amx_tile_data("the tdpbusd peak kernel")
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 256, 2048).astype("uint8"), rng.integers(-128, 128, 2048).astype("int8")]
+    lib = tvm.compile(tvm.IRModule({"main": amx_kernel(threads)}), target=host_target().tvm())
+    args = [*(tvm.runtime.tensor(d) for d in data), tvm.runtime.empty((threads * 4 * 256,), "int32")]
+    return _best(lib, args, repeat) * threads * AMX_ITERS * 4 / 1e9 * 16384
 
 
 def _kernel(threads: int):
@@ -97,6 +158,11 @@ def _time(func, data, out_shape, threads: int, repeat: int) -> float:
 
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target().tvm())
     args = [*(tvm.runtime.tensor(d) for d in data), tvm.runtime.empty(out_shape, "int32")]
+    return _best(lib, args, repeat) * threads * ITERS * ACC / 1e9
+
+
+def _best(lib, args, repeat: int) -> float:
+    """1 / (the fastest of `repeat` calls, in seconds), after 0.2 s of warm-up calls."""
     t_end = time.perf_counter() + 0.2  # wake the pool's workers and let the clocks settle first
     while time.perf_counter() < t_end:
         lib(*args)
@@ -105,4 +171,4 @@ def _time(func, data, out_shape, threads: int, repeat: int) -> float:
         t0 = time.perf_counter()
         lib(*args)
         best = min(best, time.perf_counter() - t0)
-    return threads * ITERS * ACC / best / 1e9
+    return 1.0 / best

@@ -1,0 +1,178 @@
+"""AMX conv / dense kernels (`tdpbusd` tiles) with the fused dyadic requant and residual add.
+
+`conv_func(sp)` is a drop-in for `cpu_conv.conv_func`: the same arguments (x, w, b, m, r, s,
+[res, q], out) and the packed output [N, O/16, OH, OW, 16], so the lowering can choose per layer.
+The tile program, layouts and arithmetic are in `amx_layout`; the instructions in `intrin_amx`.
+
+Structure of the PrimFunc (written with TVM's IRBuilder: tile-register numbers are immediates, so
+the register-blocked part is unrolled in Python):
+  1. staging (parallel over image rows): xa[n, HX, WS, CP] uint8 from packed or NCHW input, spatial
+     padding, channel padding to 64, +128 for signed input (a heap workspace, like `cpu_conv`'s pad);
+  2. tile loop, parallel over (image, output-channel group of nb blocks, group of macro tiles); each
+     parallel task runs `ldtilecfg` once (the configuration is per thread), then per macro tile
+     (mb x 16 pixels x nb x 16 channels): tilezero, for each reduction step (ry, rx, kb) mb A and
+     nb B `tileloadd`s and mb nb `tdpbusd`s; then per C tile one `tilestored` into a 1 KiB int32
+     scratch on the stack and the epilogue over its rows: + bias, requant (the int32 form of
+     `intrin.REQUANT_INTRIN` when every shift >= 33, else the int64 formula of `dyadic.arith`),
+     clip, the fused residual add (`epilogue`), store of the valid pixels (16 channels, vectorized);
+     `tilerelease` at the end of the task.
+  3. 4-bit weights: each B tile is unpacked (two shifts per byte) into an int8 scratch right before
+     its `tileloadd`.
+`emulate=True` builds the identical kernel with `intrin_amx`'s TIR emulation of the instructions
+(tests on CPUs without AMX).
+"""
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script.builder import ir as T
+
+from dyadic.backend.kernels import epilogue
+from dyadic.backend.kernels.amx_layout import B_TILE, ROW_BYTES, ROWS_MAX, AmxConvSpec
+from dyadic.backend.kernels.intrin_amx import TileOps
+from dyadic.backend.kernels.spec import ceil_div
+
+TASKS_PER_IMAGE = 32  #: parallel tasks per (image, channel group) at most: each runs ldtilecfg once
+
+
+def _i64(v):
+    return tirx.const(v, "int64")
+
+
+def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
+    n = tirx.Var("n", "int32")
+    oh, ow = (1, 1) if sp.dense else sp.out_hw
+    ocb, cp = sp.ocb, sp.cp
+    ops = TileOps(sp.m, sp.mb, sp.nb, emulate)
+    wlen = ocb * sp.kh * sp.kw * sp.kb * sp.b_bytes
+    cdt = "int32" if sp.hi32 else "int64"
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            T.func_attr({"tirx.noalias": True})
+            xshape = (n, ceil_div(sp.c, 16), sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w)
+            names = ["x", "w", "b", "m", "r", "s"] + (["res", "q"] if sp.residual else []) + ["out"]
+            hs = {nm: T.arg(nm, T.handle()) for nm in names}
+            x = T.match_buffer(hs["x"], xshape, sp.in_dtype)
+            wq = T.match_buffer(hs["w"], (wlen,), "int8")
+            bias = T.match_buffer(hs["b"], (ocb * 16,), "int32")
+            mul, rnd, shf = (T.match_buffer(hs[k], (ocb * 16,), cdt) for k in "mrs")
+            if sp.residual:
+                res = T.match_buffer(hs["res"], (n, ocb, oh, ow, 16), sp.residual[0])
+                q = T.match_buffer(hs["q"], (6,) if sp.residual[3] else (4,), "int32" if sp.residual[3] else "int64")
+            out = T.match_buffer(hs["out"], (n, ocb, oh, ow, 16), sp.out_dtype)
+            img = sp.hx * sp.ws * cp
+            xa = T.alloc_buffer(((n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX * cp,) if sp.dense else (n * img,), "uint8")
+            _stage(sp, n, x, xa)
+
+            def epilogue_rows(i, j, t, ob, b, scratch):
+                with T.serial(0, sp.m) as r:
+                    if sp.dense:
+                        bb, y, z = t * ROWS_MAX + r, 0, 0
+                        ok = bb < n
+                    else:
+                        (y, z), bb = sp.out_pixel(t, r), b
+                        ok = tirx.all(y < oh, z < ow)
+                    with T.If(ok):
+                        with T.Then():
+                            with T.vectorized(0, 16) as jj:
+                                ch = ob * 16 + jj
+                                acc = scratch[r * 16 + jj] + bias[ch]
+                                if sp.hi32:
+                                    v = tirx.shift_right(tirx.Cast("int32", (acc.astype("int64") * mul[ch].astype(
+                                        "int64")) >> _i64(32)) + rnd[ch], shf[ch])
+                                    v = tirx.max(tirx.min(v, sp.hi), sp.lo)
+                                else:
+                                    v = acc.astype("int64") * mul[ch] + rnd[ch]
+                                    v = tirx.max(tirx.min(v >> shf[ch], _i64(sp.hi)), _i64(sp.lo))
+                                if sp.residual:
+                                    v = epilogue.add(v, res[bb, ob, y, z, jj], q, sp.residual[1], sp.residual[2],
+                                                     sp.residual[3])
+                                T.buffer_store(out, v.astype(sp.out_dtype), [bb, ob, y, z, jj])
+
+            def macro_tile(t0, ob0, b, scratch, wsc):
+                for i in range(sp.mb):
+                    for j in range(sp.nb):
+                        ops.zero(ops.c(i, j))
+                with T.serial(0, sp.kh) as ry, T.serial(0, sp.kw) as rx, T.serial(0, sp.kb) as kb:
+                    for i in range(sp.mb):
+                        pix = (t0 + i) * ROWS_MAX if sp.dense else sp.tile_base(t0 + i) + sp.tap(ry, rx)
+                        base = pix * cp + kb * ROW_BYTES if sp.dense else b * img + pix * cp + kb * ROW_BYTES
+                        ops.load(ops.a(i), xa, base, sp.row_step * cp)
+                    for j in range(sp.nb):
+                        off = sp.b_tile(ob0 + j, ry, rx, kb) * sp.b_bytes
+                        if sp.w4:
+                            _unpack4(wq, off, wsc, j * B_TILE)
+                            ops.load(ops.b(j), wsc, j * B_TILE, ROW_BYTES)
+                        else:
+                            ops.load(ops.b(j), wq, off, ROW_BYTES)
+                    for i in range(sp.mb):
+                        for j in range(sp.nb):
+                            ops.dot(ops.c(i, j), ops.a(i), ops.b(j))
+                for i in range(sp.mb):
+                    for j in range(sp.nb):
+                        ops.store(ops.c(i, j), scratch)
+                        epilogue_rows(i, j, t0 + i, ob0 + j, b, scratch)
+
+            og = ocb // sp.nb
+            if sp.dense:  # one task per (16 samples, channel group)
+                with T.parallel(0, (n + ROWS_MAX - 1) // ROWS_MAX * og) as task:
+                    ops.begin()
+                    scratch = T.alloc_buffer((256,), "int32", scope="local")
+                    wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
+                    macro_tile(task // og, (task % og) * sp.nb, 0, scratch, wsc)
+                    ops.end()
+            else:
+                mt = sp.tiles // sp.mb
+                gs = ceil_div(mt, TASKS_PER_IMAGE)
+                pg = ceil_div(mt, gs)
+                with T.parallel(0, n * og * pg) as task:
+                    b, rest = task // (og * pg), task % (og * pg)
+                    ob0, g = (rest // pg) * sp.nb, rest % pg
+                    ops.begin()
+                    scratch = T.alloc_buffer((256,), "int32", scope="local")
+                    wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
+                    with T.serial(0, gs) as gi:
+                        with T.If(g * gs + gi < mt):
+                            with T.Then():
+                                macro_tile((g * gs + gi) * sp.mb, ob0, b, scratch, wsc)
+                    ops.end()
+    return ib.get().with_attr("op_pattern", 8)
+
+
+def _unpack4(wq, off, wsc, dst) -> None:
+    """One B tile of 4-bit weights (16 rows x 32 bytes, `packing.nibbles`) -> 16 x 64 int8 in wsc."""
+    four = tirx.const(4, "int8")
+    with T.serial(0, 16) as k:
+        with T.vectorized(0, 32) as e:
+            v = wq[off + k * 32 + e]
+            T.buffer_store(wsc, (v << four) >> four, [dst + k * 64 + e])
+            T.buffer_store(wsc, v >> four, [dst + k * 64 + 32 + e])
+
+
+def _stage(sp: AmxConvSpec, n, x, xa) -> None:
+    """xa <- the staged operand (`amx_layout.stage`): padding, channel blocks of 64, + offset."""
+    off = sp.offset
+    pad = tirx.const(off, "uint8")
+
+    def val(v):
+        return (v.astype("int32") + off).astype("uint8") if off else v.astype("uint8")
+
+    if sp.dense:
+        with T.parallel(0, (n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX) as p:
+            with T.serial(0, sp.cp) as c:
+                v = val(x[tirx.min(p, n - 1), tirx.min(c, sp.c - 1), 0, 0])
+                T.buffer_store(xa, tirx.if_then_else(tirx.all(p < n, c < sp.c), v, pad), [p * sp.cp + c])
+        return
+    t, l, _, _ = sp.pads
+    with T.parallel(0, n * sp.hx) as by:
+        b, yy = by // sp.hx, by % sp.hx
+        with T.serial(0, sp.ws) as xx, T.serial(0, sp.cp // 16) as cb:
+            with T.vectorized(0, 16) as ci:
+                c = cb * 16 + ci
+                iy, ix = yy * sp.sub[0] - t, xx * sp.sub[1] - l
+                inside = tirx.all(iy >= 0, iy < sp.h, ix >= 0, ix < sp.w, c < sp.c)
+                cy, cx = tirx.min(tirx.max(iy, 0), sp.h - 1), tirx.min(tirx.max(ix, 0), sp.w - 1)
+                cc = tirx.min(c, sp.c - 1)
+                v = x[b, cc // 16, cy, cx, cc % 16] if sp.packed_in else x[b, cc, cy, cx]
+                T.buffer_store(xa, tirx.if_then_else(inside, val(v), pad), [((b * sp.hx + yy) * sp.ws + xx) * sp.cp + c])

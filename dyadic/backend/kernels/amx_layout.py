@@ -1,0 +1,244 @@
+"""The AMX conv / dense tile program (`amx_conv`): its geometry, its weight layout, and the same
+program in numpy (what `tdpbusd` computes on these layouts: the tests' model of the kernel).
+
+`tdpbusd C, A, B` (AMX-INT8) on tiles of at most 16 rows x 64 bytes, per row m of A and int32
+column n of C:   C[m, n] += sum_{k < K/4} sum_{i < 4} u8(A[m, 4k + i]) * s8(B[k, 4n + i])
+A: M rows (pixels) x K = 64 bytes (input channels, unsigned); B: K/4 = 16 rows x N*4 = 64 bytes
+(16 output channels x 4 inputs, signed); C: M x 16 int32. One instruction: M x 16 x 64 MACs.
+
+Implicit GEMM. The input is first staged (`amx_conv`, a parallel copy) into xa[n, HX, WS, CP]
+uint8: NHWC with the channels padded to CP = 64 ceil(C / 64) and the spatial zero padding applied,
+signed int8 input moved to u = x + 128 (pad value 128, the image of 0) with the row-sum correction
+in the bias, B' = B - 128 sum_k w (`packing.bias`, exactly as the VNNI path). A row of an A tile is
+64 channels of one staged pixel, so a tile is `tileloadd(base, stride)` with a row stride of whole
+pixels. Reduction steps: (ry, rx, kb) = kernel row, kernel column, 64-channel block.
+  * FLAT (stride 1, and every 1x1 conv): pixel p of the flattened staged image, p = Y WS + X,
+    computes the output at (Y, X); tap (ry, rx) reads pixel p + ry dh WS + rx dw, so the 16 rows of a
+    tile are 16 consecutive pixels (stride CP bytes) across output rows. Outputs with X >= OW are
+    computed on padding and not stored (waste (WS - OW) / WS). A strided 1x1 conv is staged
+    subsampled (xa[Y, X] = x[Y sh - t, X sw - l]) and runs as a 1x1 stride-1 conv.
+  * ROWS (strided k x k): a tile is M <= 16 consecutive output pixels of one output row (M splits OW
+    evenly), row stride sw pixels.
+Dense: the batch is the pixel axis (16 samples per tile), K = the input features.
+Weights [O/16, KH, KW, KB, 16 (k), 16 (n), 4 (i)]: one B tile = 1024 contiguous bytes per (output
+block, ry, rx, kb), element [.., k, n, i] = W[16 ob + n, 64 kb + 4 k + i, ry, rx] (zero padding);
+4-bit weights: each 64-byte row as 32 bytes (`packing.nibbles`), unpacked into an int8 tile next
+to its use. Accumulators: |sum| <= 255 * 128 * K < 2^31 for K < 65,000 (as VNNI).
+Register blocking: `mb` A tiles x `nb` B tiles -> mb nb C tiles (2 x 2: tiles 0-3 C, 4-5 A, 6-7 B).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from dyadic.backend.kernels.spec import ConvGeometry, ceil_div
+
+ROWS_MAX, ROW_BYTES, B_TILE = 16, 64, 1024
+
+
+class AmxMode(enum.Enum):
+    FLAT = "flat"
+    ROWS = "rows"
+
+
+@dataclass(frozen=True)
+class AmxConvSpec(ConvGeometry):
+    """Everything that determines one AMX conv / dense kernel (weights and constants are arguments)."""
+
+    packed_in: bool
+    in_dtype: str                     # uint8 | int8
+    out_dtype: str
+    lo: int
+    hi: int
+    residual: tuple | None = None     # (residual dtype, lo, hi, int32 form) of a fused qadd
+    hi32: bool = False                # every shift >= 33: the int32 requant form
+    w4: bool = False
+    mb: int = 2                       # A (pixel) tiles per macro tile
+    nb: int = 2                       # B (output-channel) tiles per macro tile
+    dense: bool = False               # x [N, K, 1, 1]: the batch is the pixel axis
+
+    @property
+    def ocb(self) -> int:
+        return ceil_div(self.o, 16)
+
+    @property
+    def kb(self) -> int:
+        return ceil_div(self.c, ROW_BYTES)
+
+    @property
+    def cp(self) -> int:
+        return self.kb * ROW_BYTES
+
+    @property
+    def offset(self) -> int:
+        return 128 if self.in_dtype == "int8" else 0
+
+    @property
+    def one_by_one(self) -> bool:
+        return self.kh == self.kw == 1
+
+    @property
+    def mode(self) -> AmxMode:
+        return AmxMode.FLAT if self.dense or self.stride == (1, 1) or self.one_by_one else AmxMode.ROWS
+
+    @property
+    def sub(self) -> tuple[int, int]:
+        """Staging subsampling: a strided 1x1 conv is staged at its output grid."""
+        return self.stride if self.one_by_one and not self.dense else (1, 1)
+
+    @property
+    def m(self) -> int:
+        """Rows (pixels) of an A / C tile."""
+        if self.mode is AmxMode.FLAT:
+            return ROWS_MAX
+        ow = self.out_hw[1]
+        return ceil_div(ow, ceil_div(ow, ROWS_MAX))
+
+    @property
+    def tpr(self) -> int:
+        """ROWS: tiles per output row."""
+        return ceil_div(self.out_hw[1], self.m)
+
+    @property
+    def ws(self) -> int:
+        """Staged width (pixels)."""
+        oh, ow = self.out_hw
+        t, l, b, r = self.pads
+        if self.one_by_one:
+            return ow
+        if self.mode is AmxMode.FLAT:
+            return self.w + l + r
+        return max(self.w + l + r, (self.tpr * self.m - 1) * self.stride[1] + (self.kw - 1) * self.dil[1] + 1)
+
+    @property
+    def tiles(self) -> int:
+        """Pixel tiles per image, padded to whole macro tiles."""
+        oh, _ = self.out_hw
+        raw = ceil_div(oh * self.ws, ROWS_MAX) if self.mode is AmxMode.FLAT else oh * self.tpr
+        return ceil_div(raw, self.mb) * self.mb
+
+    @property
+    def hx(self) -> int:
+        """Staged rows: the padded input, plus what the last (padded) tiles read."""
+        t, _, b, _ = self.pads
+        if self.mode is AmxMode.FLAT:
+            last = self.tiles * ROWS_MAX - 1 + self.tap(self.kh - 1, self.kw - 1)
+            need = last // self.ws + 1
+            return max(need, self.out_hw[0] if self.one_by_one else self.h + t + b)
+        ymax = (self.tiles - 1) // self.tpr
+        return max(self.h + t + b, ymax * self.stride[0] + (self.kh - 1) * self.dil[0] + 1)
+
+    @property
+    def row_step(self) -> int:
+        """Pixels between two rows of an A tile."""
+        return 1 if self.mode is AmxMode.FLAT else self.stride[1]
+
+    def tap(self, ry, rx):
+        """Staged-pixel offset of kernel tap (ry, rx)."""
+        if self.one_by_one:
+            return 0
+        return ry * self.dil[0] * self.ws + rx * self.dil[1]
+
+    def tile_base(self, t):
+        """Staged pixel (image-relative) of row 0 of pixel tile t (ints or TIR expressions)."""
+        if self.mode is AmxMode.FLAT:
+            return t * ROWS_MAX
+        return (t // self.tpr) * self.stride[0] * self.ws + (t % self.tpr) * self.m * self.stride[1]
+
+    def out_pixel(self, t, r):
+        """Output (y, z) that row r of pixel tile t computes (valid when y < OH and z < OW)."""
+        if self.mode is AmxMode.FLAT:
+            p = t * ROWS_MAX + r
+            return p // self.ws, p % self.ws
+        return t // self.tpr, (t % self.tpr) * self.m + r
+
+    @property
+    def ksteps(self) -> int:
+        return self.kh * self.kw * self.kb
+
+    def b_tile(self, ob, ry, rx, kb):
+        """Index of the B tile of output block ob at reduction step (ry, rx, kb)."""
+        return ((ob * self.kh + ry) * self.kw + rx) * self.kb + kb
+
+    @property
+    def b_bytes(self) -> int:
+        """Stored bytes of one B tile (512 with 4-bit weights)."""
+        return B_TILE // 2 if self.w4 else B_TILE
+
+
+def weight(w: np.ndarray, sp: AmxConvSpec) -> np.ndarray:
+    """W[O, C, KH, KW] -> the flat B-tile array of the module docstring (`nibbles` when w4)."""
+    from dyadic.backend.kernels.packing import nibbles
+
+    o, c, kh, kw = w.shape
+    full = np.zeros((sp.ocb * 16, sp.cp, kh, kw), np.int8)
+    full[:o, :c] = w
+    t = full.reshape(sp.ocb, 16, sp.kb, 16, 4, kh, kw).transpose(0, 5, 6, 2, 3, 1, 4)  # [ob, y, x, kb, k, n, i]
+    t = np.ascontiguousarray(t)
+    return (nibbles(t) if sp.w4 else t).reshape(-1)
+
+
+def stage(sp: AmxConvSpec, x: np.ndarray) -> np.ndarray:
+    """The staged operand xa [N, HX, WS, CP] uint8 from NCHW input x (numpy model of the kernel's copy)."""
+    n = x.shape[0]
+    if sp.dense:
+        xa = np.full((ceil_div(n, ROWS_MAX) * ROWS_MAX, sp.cp), sp.offset, np.uint8)
+        xa[:n, :sp.c] = (x.reshape(n, -1).astype(np.int32) + sp.offset).astype(np.uint8)
+        return xa
+    t, l, _, _ = sp.pads
+    xa = np.full((n, sp.hx, sp.ws, sp.cp), sp.offset, np.uint8)
+    ys = np.arange(sp.hx) * sp.sub[0] - t
+    xs = np.arange(sp.ws) * sp.sub[1] - l
+    yi, xi = (ys >= 0) & (ys < sp.h), (xs >= 0) & (xs < sp.w)
+    v = (x.astype(np.int32) + sp.offset).astype(np.uint8).transpose(0, 2, 3, 1)  # NHWC
+    xa[:, np.flatnonzero(yi)[:, None], np.flatnonzero(xi)[None, :], :sp.c] = v[:, ys[yi]][:, :, xs[xi]]
+    return xa
+
+
+def tdpbusd(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """C[M, 16] int32 += A[M, 64] u8 . B[16, 64] s8 in the instruction's own terms (module docstring)."""
+    for k in range(b.shape[0]):
+        for i in range(4):
+            c += a[:, 4 * k + i, None].astype(np.int32) * b[None, k, i::4].astype(np.int32)
+
+
+def _tile(flat: np.ndarray, base: int, rows: int, stride: int, cols: int = ROW_BYTES) -> np.ndarray:
+    """`tileloadd`: rows x cols bytes at base, rows `stride` bytes apart."""
+    return np.stack([flat[base + r * stride: base + r * stride + cols] for r in range(rows)])
+
+
+def run_program(sp: AmxConvSpec, x: np.ndarray, wflat: np.ndarray) -> np.ndarray:
+    """The kernel's tile program in numpy: int32 accumulators [N, 16 OCB, OH, OW] (no bias, no requant).
+    Reads xa and the B tiles only through the spec's addressing (`tile_base`, `tap`, `b_tile`)."""
+    from dyadic.backend.kernels.packing import unnibble
+
+    n = x.shape[0]
+    oh, ow = (1, 1) if sp.dense else sp.out_hw
+    xa = stage(sp, x).reshape(-1)
+    acc = np.zeros((n, sp.ocb * 16, oh, ow), np.int32)
+    img = sp.hx * sp.ws * sp.cp
+    images, tiles = (1, ceil_div(n, ROWS_MAX)) if sp.dense else (n, sp.tiles)
+    for b in range(images):
+        for t in range(tiles):
+            for ob in range(sp.ocb):
+                c = np.zeros((sp.m, 16), np.int32)
+                for ry in range(sp.kh):
+                    for rx in range(sp.kw):
+                        for kb in range(sp.kb):
+                            pix = t * ROWS_MAX if sp.dense else sp.tile_base(t) + sp.tap(ry, rx)
+                            a = _tile(xa, b * img + pix * sp.cp + kb * ROW_BYTES, sp.m, sp.row_step * sp.cp)
+                            off = sp.b_tile(ob, ry, rx, kb) * sp.b_bytes
+                            raw = wflat[off: off + sp.b_bytes]
+                            bt = unnibble(raw.reshape(16, 32)).reshape(16, 64) if sp.w4 else raw.reshape(16, 64)
+                            tdpbusd(c, a, bt)
+                for r in range(sp.m):
+                    if sp.dense:
+                        if t * ROWS_MAX + r < n:
+                            acc[t * ROWS_MAX + r, ob * 16:(ob + 1) * 16, 0, 0] = c[r]
+                        continue
+                    y, z = sp.out_pixel(t, r)
+                    if y < oh and z < ow:
+                        acc[b, ob * 16:(ob + 1) * 16, y, z] = c[r]
+    return acc

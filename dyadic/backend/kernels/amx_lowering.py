@@ -1,0 +1,73 @@
+"""Which conv / dense layers run on the AMX kernels (`amx_conv`), and their `AmxConvSpec`.
+
+`CpuKernels` (`lowering`) on an AMX target asks `conv_spec` / `dense_spec` per layer; None keeps the
+layer on the VNNI kernels. The policy (`AmxPolicy`) is a first guess, not yet tuned by timings on
+AMX silicon (none was available when it was written):
+  * depthwise and grouped convs stay on VNNI (one input channel per output: no K to tile);
+  * fewer than `min_channels` input channels (a first layer): most of each 64-byte A row would be
+    channel padding, while VNNI's `rowtaps` kernel packs 4 taps per instruction;
+  * fewer than `min_pixels` output pixels per image (e.g. 2x2 maps): most of the 16 rows of an A tile
+    would be padding;
+  * dense layers with fewer than `min_dense_k` inputs.
+Register blocking: 2 x 2 tiles (32 pixels x 32 channels per macro tile) where the channel blocks
+pair up and there are at least two pixel tiles; dense: one row tile (16 samples) x 2 channel blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dyadic.backend.kernels.amx_layout import AmxConvSpec
+from dyadic.backend.kernels.spec import ceil_div
+
+_8BIT = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class AmxPolicy:
+    min_channels: int = 32
+    min_pixels: int = 16
+    min_dense_k: int = 64
+
+
+POLICY = AmxPolicy()
+
+
+def _blocking(ocb: int, pixel_tiles: int, dense: bool) -> tuple[int, int]:
+    nb = 2 if ocb % 2 == 0 else 1
+    mb = 1 if dense or pixel_tiles < 2 else 2
+    return mb, nb
+
+
+def conv_spec(kern, n, residual, out_dtype: str, policy: AmxPolicy = POLICY) -> AmxConvSpec | None:
+    """The AMX spec of conv node n (residual: the fused add's (dtype, lo, hi, int32 form)), or None."""
+    from dyadic.backend.kernels import packing
+
+    t, p, a = n.inputs[0], n.params, n.attrs
+    _, c, h, w = kern.g.shapes[t]
+    o, cg, kh, kw = p["W"].shape
+    oh, ow = kern.g.shapes[n.output][2:]
+    if a["group"] != 1 or cg != c or a["w_bits"] not in (4, 8) or kern.g.dtypes[t] not in _8BIT:
+        return None
+    if c < policy.min_channels or oh * ow < policy.min_pixels:
+        return None
+    base = dict(c=c, h=h, w=w, o=o, kh=kh, kw=kw, stride=tuple(a["strides"]), pads=tuple(a["pads"]),
+                dil=tuple(a["dilations"]), packed_in=t in kern.packed, in_dtype=kern.g.dtypes[t], out_dtype=out_dtype,
+                lo=a["lo"], hi=a["hi"], residual=residual, hi32=packing.hi32_ok(p["S"]), w4=a["w_bits"] == 4)
+    probe = AmxConvSpec(**base, mb=1, nb=1)
+    mb, nb = _blocking(probe.ocb, probe.tiles, False)
+    sp = AmxConvSpec(**base, mb=mb, nb=nb)
+    assert sp.out_hw == (oh, ow)
+    return sp
+
+
+def dense_spec(kern, n, policy: AmxPolicy = POLICY) -> AmxConvSpec | None:
+    """The AMX spec of dense node n (x [N, K]), or None."""
+    from dyadic.backend.kernels import packing
+
+    p, a, t = n.params, n.attrs, n.inputs[0]
+    k, o = kern.g.shapes[t][1], p["W"].shape[0]
+    if k < policy.min_dense_k or a["w_bits"] not in (4, 8) or kern.g.dtypes[t] not in _8BIT:
+        return None
+    mb, nb = _blocking(ceil_div(o, 16), 1, True)
+    return AmxConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, kern.g.dtypes[t], kern.g.dtypes[n.output],
+                       a["lo"], a["hi"], None, packing.hi32_ok(p["S"]), a["w_bits"] == 4, mb, nb, dense=True)
