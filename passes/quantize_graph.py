@@ -113,6 +113,26 @@ def quantize_graph(graph: Graph) -> Graph:
     return graph.replace(nodes=tuple(nodes), qparams=qp, dtypes=dtypes, shapes=shapes)
 
 
+BIAS_LIMIT = 2 ** 29  # |B_q| at most this: the accumulator keeps 2^31 - 2^29 of int32 for W x
+
+
+def _fit_bias(w, w_q, s_w, b, s_x: float, bits: int):
+    """Channels whose bias would not fit int32 at s_x * s_w[c] (a near-dead channel: weights ~0,
+    bias not; or a very fine 16-bit input scale) get the coarser weight scale
+    s_w[c] = |B[c]| / (s_x BIAS_LIMIT), and their weights are re-rounded at it: they are then
+    small integers (or 0) beside a bias that dominates the channel anyway."""
+    need = np.abs(np.asarray(b, np.float64)) / (s_x * BIAS_LIMIT)
+    bad = need > s_w
+    if not bad.any():
+        return w_q, s_w
+    s_w, w_q = s_w.copy(), w_q.copy()
+    s_w[bad] = need[bad]
+    L = (1 << (bits - 1)) - 1
+    w2 = np.asarray(w, np.float64).reshape(len(s_w), -1)
+    w_q.reshape(len(s_w), -1)[bad] = np.clip(np.rint(w2[bad] / s_w[bad, None]), -L, L).astype(w_q.dtype)
+    return w_q, s_w
+
+
 def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: list[Node]) -> None:
     x = n.inputs[0]
     if n.op in FLOAT:  # an op-table entry (`dyadic.ops`)
@@ -133,6 +153,7 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
         q = qp[n.output] = out_q(n.output)
         w_q, s_w = ((n.params["W_int"], n.params["W_scale"]) if "W_int" in n.params  # passes/round_weights.py
                     else quantize_weight(n.params["W"], wb))
+        w_q, s_w = _fit_bias(n.params["W"], w_q, s_w, n.params["B"], qp[x].scale, wb)
         s_acc = qp[x].scale * s_w
         b_q = np.rint(n.params["B"].astype(np.float64) / s_acc)
         if np.abs(b_q).max(initial=0) >= 2 ** 31:

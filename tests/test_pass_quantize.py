@@ -240,3 +240,29 @@ def test_bn_with_zero_gamma_compiles_bit_exact(tmp_path):
     x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
     got = dyadic.load(str(tmp_path / "b")).run_int(quantize_inputs(ig, {"input": x}))[0]
     np.testing.assert_array_equal(got, run_reference(ig, quantize_inputs(ig, {"input": x}))[ig.outputs[0]])
+
+
+def test_bias_fits_with_a_dead_channel_and_a_fine_input_scale(tmp_path):
+    """Zero weights beside a large bias, read from a 16-bit-fine input scale: that channel's weight
+    scale is raised until the bias fits (`_fit_bias`), and the build stays bit-exact."""
+    import dyadic
+    from dyadic.passes.quantize_graph import BIAS_LIMIT, _fit_bias
+
+    w = np.zeros((3, 2, 1, 1))
+    w[0] = 0.5
+    b = np.array([0.1, 40.0, 0.0])
+    q, s = quantize_weight(w, 8)
+    q2, s2 = _fit_bias(w, q, s, b, 1e-6, 8)
+    assert np.all(np.abs(b / (1e-6 * s2)) <= BIAS_LIMIT * (1 + 1e-12))
+    assert s2[0] == s[0] and (q2[0] == q[0]).all() and s2[1] > s[1] and (q2[1] == 0).all()
+
+    rng = np.random.default_rng(5)
+    W = conv_w(rng, 4, 3)
+    W[2] = 0.0
+    B = np.array([0.1, -0.2, 3e4, 0.0], np.float32)  # a dead channel whose bias alone would overflow
+    m = make_model([node("Conv", ["input", "W", "B"], "c", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"),
+                    node("Conv", ["r", "W2", "B2"], "out")], {"W": W, "B": B, "W2": conv_w(rng, 3, 4, 1),
+                                                              "B2": bias(rng, 3)})
+    calib = {"input": (1e-4 * rng.normal(size=(8, 3, 8, 8))).astype(np.float32)}
+    res = dyadic.compile(m, str(tmp_path / "b"), calib, CompileConfig(quiet=True, check_samples=2))
+    assert res.plan["self_check"].startswith("bit-exact")
