@@ -200,7 +200,8 @@ class CpuKernels:
             args += [self.values[rt], _c(q, str(q.dtype))]
         shape = [self.L.batch, sp.ocb, *sp.out_hw, 16]
         self._record_dot(n, sp)
-        return self._call(("conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
+        # depthwise kernels are named dyadic_dwconv*, so that `dyadic profile` tells them apart
+        return self._call(("dwconv" if sp.depthwise else "conv", sp), lambda: conv_func(sp), args, shape, out_dtype)
 
     def _record_dot(self, n: Node, sp: ConvSpec) -> None:
         self.families[n.name] = KernelFamily(sp.isa)
