@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dyadic.backend.kernels.spec import ConvGeometry, ceil_div
+from dyadic.backend.kernels.spec import KernelIO, ceil_div
 
 ROWS_MAX, ROW_BYTES, B_TILE = 16, 64, 1024
 
@@ -44,16 +44,9 @@ class AmxMode(enum.Enum):
 
 
 @dataclass(frozen=True)
-class AmxConvSpec(ConvGeometry):
+class AmxConvSpec(KernelIO):
     """Everything that determines one AMX conv / dense kernel (weights and constants are arguments)."""
 
-    packed_in: bool
-    in_dtype: str                     # uint8 | int8
-    out_dtype: str
-    lo: int
-    hi: int
-    residual: tuple | None = None     # (residual dtype, lo, hi, int32 form) of a fused qadd
-    hi32: bool = False                # every shift >= 33: the int32 requant form
     w4: bool = False
     mb: int = 2                       # A (pixel) tiles per macro tile
     nb: int = 2                       # B (output-channel) tiles per macro tile

@@ -35,8 +35,8 @@ class ConvGeometry:
 
 
 @dataclass(frozen=True)
-class ConvSpec(ConvGeometry):
-    """Everything that determines one conv kernel (weights and rescale factors are arguments)."""
+class KernelIO(ConvGeometry):
+    """What a conv kernel reads and writes, shared by the VNNI/AVX2/arm kernels and the AMX ones."""
 
     packed_in: bool
     in_dtype: str                     # uint8 | int8
@@ -45,6 +45,12 @@ class ConvSpec(ConvGeometry):
     hi: int
     residual: tuple | None = None     # (residual dtype, lo, hi, int32 form) of a fused qadd
     hi32: bool = False                # every shift >= 33: int32 requant (m, 2^(s-33), s-32 as int32)
+
+
+@dataclass(frozen=True)
+class ConvSpec(KernelIO):
+    """Everything that determines one conv kernel (weights and rescale factors are arguments)."""
+
     isa: str = "vnni"                 # vnni | avx512 | avx2 (x86); sdot | usdot | usmmla (aarch64)
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
