@@ -16,7 +16,9 @@ Their readers handle the width: `qadd`/`qaffine` in int64 (bounded by the verifi
 `qlayernorm` with its 62-bit variance sum bound, `qlut` with a 65,536-entry table, `qlinear`
 reads 16 bits directly where max|x_q| max_o Σ|W_q[o]| + max|B_q| < 2^31 (else it requantizes
 to the widest width that fits, `dyadic/ops/matmul.py`), and a `matmul` of two activations
-narrows to 8 bits unless its int32 bound holds. Attention scores, Q, K and V stay 8-bit.
+narrows to 8 bits unless its int32 bound holds. Also 16-bit: the attention scores (Q·Kᵀ, read
+by the Softmax, whose exp table then spans 2^16 codes) and the context attn·V read by the output
+projection. Q, K and V stay 8-bit (the int32 bounds of Q·Kᵀ and attn·V).
 Graphs without a LayerNorm are left unchanged.
 """
 from __future__ import annotations
@@ -30,6 +32,13 @@ _LUT = ("unary", "ew")
 
 def _moves(op: str) -> bool:
     return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
+
+
+def _reads(users, t: str, op: str, depth: int = 0) -> bool:
+    """Every reader of t, through value-preserving moves, is an `op`."""
+    us = users.get(t, [])
+    return bool(us) and depth < 8 and all(u.op == op or (_moves(u.op) and _reads(users, u.output, op, depth + 1))
+                                          for u in us)
 
 
 def widen_residual(graph: Graph) -> Graph:
@@ -47,6 +56,11 @@ def widen_residual(graph: Graph) -> Graph:
     wide |= {n.output for n in graph.nodes if n.op == "linear" and ok(n.output)
              and (all(u.op == "add" for u in users.get(n.output, []))
                   or all(u.op in _LUT for u in users.get(n.output, [])))}
+    # attention scores (Q·Kᵀ, the Softmax input: its exp table then spans 2^16 codes) and the context
+    # attn·V read by the output projection: a `matmul` output read only by Softmaxes or `linear`s
+    wide |= {n.output for n in graph.nodes if n.op == "matmul" and users.get(n.output)
+             and all(u.op == "softmax" and u.inputs[0] == n.output for u in users[n.output]) or
+             n.op == "matmul" and ok(n.output) and _reads(users, n.output, "linear")}
     # attention probabilities read by attn·V: 16-bit (1/255 steps are coarse over a long row); the
     # product stays in int32 while K * 32767 * 128 < 2^31 (K <= 511 keys), else `qmatmul` narrows them
     wide |= {n.output for n in graph.nodes if n.op == "softmax" and users.get(n.output)

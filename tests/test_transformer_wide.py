@@ -23,16 +23,17 @@ CONFIG = CompileConfig(quiet=True)
 
 
 def test_encoder_block_widths():
-    """LN outputs, the GELU input and output, the residual stream and the probabilities are 16-bit;
-    the linears read them unrequantized; Q, K, V and the scores stay 8-bit."""
+    """LN outputs, the GELU input and output, the residual stream, the scores, the probabilities and
+    the context are 16-bit; the linears read them unrequantized; Q, K and V stay 8-bit."""
     rng = np.random.default_rng(3)
     _, ig = build_graph(encoder_block(rng), {"ids": rng.integers(0, 50, (16, 8)).astype(np.int64)}, CONFIG)
-    for t in ("h", "h2", "f1", "g", "x1", "x2", "p"):
+    for t in ("h", "h2", "f1", "g", "x1", "x2", "s2", "p", "o4"):
         assert ig.qparams[t].bits == 16, t
-    for t in ("qb", "kb", "vb", "s2"):
+    for t in ("qb", "kb", "vb"):
         assert ig.qparams[t].bits == 8, t
     readers = {n.output: n for n in ig.nodes if n.op == "qlinear"}
     assert readers["qb"].inputs == ("h",) and readers["f1"].inputs == ("h2",) and readers["f2"].inputs == ("g",)
+    assert readers["proj"].inputs == ("o",)                # the context, reshaped, at 16 bits
     assert len(ig.node("g").params["T"]) == 1 << 16       # the GELU table covers every 16-bit input code
 
 
