@@ -1,13 +1,24 @@
-"""Keep a transformer's residual stream at 16 bits (HAWQ-V3 keeps post-add activations wider).
+"""Keep a transformer's residual stream, LayerNorm outputs and MLP activations at 16 bits.
 
-In a graph with LayerNorms, the sum of a residual add carries every block's contribution; at 8
-bits its few large outliers (the LN inputs of ViT/BERT) force a coarse scale on all values. This
-pass marks, in `Graph.meta["wide"]`, every tensor produced by an `add` of two activations or an
-elementwise `affine` (a position embedding) whose readers are only adds, affines, LayerNorms and
-value-preserving moves, the output of a `linear` (a projection) read only by residual adds, and
-attention probabilities (a Softmax read by attn·V, while K * 32767 * 128 < 2^31): `quantize_graph` stores these as 16-bit (int32) codes. Their readers
-handle the width: `qadd`/`qaffine` in int64 (bounded by the verifier), `qlayernorm` with its
-62-bit variance sum bound; a `linear`/`matmul` reading one requantizes to 8 bits first.
+HAWQ-V3 keeps post-add activations wider; BERT-style encoders need more (Bondarenko et al., 2021:
+a few hidden channels of the LN outputs carry 10-30x the range of the others, so one 8-bit scale
+leaves most channels a handful of levels). In a graph with LayerNorms this pass marks, in
+`Graph.meta["wide"]`, the tensors that `quantize_graph` stores as 16-bit (int32) codes:
+
+* the output of an `add` of two activations or an elementwise `affine` (a position embedding),
+  a `layernorm`, or a lookup-table nonlinearity (`unary`/`ew`: GELU), whose readers are only
+  adds, affines, LayerNorms, `linear`s, lookup tables and value-preserving moves (`ok` below);
+* the output of a `linear` read only by residual adds or by lookup tables (the GELU input: its
+  table then has 2^16 entries, exact at every input code as at 8 bits);
+* attention probabilities (a Softmax read by attn·V, while K * 32767 * 128 < 2^31).
+
+Their readers handle the width: `qadd`/`qaffine` in int64 (bounded by the verifier),
+`qlayernorm` with its 62-bit variance sum bound, `qlut` with a 65,536-entry table, `qlinear`
+reads 16 bits directly where max|x_q| max_o Σ|W_q[o]| + max|B_q| < 2^31 (else it requantizes
+to the widest width that fits, `dyadic/ops/matmul.py`), and a `matmul` of two activations
+narrows to 8 bits unless its int32 bound holds. Also 16-bit: the attention scores (Q·Kᵀ, read
+by the Softmax, whose exp table then spans 2^16 codes) and the context attn·V read by the output
+projection. Q, K and V stay 8-bit (the int32 bounds of Q·Kᵀ and attn·V).
 Graphs without a LayerNorm are left unchanged.
 """
 from __future__ import annotations
@@ -15,11 +26,19 @@ from __future__ import annotations
 from dyadic.core.graph import PASSTHROUGH_OPS, Graph
 from dyadic.ops import FLOAT
 
-_READERS = ("add", "affine", "layernorm")
+_READERS = ("add", "affine", "layernorm", "linear", "unary", "ew")
+_LUT = ("unary", "ew")
 
 
 def _moves(op: str) -> bool:
     return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
+
+
+def _reads(users, t: str, op: str, depth: int = 0) -> bool:
+    """Every reader of t, through value-preserving moves, is an `op`."""
+    us = users.get(t, [])
+    return bool(us) and depth < 8 and all(u.op == op or (_moves(u.op) and _reads(users, u.output, op, depth + 1))
+                                          for u in us)
 
 
 def widen_residual(graph: Graph) -> Graph:
@@ -32,10 +51,16 @@ def widen_residual(graph: Graph) -> Graph:
         return bool(us) and depth < 8 and all(u.op in _READERS or (_moves(u.op) and ok(u.output, depth + 1))
                                               for u in us)
 
-    wide = {n.output for n in graph.nodes if n.op in ("add", "affine") and ok(n.output)}
-    # the branch that a residual add sums in (a projection's output) is kept wide too
+    wide = {n.output for n in graph.nodes if n.op in ("add", "affine", "layernorm", *_LUT) and ok(n.output)}
+    # the branch that a residual add sums in (a projection's output), and a GELU's input, too
     wide |= {n.output for n in graph.nodes if n.op == "linear" and ok(n.output)
-             and all(u.op == "add" for u in users.get(n.output, []))}
+             and (all(u.op == "add" for u in users.get(n.output, []))
+                  or all(u.op in _LUT for u in users.get(n.output, [])))}
+    # attention scores (Q·Kᵀ, the Softmax input: its exp table then spans 2^16 codes) and the context
+    # attn·V read by the output projection: a `matmul` output read only by Softmaxes or `linear`s
+    wide |= {n.output for n in graph.nodes if n.op == "matmul" and users.get(n.output)
+             and all(u.op == "softmax" and u.inputs[0] == n.output for u in users[n.output]) or
+             n.op == "matmul" and ok(n.output) and _reads(users, n.output, "linear")}
     # attention probabilities read by attn·V: 16-bit (1/255 steps are coarse over a long row); the
     # product stays in int32 while K * 32767 * 128 < 2^31 (K <= 511 keys), else `qmatmul` narrows them
     wide |= {n.output for n in graph.nodes if n.op == "softmax" and users.get(n.output)

@@ -47,8 +47,8 @@ def _qparams(d, where: str, problems: list[str]) -> None:
     scale, bits, signed, dtype, lo, hi = (d.get(k) for k in ("scale", "bits", "signed", "dtype", "lo", "hi"))
     if not _is_num(scale) or scale <= 0:
         problems.append(f"{where}: scale {scale!r} is not a finite positive number")
-    if not _is_int(bits) or bits not in (4, 8, 16, 32):
-        problems.append(f"{where}: bits {bits!r} is not 4, 8, 16 or 32")
+    if not _is_int(bits) or not (bits in (4, 32) or 8 <= bits <= 16):  # 9..15: a narrowed linear input
+        problems.append(f"{where}: bits {bits!r} is not 4, 8 to 16, or 32")
         return
     if not isinstance(signed, bool):
         problems.append(f"{where}: signed {signed!r} is not true/false")

@@ -5,7 +5,13 @@ with a constant [K, O] right operand on a rank >= 3 input; rank 2 stays the lega
 has the CPU kernels and the mixed-precision choice). Quantized like `dense`: W_q = round(W / s_w[o])
 int8 per output channel, B_q = round(B / (s_x s_w[o])) int32, acc = x_q W_q^T + B_q in int32, and
 y = clip((acc M[o] + 2^(S[o]-1)) >> S[o]) with M[o] / 2^S[o] ≈ s_x s_w[o] / s_y (`qlinear`).
-An input wider than 8 bits (a 16-bit residual stream) is first requantized to 8 bits.
+Wide inputs: a 16-bit input (a transformer's LayerNorm or GELU output, `passes/widen_residual`) is
+read as it is when the int32 accumulator bound below holds at 16 bits; otherwise it is first
+requantized to the widest b in [8, 16) for which it holds, 2^(b-1) max_o Σ_k |W_q[o, k]| +
+max|B_q| < 2^31 (B_q computed at that input scale). BERT's LN and GELU outputs have a few outlier
+channels (MiniLM: 10-30x the median channel range), so 8 bits leave most channels a handful of
+levels; at 16 bits every channel keeps ~256x finer steps. 16-bit inputs run on the generic Relax
+matmul (int32 x int8 -> int32), 8-bit ones on the CPU kernels' int8 GEMM.
 Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
 
 `matmul` (float): y = alpha (a @ b) of two activations with numpy batching ([N, H, T, D] x
@@ -26,6 +32,7 @@ from dyadic.core.arith import dyadic, dyadic_array, quantize_weight, requantize
 from dyadic.ops.base import IntOpDef, OpDef, importer, register_float, register_int
 
 INT32_LIMIT = 2 ** 31
+WIDE_INPUT_BITS = 16  #: the widest input a `qlinear` reads without requantizing it first
 
 
 def _amax(graph, t: str) -> int:
@@ -33,21 +40,30 @@ def _amax(graph, t: str) -> int:
     return max(abs(q.lo), abs(q.hi))
 
 
-def narrow_input(ctx, node, i: int) -> str:
-    """Input i of `node`, requantized to 8 bits if it is wider (a `requant` node is emitted once)."""
-    from dyadic.core.graph import Node, QParams
+def narrowed_qparams(ctx, t: str, bits: int):
+    """The QParams of tensor t (min/max range) re-quantized at `bits` (as `activation_qparams`)."""
+    from dyadic.core.graph import QParams
+
+    q = ctx.qp[t]
+    lo, hi = ctx.graph.ranges[t]
+    amax = max(abs(lo), abs(hi)) if q.signed else hi
+    levels = (1 << (bits - 1)) - 1 if q.signed else (1 << bits) - 1
+    return QParams(float(amax / levels) if amax > 0 else 1.0, bits, q.signed)
+
+
+def narrow_input(ctx, node, i: int, bits: int = 8) -> str:
+    """Input i of `node`, requantized to `bits` if it is wider (a `requant` node is emitted once)."""
+    from dyadic.core.graph import Node
 
     t = node.inputs[i]
     q = ctx.qp[t]
-    if q.bits <= 8:
+    if q.bits <= bits:
         return t
-    name = f"{t}/a8"
+    name = f"{t}/a{bits}"
     if name not in ctx.qp:
-        lo, hi = ctx.graph.ranges[t]  # as `quantize_graph.activation_qparams` at 8 bits
-        amax = max(abs(lo), abs(hi)) if q.signed else hi
-        q8 = ctx.qp[name] = QParams(float(amax / (127 if q.signed else 255)) if amax > 0 else 1.0, 8, q.signed)
-        m, s = dyadic_array(np.array(q.scale / q8.scale))
-        ctx.nodes.append(Node("requant", name, (t,), (name,), {"lo": q8.lo, "hi": q8.hi}, {"M": m, "S": s}))
+        qn = ctx.qp[name] = narrowed_qparams(ctx, t, bits)
+        m, s = dyadic_array(np.array(q.scale / qn.scale))
+        ctx.nodes.append(Node("requant", name, (t,), (name,), {"lo": qn.lo, "hi": qn.hi}, {"M": m, "S": s}))
     return name
 
 
@@ -64,9 +80,18 @@ def _quantize_linear(ctx, node):
     from dyadic.core.errors import VerificationError
     from dyadic.core.graph import Node
 
-    x = narrow_input(ctx, node, 0)
-    q = ctx.qp[node.output] = ctx.out_q(node.output)
     w_q, s_w = quantize_weight(node.params["W"], 8)
+    x = node.inputs[0]
+    bits = min(ctx.qp[x].bits, WIDE_INPUT_BITS)
+    row_sum = int(np.abs(w_q.astype(np.int64)).sum(axis=1).max(initial=0))
+    while bits > 8:  # the widest input width whose int32 accumulator bound holds (module docstring)
+        qx = ctx.qp[x] if bits == ctx.qp[x].bits else narrowed_qparams(ctx, x, bits)
+        b_q = np.rint(node.params["B"].astype(np.float64) / (qx.scale * s_w))
+        if max(abs(qx.lo), abs(qx.hi)) * row_sum + np.abs(b_q).max(initial=0) < INT32_LIMIT:
+            break
+        bits -= 1
+    x = narrow_input(ctx, node, 0, bits)
+    q = ctx.qp[node.output] = ctx.out_q(node.output)
     s_acc = ctx.qp[x].scale * s_w
     b_q = np.rint(node.params["B"].astype(np.float64) / s_acc)
     if np.abs(b_q).max(initial=0) >= INT32_LIMIT:
@@ -134,8 +159,8 @@ def _qlinear_verify(graph, n) -> list[str]:
     w = p["W"].astype(np.int64)
     if p["W"].dtype != np.int8 or np.abs(w).max(initial=0) > 127:
         out.append(f"{n.name}: weights exceed 8 bits")
-    if graph.qparams[n.inputs[0]].bits > 8:
-        out.append(f"{n.name}: reads a {graph.qparams[n.inputs[0]].bits}-bit input (8 bits at most)")
+    if graph.qparams[n.inputs[0]].bits > WIDE_INPUT_BITS:
+        out.append(f"{n.name}: reads a {graph.qparams[n.inputs[0]].bits}-bit input ({WIDE_INPUT_BITS} bits at most)")
     acc = _amax(graph, n.inputs[0]) * np.abs(w).sum(axis=1) + np.abs(p["B"].astype(np.int64))
     if acc.max(initial=0) >= INT32_LIMIT:
         out.append(f"{n.name}: int32 accumulator can overflow (bound {int(acc.max())})")
