@@ -9,7 +9,7 @@ and groups the functions by name:
 
 * ``kernel``: dyadic's fused kernels (PrimFuncs named ``dyadic_*`` by `backend.kernels`);
 * ``generic``: PrimFuncs of TVM's generic lowering (the ops `kernel_coverage` lists), grouped by
-  op name with the numeric suffix dropped (``add3`` -> ``add``);
+  op name with the numeric suffixes dropped (``add3`` -> ``add``, ``fused_cast3_add1`` -> ``fused_cast_add``);
 * ``runtime``: the VM's builtins (``vm.builtin.*``: allocation, shape checks, reshape views).
 
 The instrument itself costs a Python call on each side of every invocation, so the instrumented
@@ -60,7 +60,8 @@ def group_of(name: str) -> str:
 
 
 def op_of(name: str) -> str:
-    return re.sub(r"\d+$", "", name) or name
+    """`add3` -> `add`; a fused group `fused_cast3_multiply1_add` -> `fused_cast_multiply_add`."""
+    return re.sub(r"(?<=[a-z])\d+", "", name) or name
 
 
 def example_inputs(plan: dict, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
