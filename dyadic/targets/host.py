@@ -95,7 +95,10 @@ def host_target(cpu: str | None = None) -> HostTarget:
         tgt = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores}
         return HostTarget("host", _mask_unreported(tgt))
     if cpu not in X86_CPUS:
-        raise TargetError(f"unknown x86 CPU preset {cpu!r} for --target host; known: {', '.join(X86_CPUS)}")
+        from dyadic.targets.arm import ARM_CPUS
+
+        hint = f" ({cpu} is an ARM core: use --target arm --cpu {cpu})" if cpu in ARM_CPUS else ""
+        raise TargetError(f"unknown x86 CPU preset {cpu!r} for --target host{hint}; known: {', '.join(X86_CPUS)}")
     return HostTarget(f"host:{cpu}", {"kind": "llvm", "mcpu": cpu, "num-cores": cores}, cpu=X86_CPUS[cpu])
 
 
