@@ -46,9 +46,10 @@ import math
 
 import numpy as np
 
-from dyadic.core.arith import dyadic, requantize, rounding_term
+from dyadic.core.arith import dyadic, rounding_term
 from dyadic.ops.arith_ops import channel_shape
 from dyadic.ops.base import IntOpDef, OpDef, importer, register_float, register_int
+from dyadic.ops.reduce_axes import qsum_requant_lower, qsum_requant_ref
 
 INT64_LIMIT = 2 ** 63
 D_LIMIT = 2 ** 62
@@ -220,21 +221,6 @@ def _quantize_mean(ctx, node):
                           {"M": np.array(m, np.int64), "S": np.array(s, np.int64)}))
 
 
-def _qmean_ref(node, xs, out_shape):
-    a = node.attrs
-    acc = xs[0].astype(np.int64).sum(axis=tuple(a["axes"]), keepdims=bool(a["keepdims"]))
-    return requantize(acc, node.params["M"], node.params["S"], a["lo"], a["hi"])
-
-
-def _qmean_lower(L, node, xs):
-    from tvm import relax
-
-    a = node.attrs
-    acc = L.emit(relax.op.sum(L.emit(relax.op.astype(xs[0], "int64")), axis=list(a["axes"]),
-                              keepdims=bool(a["keepdims"])))
-    return L.requant(acc, node.params["M"], node.params["S"], a["lo"], a["hi"], L.g.dtypes[node.output])
-
-
 def _qmean_verify(graph, n) -> list[str]:
     q = graph.qparams[n.inputs[0]]
     count = int(np.prod([graph.shapes[n.inputs[0]][a] for a in n.attrs["axes"]]))
@@ -244,7 +230,7 @@ def _qmean_verify(graph, n) -> list[str]:
 
 
 register_float(OpDef("mean", _mean_float, _quantize_mean))
-register_int(IntOpDef("qmean", _qmean_ref, _qmean_lower, verify=_qmean_verify))
+register_int(IntOpDef("qmean", qsum_requant_ref, qsum_requant_lower, verify=_qmean_verify))
 
 
 # --------------------------------------------------------------------------- import

@@ -49,23 +49,26 @@ def _quantize_reduce(ctx, node):
                            **ctx.clip_bounds(q)}, {"M": np.array(m, np.int64), "S": np.array(s, np.int64)}))
 
 
-def _qreduce_ref(node, xs, out_shape):
+def qsum_requant_ref(node, xs, out_shape):
+    """Integer sum over `axes`, then the dyadic requant: the reference of `qreduce` and of the
+    LayerNorm room's `qmean`."""
     a = node.attrs
     acc = xs[0].astype(np.int64).sum(axis=tuple(a["axes"]), keepdims=bool(a["keepdims"]))
     return requantize(acc, node.params["M"], node.params["S"], a["lo"], a["hi"])
 
 
-def _qreduce_lower(L, node, xs):
+def qsum_requant_lower(L, node, xs):
+    """Its lowering: the sum in int32 where `wide` is False (the bound allows it), else in int64."""
     from tvm import relax
 
     a = node.attrs
-    x = L.emit(relax.op.astype(xs[0], "int64" if a["wide"] else "int32"))
+    x = L.emit(relax.op.astype(xs[0], "int64" if a.get("wide", True) else "int32"))
     acc = L.emit(relax.op.sum(x, axis=list(a["axes"]), keepdims=bool(a["keepdims"])))
     return L.requant(acc, node.params["M"], node.params["S"], a["lo"], a["hi"], L.g.dtypes[node.output])
 
 
 register_float(OpDef("reduce", _reduce_float, _quantize_reduce))
-register_int(IntOpDef("qreduce", _qreduce_ref, _qreduce_lower))
+register_int(IntOpDef("qreduce", qsum_requant_ref, qsum_requant_lower))
 
 
 def _arg(node, xs, out_shape=None):
