@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from dyadic.core import npops, weight_quant as wq
+from dyadic.core.arith import channel_scales
 from dyadic.core.weight_quant import Rounding, WeightClip
 from dyadic.core.calibrators import act_range
 from dyadic.core.float_exec import run_node
@@ -61,7 +62,7 @@ def round_weights(graph: Graph, rounding: Rounding = Rounding.NEAREST, weight_cl
     for n in graph.nodes:
         if n.name in chosen:
             q, b = chosen[n.name]
-            base = wq.maxabs_scales(n.params["W"], graph.bits[n.name][0])
+            base = channel_scales(n.params["W"], graph.bits[n.name][0])
             info.setdefault(n.name, {})["clip_ratio_mean"] = float(np.mean(scales[n.name] / base))
             n = n.replace(params={**n.params, "B": np.asarray(b, np.float32), "W_int": q, "W_scale": scales[n.name]})
         nodes.append(n)

@@ -8,7 +8,8 @@ from hypothesis.extra import numpy as hnp
 
 from dyadic.core.calibrators import (Calibration, Histogram, act_range, choose_ranges, clamp_range, levels,
                                 mse_of_thresholds)
-from dyadic.core.weight_quant import clip_scales, fake_quant, maxabs_scales
+from dyadic.core.arith import channel_scales
+from dyadic.core.weight_quant import clip_scales, fake_quant
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
 acts = hnp.arrays(np.float32, st.integers(8, 400), elements=finite)
@@ -75,7 +76,7 @@ def test_clamp_range_and_act_range_fallback():
                     elements=st.floats(-3, 3, allow_nan=False)),
        bits=st.sampled_from([2, 3, 4, 8]))
 def test_clip_search_never_worse_than_maxabs(w, bits):
-    s_clip, s_max = clip_scales(w, bits), maxabs_scales(w, bits)
+    s_clip, s_max = clip_scales(w, bits), channel_scales(w, bits)
     e_clip = ((fake_quant(w, s_clip, bits) - w) ** 2).sum(axis=1)
     e_max = ((fake_quant(w, s_max, bits) - w) ** 2).sum(axis=1)
     assert np.all(e_clip <= e_max + 1e-12)

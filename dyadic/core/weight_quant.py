@@ -64,14 +64,10 @@ def fake_quant(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.rint(w / s), -L, L) * s
 
 
-def maxabs_scales(w: np.ndarray, bits: int) -> np.ndarray:
-    return channel_scales(w, bits)
-
-
 def clip_scales(w: np.ndarray, bits: int, grid: int = 71) -> np.ndarray:
     """Per-channel scales minimising ‖Q(W[c]) − W[c]‖² over α ∈ [ALPHA_MIN, 1] (α = 1 wins ties)."""
     w2 = w.reshape(w.shape[0], -1).astype(np.float64)
-    base = maxabs_scales(w, bits)
+    base = channel_scales(w, bits)
     best_err = np.full(len(w2), np.inf)
     best = base.copy()
     for a in np.linspace(1.0, ALPHA_MIN, grid):
@@ -83,7 +79,7 @@ def clip_scales(w: np.ndarray, bits: int, grid: int = 71) -> np.ndarray:
 
 
 def weight_scales(w: np.ndarray, bits: int, clip: bool) -> np.ndarray:
-    return clip_scales(w, bits) if clip else maxabs_scales(w, bits)
+    return clip_scales(w, bits) if clip else channel_scales(w, bits)
 
 
 def round_nearest(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
