@@ -24,8 +24,9 @@ import time
 
 import numpy as np
 
+from minilm_speed import host
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-HOST = "2-core AMD EPYC (Zen 3, znver3: AVX2 only, no AVX-512/VNNI), shared with other jobs"
 
 
 def pooled(h: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def main() -> int:
               "calib_sentences": args.calib, "eval_sentences": nev, "self_check": res.plan["self_check"],
               "bit_exact_eval": exact, "compile_s": round(t_compile, 1), **stats,
               "qlinear_16bit_inputs": wide, "qlinear_total": sum(1 for n in ig.nodes if n.op == "qlinear"),
-              "host": HOST, "machine": platform.machine()}
+              "host": host(), "machine": platform.machine()}
     if args.timing:
         f = {"input_ids": ids[-1:], "attention_mask": am[-1:]}
         q = quantize_inputs(ig, f)
@@ -112,7 +113,7 @@ def main() -> int:
     with open(os.path.join(args.results, "minilm.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     with open(os.path.join(args.results, "minilm.md"), "w") as fh:
-        fh.write(f"# all-MiniLM-L6-v2, integer-only, seq {args.seq}, batch 1\n\nHost: {HOST}.\n"
+        fh.write(f"# all-MiniLM-L6-v2, integer-only, seq {args.seq}, batch 1\n\nHost: {result['host']}.\n"
                  "Written by `benchmarks/bench_minilm.py`; sentences from `benchmarks/_sentences.py` (seed 0).\n\n"
                  "| calib sentences | eval sentences | mean cosine | min cosine | top-1 NN agreement | bit-exact |\n"
                  "|---|---|---|---|---|---|\n"
@@ -120,8 +121,8 @@ def main() -> int:
                  f"{100 * stats['nn_agree']:.1f} % | {res.plan['self_check']}, eval: {exact} |\n\n"
                  f"Mean-pooled embeddings vs onnxruntime fp32. {100 * stats['fp32_nn_gap_below_0.005']:.1f} % of the "
                  "evaluation sentences have an fp32 nearest neighbour less than 0.005 (cosine) ahead of the "
-                 f"second. {wide} of {result['qlinear_total']} linears read a 16-bit input (generic Relax matmul); "
-                 f"compile {result['compile_s']} s (under load).\n")
+                 f"second. {wide} of {result['qlinear_total']} linears read a 16-bit input (on x86: dyadic's "
+                 f"`vpmaddwd` GEMM kernel); compile {result['compile_s']} s. Latency: `minilm_speed.py`.\n")
         if args.timing:
             fh.write(f"\nLatency (measured under load, not a benchmark): dyadic {result['dyadic_ms']} ms, "
                      f"onnxruntime fp32 {result['ort_fp32_ms']} ms.\n")

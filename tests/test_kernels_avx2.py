@@ -57,3 +57,79 @@ def test_avx2_kernel_disassembly_has_vpmaddwd(tmp_path):
     lib.export_library(str(tmp_path / "k.so"))
     asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True).stdout
     assert asm.count("vpmaddwd") >= 4 and "zmm" not in asm
+
+
+def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None):
+    """A linear's GEMM as a 1x1 conv on NHWC input whose width is the rows (`ops/matmul._cpu_dense`)."""
+    from dyadic.backend.kernels import packing
+    from dyadic.core.arith import requantize
+
+    rng = np.random.default_rng(seed)
+    lo, hi = (-32768, 32767) if din == "int32" else (np.iinfo(din).min, np.iinfo(din).max)
+    x = rng.integers(lo, hi + 1, (2, 1, rows, k))
+    wt = rng.integers(-128, 128, (o, k, 1, 1)).astype(np.int8)
+    if extreme:  # every product at +-32768 x 127 or 32767 x -128, long sums of one sign
+        x = np.where(rng.random(x.shape) < 0.5, lo, hi)
+        wt = np.where(rng.random(wt.shape) < 0.5, -128, 127).astype(np.int8)
+    x = x.astype(din)
+    b = rng.integers(-3000, 3000, o).astype(np.int32)
+    m = rng.integers(2 ** 30, 2 ** 31, o).astype(np.int64)
+    s = rng.integers(*shifts, o).astype(np.int64)
+    acc = x.reshape(-1, k).astype(np.int64) @ wt.reshape(o, k).T.astype(np.int64) + b
+    want = requantize(acc, m, s, -32768, 32767).reshape(2, rows, o)
+    hi32 = packing.hi32_ok(s)
+    sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, "int32", -32768, 32767, None, hi32,
+                  "avx2", tile or choose_tile(o, 1, rows, isa="avx2"), nhwc=True)
+    assert sp.pmadd and sp.operand_dtype == ("int16" if din == "int32" else "uint8")
+    lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(HASWELL))
+    op = sp.ocb * 16
+    consts = [v.astype("int32" if hi32 else "int64") for v in packing.requant_consts(m, s, op, hi32)]
+    args = [x, packing.weight(wt, sp), packing.bias(b, wt, sp.offset, op), *consts]
+    out = tvm.runtime.empty((2, sp.ocb, 1, rows, 16), "int32")
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
+    got = out.numpy().transpose(0, 2, 3, 1, 4).reshape(2, rows, op)[:, :, :o]
+    return got, want
+
+
+@needs_avx2
+@pytest.mark.parametrize("k,o,rows,din,extreme", [(40, 33, 7, "int32", False), (384, 48, 128, "int32", False),
+                                                  (256, 20, 9, "int32", True), (37, 17, 5, "int8", False),
+                                                  (64, 32, 13, "uint8", True)])
+def test_avx2_rows_dense_bitexact(k, o, rows, din, extreme):
+    """A linear over rows (NHWC input, rows as width): 16-bit codes in int32 storage read as int16 pairs,
+    and 8-bit input; with K = 256 at the 16-bit bounds a sum can reach 256 x 32768 x 128 = 2^30."""
+    got, want = _run_rows_dense(k, o, rows, din, extreme)
+    assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_avx2
+@pytest.mark.parametrize("g,i,k,j,adt,bdt,extreme", [
+    (12, 128, 32, 128, "int8", "int8", False), (3, 128, 128, 32, "int32", "int8", False),
+    (2, 7, 5, 19, "uint8", "int8", False), (1, 9, 37, 40, "int32", "int8", True), (4, 13, 64, 16, "int8", "int8", True),
+    (3, 128, 32, 128, "int32", "int32", False), (2, 11, 30, 21, "int32", "int32", True)])
+def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme):
+    """Q·Kᵀ and P·V (`cpu_bmm`): both operands packed at run time, K and J padded (K % 4, J % 16 != 0),
+    16-bit codes in int32 storage on either side (A up to 2^15, B 11-bit: with K < 64 the int32 bound
+    holds), symbolic batch; extreme: operands only at their bounds."""
+    from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
+    from dyadic.core.arith import requantize
+
+    rng = np.random.default_rng(i * j + k)
+    lo, hi = (0, 32767) if adt == "int32" else (np.iinfo(adt).min, np.iinfo(adt).max)
+    blo, bhi = (-1024, 1023) if bdt == "int32" else (-128, 127)
+    a = rng.integers(lo, hi + 1, (2, g, i, k))
+    b = rng.integers(blo, bhi + 1, (2, g, k, j))
+    if extreme:
+        a, b = np.where(rng.random(a.shape) < 0.5, lo, hi), np.where(rng.random(b.shape) < 0.5, blo, bhi)
+    a, b = a.astype(adt), b.astype(bdt)
+    m, s = int(rng.integers(2 ** 30, 2 ** 31)), 36 if adt == "int32" else 30
+    s += 6 if bdt == "int32" else 0
+    want = requantize(np.matmul(a.astype(np.int64), b.astype(np.int64)), np.int64(m), np.int64(s), -32768, 32767)
+    sp = BmmSpec(None, g, i, k, j, adt, bdt, "int32", m, s, -32768, 32767)
+    lib = tvm.compile(tvm.IRModule({"main": bmm_func(sp)}), target=tvm.target.Target(HASWELL))
+    out = tvm.runtime.empty((2, g, i, sp.jb, 16), "int32")
+    lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+    got = out.numpy().reshape(2, g, i, -1)[..., :j]
+    assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)

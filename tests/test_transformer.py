@@ -32,6 +32,19 @@ from dyadic.core.reference import run_reference
 from dyadic.frontend import import_onnx
 from dyadic.ops import FLOAT, INT, QuantContext
 
+
+def _host_x86() -> bool:
+    try:
+        import tvm
+
+        from dyadic.backend.kernels import x86_isa
+    except ImportError:
+        return False
+    return x86_isa({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}) is not None
+
+
+HOST_X86 = _host_x86()
+
 CONFIG = CompileConfig(quiet=True)
 
 
@@ -70,6 +83,9 @@ def test_encoder_block_bitexact_and_faithful(tmp_path, mask, decomposed):
     assert ig.dtypes["ids"] == "int32" and ig.qparams["ids"].scale == 1.0  # token ids pass through
     assert ig.dtypes["x1"] == "int32" and ig.qparams["x1"].bits == 16     # the residual stream is 16-bit
     assert "BQ" in ig.node("p").params                                     # the mask is added in integers
+    if HOST_X86:  # the linears and both attention products on dyadic's kernels, not the generic matmul
+        generic = res.plan["target"]["kernel_coverage"]["generic_ops"]
+        assert "qlinear" not in generic and "qmatmul" not in generic, generic
     lib = dyadic.load(str(tmp_path))
     _check_library(res, lib, [{"ids": rng.integers(0, 50, (b, 8)).astype(np.int64)} for b in (1, 3)])
     ids = rng.integers(0, 50, (16, 8)).astype(np.int64)
@@ -426,3 +442,59 @@ def test_wide_input_of_a_linear(tmp_path, k, bits):
     q = quantize_inputs(ig, {"input": rng.normal(size=(2, 3, 8)).astype(np.float32)})
     got, want = lib.run_int(q), run_reference(ig, q)
     assert all(np.array_equal(g, want[o]) for g, o in zip(got, ig.outputs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 2 ** 40), st.data())
+def test_row_divide_arithmetic_exact(den_min, data):
+    """one reciprocal per row plus one correction step is floor division, for every 0 <= n <= n_max"""
+    from dyadic.ops.intdiv import row_divide_np, row_shift
+
+    num_max = data.draw(st.integers(0, min(2 ** 62 // den_min, 2 ** 50)))
+    try:
+        k = row_shift(num_max, den_min)
+    except ValueError:
+        return
+    den = np.array([data.draw(st.integers(den_min, max(den_min, 4 * den_min))) for _ in range(4)], np.int64)
+    num = np.array([data.draw(st.integers(0, num_max)) for _ in range(4)] + [num_max, 0], np.int64)
+    got = row_divide_np(num[:, None], den[None, :], k)
+    assert np.array_equal(got, num[:, None] // den[None, :])
+
+
+def test_row_divide_relax_exact():
+    """the Relax lowering (a materialized per-row reciprocal) divides exactly, at the int64 edge too"""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    from dyadic.backend.lower import _Lowerer
+    from dyadic.ops.intdiv import row_divide
+
+    class _L:
+        target = None
+        materialize = _Lowerer.materialize
+
+        def __init__(self):
+            self.bb = relax.BlockBuilder()
+
+        def emit(self, e):
+            return self.bb.emit(e)
+
+    L = _L()
+    num_max, den_min = 2 ** 31 + 2 ** 21, 2 ** 15  # softmax: E0 Q + n E0 / 2 over Σ >= E0 (n = 128)
+    x = relax.Var("x", relax.TensorType([6, 50], "int64"))
+    d = relax.Var("d", relax.TensorType([6, 1], "int64"))
+    with L.bb.function("main", [x, d]):
+        with L.bb.dataflow():
+            out = L.bb.emit_output(row_divide(L, x, d, num_max, den_min))
+        L.bb.emit_func_output(out)
+    mod = L.bb.get()
+    assert any(f.attrs.get("op_pattern") == 8 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    rng = np.random.default_rng(3)
+    den = np.array([[den_min], [den_min + 1], [3 * den_min + 7], [2 ** 21], [128 * den_min], [99999]], np.int64)
+    num = rng.integers(0, num_max + 1, (6, 50)).astype(np.int64)
+    num[:, :4] = [num_max, 0, 1, num_max - 1]
+    num[:, 4] = (num_max // den[:, 0]) * den[:, 0]      # exact multiples and one below
+    num[:, 5] = num[:, 4] - 1
+    got = vm["main"](tvm.runtime.tensor(num), tvm.runtime.tensor(den)).numpy()
+    assert np.array_equal(got, num // den)

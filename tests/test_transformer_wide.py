@@ -24,13 +24,20 @@ CONFIG = CompileConfig(quiet=True)
 
 def test_encoder_block_widths():
     """LN outputs, the GELU input and output, the residual stream, the scores, the probabilities and
-    the context are 16-bit; the linears read them unrequantized; Q, K and V stay 8-bit."""
+    the context, queries, keys and values are 16-bit; the linears read them unrequantized; each
+    product of two activations reads them at the widest widths its int32 bound allows."""
     rng = np.random.default_rng(3)
     _, ig = build_graph(encoder_block(rng), {"ids": rng.integers(0, 50, (16, 8)).astype(np.int64)}, CONFIG)
     for t in ("h", "h2", "f1", "g", "x1", "x2", "s2", "p", "o4"):
         assert ig.qparams[t].bits == 16, t
     for t in ("qb", "kb", "vb"):
-        assert ig.qparams[t].bits == 8, t
+        assert ig.qparams[t].bits == 16, t
+    for mm in (n for n in ig.nodes if n.op == "qmatmul"):  # each product narrows to the widest int32-safe widths
+        a, b = (ig.qparams[t] for t in mm.inputs)
+        k = ig.shapes[mm.inputs[0]][-1]
+        amax = lambda q: max(abs(q.lo), abs(q.hi))  # noqa: E731
+        assert a.bits > 8 and b.bits > 8 and k * amax(a) * amax(b) < 2 ** 31, (mm.name, a.bits, b.bits)
+        assert k * (2 * amax(a) + 1) * (2 * amax(b) + 1) >= 2 ** 31 or (a.bits, b.bits) == (16, 16), mm.name
     readers = {n.output: n for n in ig.nodes if n.op == "qlinear"}
     assert readers["qb"].inputs == ("h",) and readers["f1"].inputs == ("h2",) and readers["f2"].inputs == ("g",)
     assert readers["proj"].inputs == ("o",)                # the context, reshaped, at 16 bits

@@ -47,6 +47,22 @@ class _Lowerer:
         y = self.emit(relax.op.multiply(y, _c(m, "int64")))
         return self.shift_clip(y, s, lo, hi, dtype)
 
+    def materialize(self, x):
+        """x computed once into its own buffer: an opaque copy, which TVM's FuseOps does not fuse into its
+        consumers. A per-row value (a LayerNorm's square root, a softmax's reciprocal) that feeds
+        per-element ops would otherwise be inlined into them and recomputed for every element. CPU
+        targets only: a GPU build schedules every generic function itself (x is returned as it is)."""
+        from tvm import te
+
+        if self.target is not None and self.target.kind == "cuda":
+            return x
+
+        call = self.bb.call_te(lambda a: te.compute(a.shape, lambda *i: a(*i), name="copy"), x,
+                               primfunc_name_hint="rowvalue")
+        gv = call.args[0]
+        self.bb.update_func(gv, self.bb.get()[gv].with_attr("op_pattern", 8))
+        return self.emit(call)
+
     def shift_clip(self, y, s: np.ndarray, lo: int, hi: int, dtype: str):
         y = self.emit(relax.op.add(y, _c(rounding_term(s), "int64")))
         y = self.emit(relax.op.right_shift(y, _c(s, "int64")))

@@ -174,7 +174,7 @@ def _qln_lower(L, node, xs):
     d = L.emit(relax.op.subtract(L.emit(relax.op.multiply(x, i64(a["n"]))), s1))
     v = L.emit(relax.op.sum(L.emit(relax.op.multiply(d, d)), axis=[ax], keepdims=True))
     big = L.emit(relax.op.add(L.emit(relax.op.left_shift(v, i64(2 * a["k"]))), i64(a["E"])))
-    r = isqrt_relax(L, big, a["steps"])
+    r = L.materialize(isqrt_relax(L, big, a["steps"]))  # per row, not inlined into the per-element division
     num = L.emit(relax.op.add(L.emit(relax.op.left_shift(d, i64(a["F"]))), L.emit(relax.op.right_shift(r, i64(1)))))
     z = L.emit(relax.op.floor_divide(num, r))
     y = L.emit(relax.op.add(L.emit(relax.op.multiply(z, c(p["G"] * p["M"]))), c(p["K"])))

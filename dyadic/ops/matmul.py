@@ -10,15 +10,19 @@ read as it is when the int32 accumulator bound below holds at 16 bits; otherwise
 requantized to the widest b in [8, 16) for which it holds, 2^(b-1) max_o Σ_k |W_q[o, k]| +
 max|B_q| < 2^31 (B_q computed at that input scale). BERT's LN and GELU outputs have a few outlier
 channels (MiniLM: 10-30x the median channel range), so 8 bits leave most channels a handful of
-levels; at 16 bits every channel keeps ~256x finer steps. 16-bit inputs run on the generic Relax
-matmul (int32 x int8 -> int32), 8-bit ones on the CPU kernels' int8 GEMM.
+levels; at 16 bits every channel keeps ~256x finer steps. On x86, 16-bit inputs run on the CPU kernels' AVX2
+`vpmaddwd` GEMM (`kernels/matmul_lowering`: int16 pairs x int8 weights widened to int16), 8-bit ones on the isa's int8 GEMM;
+elsewhere (arm, cuda) 16-bit inputs take the generic Relax matmul (int32 x int8 -> int32).
 Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
 
 `matmul` (float): y = alpha (a @ b) of two activations with numpy batching ([N, H, T, D] x
 [N, H, D, T]: Q·Kᵀ, attn·V); `passes/fold_batchnorm` folds a positive scalar factor (1/√d) into
-alpha. Quantized (`qmatmul`): integer codes (16-bit attention probabilities x int8 values where
-the int32 bound below holds; otherwise wider inputs are requantized to 8 bits first),
-acc = a_q @ b_q in int32, y = clip((acc M + 2^(S-1)) >> S) with M / 2^S ≈ alpha s_a s_b / s_y.
+alpha. Quantized (`qmatmul`): integer codes of the widest widths (b_a, b_b) for which the int32
+bound below holds, found by narrowing the wider operand one bit at a time from the operands' own
+widths (`passes/widen_residual` makes queries, keys, values and probabilities 16-bit; MiniLM's
+head dim 32 gives Q·Kᵀ 14 x 13 bits and its 128 keys P·V 13 x 12 bits; 8-bit operands stay 8-bit),
+acc = a_q @ b_q in int32, y = clip((acc M + 2^(S-1)) >> S) with M / 2^S ≈ alpha s_a s_b / s_y; on x86
+it runs on the kernels' batched `vpmaddwd` matmul (`kernels/cpu_bmm`) where b is int8.
 Verifier: K max|a_q| max|b_q| < 2^31 (K the contracted length).
 
 The int64 references compute the products in float64, which is exact: every partial sum is an
@@ -107,45 +111,9 @@ def _qlinear_ref(node, xs, out_shape):
     return requantize(acc, p["M"], p["S"], a["lo"], a["hi"])
 
 
-def _cpu_dense(L, node, x):
-    """The CPU kernel family's int8 1x1-conv GEMM (the one `qdense` runs on), over all leading rows."""
-    kern = getattr(L, "kernels", None)
-    if kern is None or type(kern).__name__ != "CpuKernels" or L.g.dtypes[node.inputs[0]] not in ("int8", "uint8"):
-        return None
-    from tvm import relax
-
-    from dyadic.backend.kernels import packing
-    from dyadic.backend.kernels.cpu_conv import conv_func
-    from dyadic.backend.kernels.spec import ConvSpec
-
-    p, a = node.params, node.attrs
-    shape = L.g.shapes[node.inputs[0]]
-    k, o = int(shape[-1]), int(p["W"].shape[0])
-    inner = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
-    rows = L.batch * inner if not getattr(L, "static", False) else int(np.prod(shape[:-1]))
-    lead = [int(d) for d in shape[:-1]] if getattr(L, "static", False) else [L.batch] + [int(d) for d in shape[1:-1]]
-    dout = L.g.dtypes[node.output]
-    sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, L.g.dtypes[node.inputs[0]], dout, a["lo"],
-                  a["hi"], None, packing.hi32_ok(p["S"]), kern.isa, (1, 1, 1), w4=False)
-    op = sp.ocb * 16
-    wk = p["W"].reshape(o, k, 1, 1)
-    c = lambda v, dt: relax.const(np.ascontiguousarray(np.asarray(v).astype(dt)), dt)  # noqa: E731
-    x4 = L.emit(relax.op.reshape(x, [rows, k, 1, 1]))
-    args = [x4, c(packing.weight(wk, sp), "int8"), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
-            *kern._rq_consts(p, op, sp.hi32)]
-    y = kern._call(("conv", sp), lambda: conv_func(sp), args, [rows, sp.ocb, 1, 1, 16], dout)
-    y = L.emit(relax.op.reshape(y, [rows, op]))
-    if op != o:
-        y = L.emit(relax.op.strided_slice(y, [1], [0], [o]))
-    return L.emit(relax.op.reshape(y, lead + [o]))
-
-
 def _qlinear_lower(L, node, xs):
     from tvm import relax
 
-    y = _cpu_dense(L, node, xs[0])
-    if y is not None:
-        return y
     p, a = node.params, node.attrs
     w = relax.const(np.ascontiguousarray(p["W"].T.astype(np.int8)), "int8")
     acc = L.emit(relax.op.matmul(xs[0], w, out_dtype="int32"))
@@ -183,9 +151,17 @@ def _quantize_matmul(ctx, node):
 
     a, b = node.inputs
     k = int(ctx.graph.shapes[a][-1])
-    amax = lambda t: max(abs(ctx.qp[t].lo), abs(ctx.qp[t].hi))  # noqa: E731
-    if k * amax(a) * amax(b) >= INT32_LIMIT:  # a 16-bit operand (probabilities) only where the int32 sum holds
-        a, b = narrow_input(ctx, node, 0), narrow_input(ctx, node, 1)
+    ba, bb = ctx.qp[a].bits, ctx.qp[b].bits
+
+    def amax(t: str, bits: int) -> int:
+        q = ctx.qp[t] if bits == ctx.qp[t].bits else narrowed_qparams(ctx, t, bits)
+        return max(abs(q.lo), abs(q.hi))
+    while k * amax(a, ba) * amax(b, bb) >= INT32_LIMIT and max(ba, bb) > 8:  # narrow the wider one first
+        if bb >= ba:
+            bb -= 1
+        else:
+            ba -= 1
+    a, b = narrow_input(ctx, node, 0, ba), narrow_input(ctx, node, 1, bb)
     q = ctx.qp[node.output] = ctx.out_q(node.output)
     m, s = dyadic(node.attrs.get("alpha", 1.0) * ctx.qp[a].scale * ctx.qp[b].scale / q.scale)
     ctx.nodes.append(Node("qmatmul", node.name, (a, b), node.outputs, ctx.clip_bounds(q, node.attrs.get("act")),

@@ -4,7 +4,8 @@ With the input x = s_x q (q an integer code in [lo, hi]) and d = q - max(q) in [
 
     E[k] = round(2^15 exp(-k s_x))        k = 0 .. hi - lo   (a compile-time table, E[0] = 2^15)
     e    = E[-d],   Σ = sum of e along the axis (int64),
-    q_y  = (e Q + floor(Σ / 2)) // Σ      (integer division, round half up)
+    q_y  = (e Q + floor(Σ / 2)) // Σ      (integer division, round half up; lowered with one
+                                          reciprocal per row, exactly: `ops/intdiv`)
 
 so q_y / Q ≈ exp(x - max x) / Σ exp(x - max x) = softmax(x), with Q = 255 (uint8 output, scale
 1/255) or Q = 32767 at a 16-bit graph output. Each table entry is off by at most 1/2 in units of
@@ -36,6 +37,7 @@ import numpy as np
 
 from dyadic.core.graph import QParams
 from dyadic.ops.base import IntOpDef, OpDef, importer, register_float, register_int
+from dyadic.ops.intdiv import row_divide
 
 EXP_BITS = 15
 BIAS_CAP = 1 << 20
@@ -111,8 +113,10 @@ def _qsoftmax_lower(L, node, xs):
     d = L.emit(relax.op.subtract(L.emit(relax.op.max(x, axis=[ax], keepdims=True)), x))
     e = L.emit(relax.op.astype(L.emit(relax.op.take(relax.const(node.params["E"], "int32"), d, axis=0, mode="clip")), "int64"))
     s = L.emit(relax.op.sum(e, axis=[ax], keepdims=True))
-    num = L.emit(relax.op.add(L.emit(relax.op.multiply(e, i64(Q))), L.emit(relax.op.floor_divide(s, i64(2)))))
-    y = L.emit(relax.op.floor_divide(num, s))
+    num = L.emit(relax.op.add(L.emit(relax.op.multiply(e, i64(Q))), L.emit(relax.op.right_shift(s, i64(1)))))  # Σ >= 0
+    n = int(L.g.shapes[node.inputs[0]][ax])  # Σ >= E[0] (the row max's term), Σ <= n E[0]
+    e0 = int(node.params["E"].max())
+    y = row_divide(L, num, s, e0 * Q + n * e0 // 2, e0)
     return L.emit(relax.op.astype(y, L.g.dtypes[node.output]))
 
 

@@ -34,7 +34,7 @@ as many bytes and unpacked in registers right before its instructions (`packing.
 
 AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` on operands widened
 to int16 in registers (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm
-per 16-lane accumulator. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
+per 16-lane accumulator; 16-bit input (a transformer's linears) is read as int16 pairs, unchanged. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
 channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations
@@ -59,7 +59,8 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     t, l, b_, r_ = sp.pads
     hp = max(sp.h + t + b_, (ohp - 1) * sh + (sp.kh - 1) * dh + 1)
     wp = max(sp.w + l + r_, (owp - 1) * sw + (sp.kwp - 1) * dw + 1)
-    x = te.placeholder((n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.c, sp.h, sp.w), sp.in_dtype, "x")
+    xshape = (n, icb, sp.h, sp.w, 16) if sp.packed_in else (n, sp.h, sp.w, sp.c) if sp.nhwc else (n, sp.c, sp.h, sp.w)
+    x = te.placeholder(xshape, sp.in_dtype, "x")
     wshape = sp.weight_shape()
     kg = wshape[-1]  # inputs per operand row: 4 (dot products), 8 (usmmla)
     wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, "int8", "w")
@@ -90,7 +91,8 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
                 v = x[b, i, yy, zz, c]
             else:
                 inside = tirx.all(inside, ch < sp.c)
-                v = x[b, tirx.min(ch, sp.c - 1), yy, zz]
+                cc = tirx.min(ch, sp.c - 1)
+                v = x[b, yy, zz, cc] if sp.nhwc else x[b, cc, yy, zz]
             u = (v.astype("int32") + off).astype(pdt) if off else v.astype(pdt)
             return tirx.if_then_else(inside, u, tirx.const(off, pdt))
         dp = te.compute((n, icb, hp, wp, cb), pad_pack, name="pad")
@@ -215,7 +217,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             sch.unroll(lp)
     if vnni:
         if sp.pmadd:
-            dot = dwi = register_pmadd()
+            dot = dwi = register_pmadd(sp.operand_dtype)
         elif sp.isa == "vnni":
             register_vnni()
             register_dw()

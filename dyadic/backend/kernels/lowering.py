@@ -26,7 +26,7 @@ from tvm import relax
 
 from dyadic.core.arith import rounding_term
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import amx_lowering, epilogue, packing, packed_ops, cpu_ops
+from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing
 from dyadic.backend.kernels.family import KernelFamily
 from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
@@ -121,6 +121,10 @@ class CpuKernels:
                 return y
         if op == "qadd":
             return self._add(n, xs)
+        if op == "qlinear":
+            return matmul_lowering.linear(self, n, self.generic_inputs(n, xs)[0])
+        if op == "qmatmul":
+            return matmul_lowering.bmm(self, n, self.generic_inputs(n, xs))
         if op == "maxpool" and n.inputs[0] in self.packed:
             _, c, h, w = self.g.shapes[n.inputs[0]]
             a, dt = n.attrs, self._dtype(n.inputs[0])

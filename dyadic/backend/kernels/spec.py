@@ -55,6 +55,7 @@ class ConvSpec(KernelIO):
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand
+    nhwc: bool = False                # unpacked input is [N, H, W, C] (a linear's rows as W), not NCHW
 
     @property
     def dot(self) -> bool:
@@ -78,7 +79,10 @@ class ConvSpec(KernelIO):
 
     @property
     def operand_dtype(self) -> str:
-        """The activation operand's type: uint8 (`vpdpbusd`, `usdot`, and the x86 fallbacks), int8 (`sdot`)."""
+        """The activation operand's type: uint8 (`vpdpbusd`, `usdot`, and the x86 fallbacks), int8 (`sdot`),
+        int16 (16-bit codes on `vpmaddwd`, from int32 storage: the packing copy narrows them)."""
+        if self.in_dtype == "int32" and self.pmadd:
+            return "int16"
         return "int8" if self.isa == "sdot" else "uint8"
 
     @property
@@ -115,7 +119,7 @@ class ConvSpec(KernelIO):
     def offset(self) -> int:
         """Added to every input byte so it fits the operand type: +128 for int8 input to an unsigned
         operand, -128 for uint8 input to `sdot`; the bias absorbs it (`packing.bias`)."""
-        if (self.depthwise and not self.dw_vnni) or self.in_dtype == self.operand_dtype:
+        if (self.depthwise and not self.dw_vnni) or self.in_dtype == self.operand_dtype or self.operand_dtype == "int16":
             return 0
         return 128 if self.operand_dtype == "uint8" else -128
 

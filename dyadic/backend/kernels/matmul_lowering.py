@@ -1,0 +1,99 @@
+"""The CPU kernels of a transformer's matrix products (`qlinear`, `qmatmul`; `ops/matmul`), x86.
+
+`linear`: a linear over [N, ..., K] runs on the conv kernels' 1x1 GEMM (`cpu_conv`) with the rows of
+the inner leading dims as the width of an NHWC input, so each register tile reuses its weight
+operands over `owi` rows. A 16-bit input (int32 storage holding int16 codes: a LayerNorm or GELU
+output) runs on the AVX2 `vpmaddwd` step on every x86 isa, narrowed to int16 by the kernel's packing
+copy (`ConvSpec.operand_dtype`); an 8-bit input on the isa's own step (VNNI, AVX2, arm dot products).
+`bmm`: a product of two activations with int16-range codes (Q·Kᵀ, P·V) on `cpu_bmm`.
+Each returns None where it does not apply; the op's generic lowering then runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tvm import relax
+
+from dyadic.backend.kernels import packing
+from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
+from dyadic.backend.kernels.cpu_conv import conv_func
+from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, choose_tile, mmla_tile
+
+_X86_ISAS = ("vnni", "avx512", "avx2")
+
+
+def linear(kern, node, x):
+    """The CPU kernel family's 1x1-conv GEMM (the one `qdense` runs on), with the rows of every leading
+    dim but the first as the width of an NHWC input, so the register tile reuses each weight operand
+    over `owi` rows. A 16-bit input (int32 storage, int16 codes) runs on the AVX2 `vpmaddwd` step
+    (every x86 isa has it), narrowed to int16 by the kernel's packing copy and read as int16 pairs;
+    an 8-bit one on the isa's own step."""
+    L = kern.L
+    din = L.g.dtypes[node.inputs[0]]
+    if din == "int32" and kern.isa in _X86_ISAS and -(1 << 15) <= L.g.qparams[node.inputs[0]].lo \
+            and L.g.qparams[node.inputs[0]].hi < 1 << 15:  # a wide tensor (int32 storage) with int16 codes
+        isa = "avx2"
+    elif din in ("int8", "uint8"):
+        isa = kern.isa
+    else:
+        return None
+    p, a = node.params, node.attrs
+    shape = L.g.shapes[node.inputs[0]]
+    k, o = int(shape[-1]), int(p["W"].shape[0])
+    rows = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+    n = int(shape[0]) if getattr(L, "static", False) else L.batch
+    dout = L.g.dtypes[node.output]
+    tile = (choose_tile(o, 1, rows, False, 1 if isa == "vnni" else 4, isa=isa)
+            if isa in DOT_ISAS or isa == "avx2" else (1, 1, 4))
+    sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"], None,
+                  packing.hi32_ok(p["S"]), isa, tile, nhwc=True)
+    if sp.mmla:
+        sp = dataclasses.replace(sp, tile=mmla_tile(1, rows))
+    op = sp.ocb * 16
+    wk = p["W"].reshape(o, k, 1, 1)
+    c = lambda v, dt: relax.const(np.ascontiguousarray(np.asarray(v).astype(dt)), dt)  # noqa: E731
+    x4 = L.emit(relax.op.reshape(x, [n, 1, rows, k]))
+    args = [x4, c(packing.weight(wk, sp), "int8"), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
+            *kern._rq_consts(p, op, sp.hi32)]
+    kern._record_dot(node, sp)
+    y = kern._call(("conv", sp), lambda: conv_func(sp), args, [n, sp.ocb, 1, rows, 16], dout)
+    y = L.emit(relax.op.reshape(relax.op.permute_dims(y, [0, 2, 3, 1, 4]), [n, rows, op]))
+    if op != o:
+        y = L.emit(relax.op.strided_slice(y, [2], [0], [o]))
+    lead = [int(d) for d in shape[:-1]] if getattr(L, "static", False) else [L.batch] + [int(d) for d in shape[1:-1]]
+    return L.emit(relax.op.reshape(y, lead + [o]))
+
+
+def _int16_codes(L, t: str) -> bool:
+    """8-bit codes, or wide codes (int32 storage) that fit int16."""
+    q = L.g.qparams.get(t)
+    return L.g.dtypes[t] in ("int8", "uint8") or (q is not None and -(1 << 15) <= q.lo and q.hi < 1 << 15)
+
+
+def bmm(kern, node, xs):
+    """The x86 kernels' batched matmul (`kernels.cpu_bmm`) where A and B have int16-range codes (B not
+    uint8: its step sign-extends) and the same leading dims; None elsewhere (the generic matmul)."""
+    L = kern.L
+    ta, tb = node.inputs
+    sa, sb = L.g.shapes[ta], L.g.shapes[tb]
+    if (kern.isa not in _X86_ISAS
+            or L.g.dtypes[tb] == "uint8" or not _int16_codes(L, ta) or not _int16_codes(L, tb)
+            or len(sa) != len(sb) or len(sa) < 3
+            or tuple(sa[:-2]) != tuple(sb[:-2])):
+        return None
+    static = getattr(L, "static", False)
+    g = int(np.prod(sa[1:-2]))
+    i, k, j = (int(d) for d in (sa[-2], sa[-1], sb[-1]))
+    a, p = node.attrs, node.params
+    sp = BmmSpec(int(sa[0]) if static else None, g, i, k, j, L.g.dtypes[ta], L.g.dtypes[tb], L.g.dtypes[node.output],
+                 int(p["M"]), int(p["S"]), a["lo"], a["hi"])
+    n = int(sa[0]) if static else L.batch
+    x, y = (L.emit(relax.op.reshape(v, [n, g, *sh[-2:]])) for v, sh in zip(xs, (sa, sb)))
+    out = kern._call(("bmm", sp), lambda: bmm_func(sp), [x, y], [n, g, i, sp.jb, 16], sp.out_dtype)
+    out = L.emit(relax.op.reshape(out, [n, g, i, sp.jb * 16]))
+    if sp.jb * 16 != j:
+        out = L.emit(relax.op.strided_slice(out, [3], [0], [j]))
+    return L.emit(relax.op.reshape(out, [n] + [int(d) for d in sa[1:-1]] + [j]))
+
+
