@@ -436,3 +436,18 @@ def test_minus_one_dims_are_dynamic(rng):
     m = _conv_model(rng)
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
     import_onnx(m)
+
+
+def test_plan_schema_zero_multiplier_only_for_a_sum_operand():
+    """a residual add whose branch is below half an output step (ConvNeXt's 1e-6 layer scale) has M = 0
+    for that operand, as the verifier allows; a conv's zero multiplier, or a sum of only zeros, is refused"""
+    from dyadic.core.plan_schema import _layer
+
+    def problems(op, m):
+        out: list[str] = []
+        _layer(0, {"name": "L", "op": op, "multiplier": m, "shift": [31] * len(m), "clip": [-128, 127],
+                   "out": {"dtype": "int8"}}, out)
+        return [p for p in out if "multiplier" in p]
+
+    assert problems("qadd", [1 << 30, 0]) == [] and problems("qconv", [1 << 30, 5]) == []
+    assert problems("qadd", [0, 0]) and problems("qconv", [1 << 30, 0]) and problems("qadd", [-1, 5])

@@ -6,7 +6,8 @@ then `validate_plan`, which checks
 * `plan_version` is `PLAN_VERSION`; `library` names `model.so` with its size and sha256;
 * every input/output: a name, a shape of positive dims (the batch may be -1), a finite positive
   scale, an integer type whose `lo`/`hi`/`dtype` are exactly those its `bits` and `signed` give;
-* every layer: its `in`/`out` quantization as above; dyadic multipliers `0 < m < 2^31`, shifts
+* every layer: its `in`/`out` quantization as above; dyadic multipliers `0 < m < 2^31` (`0 <= m` for
+  the operands of a sum, not all of them), shifts
   `0 <= s <= 62`, as many shifts as multipliers; clip bounds `lo <= hi` inside the output type;
   calibrated ranges finite with `lo <= hi`; weight/activation bits 4 or 8.
 
@@ -93,9 +94,11 @@ def _layer(i: int, layer, problems: list[str]) -> None:
         _qparams(layer["out"], f"{where} output", problems)
     if "multiplier" in layer or "shift" in layer:
         m, s = _flat(layer.get("multiplier")), _flat(layer.get("shift"))
-        if not m or not all(_is_int(x) and 0 < x < (1 << 31) for x in m):
-            problems.append(f"{where}: multipliers must be integers in (0, 2^31), got "
-                            f"{[x for x in m if not (_is_int(x) and 0 < x < (1 << 31))][:3]}")
+        # a sum's operand may have M = 0 (below half an output step; `verify` allows the same)
+        low = 0 if layer["op"] in ("qadd", "qbinary") and any(_is_int(x) and x > 0 for x in m) else 1
+        if not m or not all(_is_int(x) and low <= x < (1 << 31) for x in m):
+            problems.append(f"{where}: multipliers must be integers in [{low}, 2^31), got "
+                            f"{[x for x in m if not (_is_int(x) and low <= x < (1 << 31))][:3]}")
         if not s or not all(_is_int(x) and 0 <= x <= 62 for x in s):
             problems.append(f"{where}: shifts must be integers in [0, 62], got "
                             f"{[x for x in s if not (_is_int(x) and 0 <= x <= 62)][:3]}")
