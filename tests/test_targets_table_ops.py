@@ -69,3 +69,29 @@ def test_table_ops_cuda_build(tmp_path):
     res, _ = _compile("cuda:sm_75", tmp_path)
     assert (tmp_path / "cuda" / "kernels.ptx").is_file()
     assert res.plan["self_check"].startswith(("not run", "bit-exact"))
+
+
+def _encoder(target, out):
+    from _tiny_xfmr import encoder_block
+
+    rng = np.random.default_rng(7)
+    calib = {"ids": rng.integers(0, 50, (16, 8)).astype(np.int64)}
+    try:
+        return dyadic.compile(encoder_block(rng), str(out), calib, CompileConfig(target=target, quiet=True)), rng
+    except ToolchainError as e:
+        pytest.skip(f"toolchain unavailable: {e}")
+
+
+@pytest.mark.skipif(shutil.which(toolchain.AARCH64_CXX) is None or not bundle.can_run_bundle(),
+                    reason=f"aarch64 g++ / qemu-aarch64-static not installed ({toolchain.APT_ARM})")
+def test_encoder_block_arm_bit_exact_under_qemu(tmp_path):
+    """a transformer block for an i8mm core: its linears (16-bit inputs on the generic matmul, 8-bit
+    ones on the kernels' GEMM), the products of two activations, the softmax's per-row reciprocal and
+    the LayerNorm, bit-exact under qemu"""
+    res, rng = _encoder("arm:neoverse-v1", tmp_path)
+    assert res.plan["self_check"].startswith("bit-exact")
+    ig = res.int_graph
+    assert {"qlinear", "qmatmul", "qsoftmax", "qlayernorm"} <= {n.op for n in ig.nodes}
+    q = quantize_inputs(ig, {"ids": rng.integers(0, 50, (3, 8)).astype(np.int64)})
+    got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
+    np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])
