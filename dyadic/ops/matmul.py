@@ -199,7 +199,8 @@ register_int(IntOpDef("qmatmul", _qmatmul_ref, _qmatmul_lower, verify=_qmatmul_v
 
 # --------------------------------------------------------------------------- import
 @importer("MatMul", doc="constant weights: int8 per-output-channel weights, int32 accumulation, dyadic "
-                        "requant (any leading dims); two activations: int8 x int8 -> int32 -> dyadic requant")
+                        "requant (any leading dims); two activations: codes up to 16 bits, each at the widest width "
+                        "whose int32 sum stays exact -> dyadic requant")
 def _import_matmul(c):
     from dyadic.core.graph import Node
 
