@@ -45,10 +45,13 @@ def _amax(graph, t: str) -> int:
 
 
 def narrowed_qparams(ctx, t: str, bits: int):
-    """The QParams of tensor t (min/max range) re-quantized at `bits` (as `activation_qparams`)."""
+    """The QParams of tensor t (min/max range) re-quantized at `bits` (as `activation_qparams`);
+    t's own QParams at its own width."""
     from dyadic.core.graph import QParams
 
     q = ctx.qp[t]
+    if bits == q.bits:
+        return q
     lo, hi = ctx.graph.ranges[t]
     amax = max(abs(lo), abs(hi)) if q.signed else hi
     levels = (1 << (bits - 1)) - 1 if q.signed else (1 << bits) - 1
@@ -89,7 +92,7 @@ def _quantize_linear(ctx, node):
     bits = min(ctx.qp[x].bits, WIDE_INPUT_BITS)
     row_sum = int(np.abs(w_q.astype(np.int64)).sum(axis=1).max(initial=0))
     while bits > 8:  # the widest input width whose int32 accumulator bound holds (module docstring)
-        qx = ctx.qp[x] if bits == ctx.qp[x].bits else narrowed_qparams(ctx, x, bits)
+        qx = narrowed_qparams(ctx, x, bits)
         b_q = np.rint(node.params["B"].astype(np.float64) / (qx.scale * s_w))
         if max(abs(qx.lo), abs(qx.hi)) * row_sum + np.abs(b_q).max(initial=0) < INT32_LIMIT:
             break
@@ -154,7 +157,7 @@ def _quantize_matmul(ctx, node):
     ba, bb = ctx.qp[a].bits, ctx.qp[b].bits
 
     def amax(t: str, bits: int) -> int:
-        q = ctx.qp[t] if bits == ctx.qp[t].bits else narrowed_qparams(ctx, t, bits)
+        q = narrowed_qparams(ctx, t, bits)
         return max(abs(q.lo), abs(q.hi))
     while k * amax(a, ba) * amax(b, bb) >= INT32_LIMIT and max(ba, bb) > 8:  # narrow the wider one first
         if bb >= ba:

@@ -28,7 +28,7 @@ from dyadic.core.arith import rounding_term
 from dyadic.core.graph import Node
 from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing
 from dyadic.backend.kernels.family import KernelFamily
-from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, choose_tile, mmla_tile
+from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, kernel_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
 
@@ -184,11 +184,7 @@ class CpuKernels:
         o, _, kh, kw = p["W"].shape
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
-        rpa = 1 if self.isa == "vnni" else 4  # registers per 16-lane vector: zmm / NEON q
-        if self.isa in DOT_ISAS or (self.isa == "avx2" and not dw):  # avx2: `vpmaddwd`, 16 ymm (spec.REGFILE)
-            tile = choose_tile(16 if dw else o, oh, ow, w4, rpa, isa=self.isa)
-        else:
-            tile = (1, 1, 4)
+        tile = kernel_tile(self.isa, o, oh, ow, dw, w4)
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
                       packing.hi32_ok(p["S"]), self.isa, tile, dw, w4)

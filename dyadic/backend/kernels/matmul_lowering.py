@@ -18,7 +18,7 @@ from tvm import relax
 from dyadic.backend.kernels import packing
 from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
 from dyadic.backend.kernels.cpu_conv import conv_func
-from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, choose_tile, mmla_tile
+from dyadic.backend.kernels.spec import ConvSpec, kernel_tile, mmla_tile
 
 _X86_ISAS = ("vnni", "avx512", "avx2")
 
@@ -31,8 +31,7 @@ def linear(kern, node, x):
     an 8-bit one on the isa's own step."""
     L = kern.L
     din = L.g.dtypes[node.inputs[0]]
-    if din == "int32" and kern.isa in _X86_ISAS and -(1 << 15) <= L.g.qparams[node.inputs[0]].lo \
-            and L.g.qparams[node.inputs[0]].hi < 1 << 15:  # a wide tensor (int32 storage) with int16 codes
+    if din == "int32" and kern.isa in _X86_ISAS and _int16_codes(L, node.inputs[0]):  # wide, int16 codes
         isa = "avx2"
     elif din in ("int8", "uint8"):
         isa = kern.isa
@@ -44,10 +43,8 @@ def linear(kern, node, x):
     rows = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
     n = int(shape[0]) if getattr(L, "static", False) else L.batch
     dout = L.g.dtypes[node.output]
-    tile = (choose_tile(o, 1, rows, False, 1 if isa == "vnni" else 4, isa=isa)
-            if isa in DOT_ISAS or isa == "avx2" else (1, 1, 4))
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"], None,
-                  packing.hi32_ok(p["S"]), isa, tile, nhwc=True)
+                  packing.hi32_ok(p["S"]), isa, kernel_tile(isa, o, 1, rows), nhwc=True)
     if sp.mmla:
         sp = dataclasses.replace(sp, tile=mmla_tile(1, rows))
     op = sp.ocb * 16
@@ -61,8 +58,7 @@ def linear(kern, node, x):
     y = L.emit(relax.op.reshape(relax.op.permute_dims(y, [0, 2, 3, 1, 4]), [n, rows, op]))
     if op != o:
         y = L.emit(relax.op.strided_slice(y, [2], [0], [o]))
-    lead = [int(d) for d in shape[:-1]] if getattr(L, "static", False) else [L.batch] + [int(d) for d in shape[1:-1]]
-    return L.emit(relax.op.reshape(y, lead + [o]))
+    return L.emit(relax.op.reshape(y, [n] + [int(d) for d in shape[1:-1]] + [o]))
 
 
 def _int16_codes(L, t: str) -> bool:
@@ -83,17 +79,15 @@ def bmm(kern, node, xs):
             or tuple(sa[:-2]) != tuple(sb[:-2])):
         return None
     static = getattr(L, "static", False)
+    n = int(sa[0]) if static else L.batch
     g = int(np.prod(sa[1:-2]))
     i, k, j = (int(d) for d in (sa[-2], sa[-1], sb[-1]))
     a, p = node.attrs, node.params
-    sp = BmmSpec(int(sa[0]) if static else None, g, i, k, j, L.g.dtypes[ta], L.g.dtypes[tb], L.g.dtypes[node.output],
+    sp = BmmSpec(n if static else None, g, i, k, j, L.g.dtypes[ta], L.g.dtypes[tb], L.g.dtypes[node.output],
                  int(p["M"]), int(p["S"]), a["lo"], a["hi"])
-    n = int(sa[0]) if static else L.batch
     x, y = (L.emit(relax.op.reshape(v, [n, g, *sh[-2:]])) for v, sh in zip(xs, (sa, sb)))
     out = kern._call(("bmm", sp), lambda: bmm_func(sp), [x, y], [n, g, i, sp.jb, 16], sp.out_dtype)
     out = L.emit(relax.op.reshape(out, [n, g, i, sp.jb * 16]))
     if sp.jb * 16 != j:
         out = L.emit(relax.op.strided_slice(out, [3], [0], [j]))
     return L.emit(relax.op.reshape(out, [n] + [int(d) for d in sa[1:-1]] + [j]))
-
-

@@ -178,6 +178,15 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
     return best
 
 
+def kernel_tile(isa: str, o: int, oh: int, ow: int, depthwise: bool = False, w4: bool = False) -> tuple[int, int, int]:
+    """The register tile of a conv / GEMM kernel on `isa`: `choose_tile` where a dot-product or
+    `vpmaddwd` step runs (16-lane vectors: 1 zmm on VNNI, 4 NEON q-registers, AVX2 from `REGFILE`),
+    else (1, 1, 4) (the int32-lane fallbacks)."""
+    if isa in DOT_ISAS or (isa == "avx2" and not depthwise):
+        return choose_tile(16 if depthwise else o, oh, ow, w4, 1 if isa == "vnni" else 4, isa=isa)
+    return (1, 1, 4)
+
+
 def mmla_tile(oh: int, ow: int) -> tuple[int, int, int]:
     """Register tile of the `usmmla` conv: 2 pixel pairs (16 accumulator + 8 weight + 2 input q-registers)."""
     return (1, 2, 2) if ow <= 2 and oh >= 2 else (1, 1, 4)
