@@ -95,3 +95,31 @@ def test_encoder_block_arm_bit_exact_under_qemu(tmp_path):
     q = quantize_inputs(ig, {"ids": rng.integers(0, 50, (3, 8)).astype(np.int64)})
     got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
     np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_encoder_block_cuda_build(tmp_path):
+    """a transformer block (LayerNorm's bit-by-bit square root included) builds for cuda: dlight's
+    fallback inlines each fused function's elementwise steps, which without the per-round barriers
+    made the square root one expression doubling per round (the build ran out of memory)"""
+    res, _ = _encoder("cuda:sm_75", tmp_path)
+    assert "qlayernorm" in {n.op for n in res.int_graph.nodes}
+    assert (tmp_path / "cuda" / "kernels.ptx").is_file()
+    assert res.plan["self_check"].startswith(("not run", "bit-exact"))
+
+
+def test_encoder_block_with_chain_barriers_bit_exact_on_host(tmp_path, monkeypatch):
+    """the cuda form of the generic lowering (a barrier after every square-root round) computes the
+    same integers: built for this CPU with the barriers forced, the self-check is bit-exact"""
+    import dataclasses
+
+    from dyadic import targets
+
+    resolve = targets.resolve
+    monkeypatch.setattr(targets, "resolve",
+                        lambda name: dataclasses.replace(resolve(name), inlines_elementwise_chains=True))
+    res, rng = _encoder("host", tmp_path)
+    assert res.plan["self_check"].startswith("bit-exact")
+    ig = res.int_graph
+    q = quantize_inputs(ig, {"ids": rng.integers(0, 50, (3, 8)).astype(np.int64)})
+    np.testing.assert_array_equal(dyadic.load(str(tmp_path)).run_int(q)[0], run_reference(ig, q)[ig.outputs[0]])

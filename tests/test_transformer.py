@@ -308,14 +308,23 @@ def test_isqrt_exact():
     assert all(int(a) == math.isqrt(int(b)) for a, b in zip(r, v))
 
 
-def test_isqrt_relax_exact():
-    """the bit-by-bit square root the library runs is the exact floor square root"""
+@pytest.mark.parametrize("barriers", [False, True], ids=["cpu", "cuda-form"])
+def test_isqrt_relax_exact(barriers):
+    """the bit-by-bit square root the library runs is the exact floor square root, also in the form a
+    GPU build gets (an opaque copy after every round)"""
+    import types
+
     tvm = pytest.importorskip("tvm")
     from tvm import relax
 
+    from dyadic.backend.lower import _Lowerer
     from dyadic.ops.layernorm import isqrt_relax
 
     class _L:
+        target = types.SimpleNamespace(inlines_elementwise_chains=barriers)
+        chain_barrier, _opaque_copy, _inlines_chains = (_Lowerer.chain_barrier, _Lowerer._opaque_copy,
+                                                        _Lowerer._inlines_chains)
+
         def __init__(self):
             self.bb = relax.BlockBuilder()
 
@@ -471,7 +480,7 @@ def test_row_divide_relax_exact():
 
     class _L:
         target = None
-        materialize = _Lowerer.materialize
+        materialize, _opaque_copy, _inlines_chains = _Lowerer.materialize, _Lowerer._opaque_copy, _Lowerer._inlines_chains
 
         def __init__(self):
             self.bb = relax.BlockBuilder()

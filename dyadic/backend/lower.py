@@ -52,10 +52,21 @@ class _Lowerer:
         consumers. A per-row value (a LayerNorm's square root, a softmax's reciprocal) that feeds
         per-element ops would otherwise be inlined into them and recomputed for every element. CPU
         targets only: a GPU build schedules every generic function itself (x is returned as it is)."""
-        from tvm import te
+        return x if self._inlines_chains else self._opaque_copy(x)
 
-        if self.target is not None and self.target.kind == "cuda":
-            return x
+    def chain_barrier(self, x):
+        """x into its own buffer where the target's schedule inlines every elementwise step of a fused
+        function into its last one (TVM's dlight GPU fallback): a chain whose steps each read the
+        previous value more than once (the bit-by-bit square root) would otherwise become one
+        expression doubling in size per step. Elsewhere x as it is."""
+        return self._opaque_copy(x) if self._inlines_chains else x
+
+    @property
+    def _inlines_chains(self) -> bool:
+        return self.target is not None and self.target.inlines_elementwise_chains
+
+    def _opaque_copy(self, x):
+        from tvm import te
 
         call = self.bb.call_te(lambda a: te.compute(a.shape, lambda *i: a(*i), name="copy"), x,
                                primfunc_name_hint="rowvalue")

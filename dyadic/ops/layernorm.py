@@ -158,6 +158,8 @@ def isqrt_relax(L, v, steps: int):
         num = L.emit(relax.op.where(ge, L.emit(relax.op.subtract(num, t)), num))
         half = L.emit(relax.op.right_shift(res, i64(1)))
         res = L.emit(relax.op.where(ge, L.emit(relax.op.add(half, bit)), half))
+        if i:  # each round reads num and res three times: a schedule that inlines the rounds doubles per round
+            num, res = L.chain_barrier(num), L.chain_barrier(res)
     return res
 
 

@@ -35,6 +35,8 @@ class Target:
     cpu: object | None = None        #: an `arm.ArmCpu`
     gpu: object | None = None        #: a `cuda.CudaArch`
     extra: dict = field(default_factory=dict)
+    #: the generic schedule inlines each fused function's elementwise steps into one expression
+    inlines_elementwise_chains: bool = False
 
     @property
     def runs_here(self) -> bool:

@@ -80,7 +80,7 @@ def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> CudaTarget:
     g = CUDA_ARCHS[arch]
     # the host side stays generic x86-64 so the library loads on any x86 GPU server
     return CudaTarget(f"cuda:{g.name}", {"kind": "cuda", "arch": g.name}, kind="cuda",
-                      host={"kind": "llvm"}, gpu=g)
+                      host={"kind": "llvm"}, gpu=g, inlines_elementwise_chains=True)  # dlight's Fallback
 
 
 def _reductions_opaque_pass():
