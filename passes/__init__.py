@@ -14,10 +14,11 @@ from .fuse_unary import fuse_unary
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
 from .round_weights import round_weights
+from .widen_activations import widen_activations
 from .widen_residual import widen_residual
 
 __all__ = [
-    "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual",
+    "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual", "widen_activations",
     "calibrate_ranges", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

@@ -31,6 +31,7 @@ from dyadic.core.arith import dyadic_array, dyadic_shared, quantize_weight
 from dyadic.core.errors import VerificationError
 from dyadic.core.graph import PASSTHROUGH_OPS, Graph, Node, QParams
 from dyadic.ops import FLOAT, QuantContext
+from dyadic.ops.matmul import narrow_input, widest_input_bits
 from dyadic.core.calibrators import act_range
 
 OUTPUT_BITS = 16
@@ -153,6 +154,10 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
         q = qp[n.output] = out_q(n.output)
         w_q, s_w = ((n.params["W_int"], n.params["W_scale"]) if "W_int" in n.params  # passes/round_weights.py
                     else quantize_weight(n.params["W"], wb))
+        if qp[x].bits > 8:  # a 16-bit input (passes/widen_activations): the widest that keeps int32
+            ctx = QuantContext(graph, qp, out_q, nodes)
+            x = narrow_input(ctx, n, 0, widest_input_bits(ctx, x, w_q, s_w, n.params["B"]))
+            n = n.replace(inputs=(x,))
         w_q, s_w = _fit_bias(n.params["W"], w_q, s_w, n.params["B"], qp[x].scale, wb)
         s_acc = qp[x].scale * s_w
         b_q = np.rint(n.params["B"].astype(np.float64) / s_acc)

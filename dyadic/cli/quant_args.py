@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dyadic.core.calibrators import Calibration
+from dyadic.core.config import WideActivations
 from dyadic.core.weight_quant import Rounding, WeightClip
 
 
@@ -18,6 +19,10 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="weight rounding: nearest (default) or adaround (layer-wise reconstruction on the "
                         "calibration data; integer weights within one step of nearest)")
     p.add_argument("--adaround-iters", type=int, default=None, help="AdaRound optimizer steps per layer (default 1000)")
+    p.add_argument("--wide-activations", choices=[w.value for w in WideActivations], default=None,
+                   help="store these activations as 16-bit codes: none (default), tables (lookup-table "
+                        "outputs: hard-swish, sigmoid, GELU, ...), all (also convs, adds, Muls); more "
+                        "accurate, slower (16-bit conv inputs run on generic code)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="do not add each layer's expected output shift (on the calibration data) to its bias")
 
@@ -33,6 +38,8 @@ def quant_config(a) -> dict:
         out["rounding"] = Rounding(a.rounding)
     if a.adaround_iters:
         out["adaround_iters"] = a.adaround_iters
+    if a.wide_activations:
+        out["wide_activations"] = WideActivations(a.wide_activations)
     if a.no_bias_correction:
         out["bias_correction"] = False
     return out

@@ -14,6 +14,13 @@ from dyadic.core.weight_quant import Rounding, WeightClip
 CANDIDATES: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
 
 
+class WideActivations(Enum):
+    """Which activations `passes/widen_activations` stores as 16-bit codes (`--wide-activations`)."""
+    NONE = "none"
+    TABLES = "tables"   #: lookup-table outputs (hard-swish, hard-sigmoid, SiLU, GELU, ...)
+    ALL = "all"         #: lookup tables, convs, dense layers, adds, Muls, affines
+
+
 class BitMode(Enum):
     INT8 = "8"          #: every layer W8A8
     INT4 = "4"          #: every free layer W4A4 (first/last pinned to 8 bits)
@@ -91,6 +98,7 @@ class CompileConfig:
     calib_batch: int = 32         #: images per calibration batch (memory vs. speed)
     hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
     calibration: Calibration = Calibration.MSE   #: activation range calibrator (dyadic.calibrators)
+    wide_activations: WideActivations = WideActivations.NONE  #: 16-bit activations (passes/widen_activations)
     percentile: float = 99.99     #: for calibration=percentile
     weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths
     rounding: Rounding = Rounding.NEAREST        #: weight rounding (adaround: data-aware, passes/round_weights.py)

@@ -74,6 +74,20 @@ def narrow_input(ctx, node, i: int, bits: int = 8) -> str:
     return name
 
 
+def widest_input_bits(ctx, x: str, w_q: np.ndarray, s_w: np.ndarray, bias: np.ndarray) -> int:
+    """The widest input width in [8, min(bits of x, 16)] at which a layer with integer weights w_q
+    (output channel first) keeps its int32 accumulator: max|x_q| max_o Σ|W_q[o]| + max|B_q| < 2^31."""
+    bits = min(ctx.qp[x].bits, WIDE_INPUT_BITS)
+    row_sum = int(np.abs(w_q.astype(np.int64)).reshape(len(w_q), -1).sum(axis=1).max(initial=0))
+    while bits > 8:
+        qx = narrowed_qparams(ctx, x, bits)
+        b_q = np.rint(np.asarray(bias, np.float64) / (qx.scale * s_w))
+        if max(abs(qx.lo), abs(qx.hi)) * row_sum + np.abs(b_q).max(initial=0) < INT32_LIMIT:
+            break
+        bits -= 1
+    return bits
+
+
 # --------------------------------------------------------------------------- linear
 def _linear_float(node, xs):
     x = xs[0]
@@ -88,16 +102,7 @@ def _quantize_linear(ctx, node):
     from dyadic.core.graph import Node
 
     w_q, s_w = quantize_weight(node.params["W"], 8)
-    x = node.inputs[0]
-    bits = min(ctx.qp[x].bits, WIDE_INPUT_BITS)
-    row_sum = int(np.abs(w_q.astype(np.int64)).sum(axis=1).max(initial=0))
-    while bits > 8:  # the widest input width whose int32 accumulator bound holds (module docstring)
-        qx = narrowed_qparams(ctx, x, bits)
-        b_q = np.rint(node.params["B"].astype(np.float64) / (qx.scale * s_w))
-        if max(abs(qx.lo), abs(qx.hi)) * row_sum + np.abs(b_q).max(initial=0) < INT32_LIMIT:
-            break
-        bits -= 1
-    x = narrow_input(ctx, node, 0, bits)
+    x = narrow_input(ctx, node, 0, widest_input_bits(ctx, node.inputs[0], w_q, s_w, node.params["B"]))
     q = ctx.qp[node.output] = ctx.out_q(node.output)
     s_acc = ctx.qp[x].scale * s_w
     b_q = np.rint(node.params["B"].astype(np.float64) / s_acc)

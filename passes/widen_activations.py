@@ -1,0 +1,54 @@
+"""Store chosen CNN activations as 16-bit codes (`--wide-activations`): lookup-table outputs, or all.
+
+Where a network loses accuracy at 8 bits, the loss is often in a few places that are cheap to
+widen. In PP-OCR's text-line classifier (a trained MobileNetV3-style net) the largest single-layer
+SQNR drops are at the convolutions that read hard-swish outputs: hard-swish spans [-0.375, max],
+so a symmetric 8-bit code spends half its levels on a sliver, and a depthwise 3x3 of it passes the
+code noise through with little averaging (isolated SQNR 23-29 dB there, against 35-40 dB elsewhere).
+
+* `TABLES`: the output of every lookup-table nonlinearity (`unary`/`ew`: hard-swish, hard-sigmoid,
+  SiLU, GELU, ...) becomes 16-bit;
+* `ALL`: also every conv, dense, add, Mul and per-channel affine output.
+
+A tensor is widened only when all its readers take a 16-bit input (below, through value-preserving
+moves); the network input and the logits keep their own rules. The readers handle the width:
+`qconv`/`qdense`/`qlinear` read up to 16 bits where max|x_q| max_o Σ|W_q[o]| + max|B_q| < 2^31 and
+otherwise requantize the input to the widest width that fits (`ops.matmul.widest_input_bits`),
+`qadd`/`qmul`/`qaffine` work in int64 (bounded by the verifier), `qlut` indexes a 65,536-entry
+table (exact at every code, as at 8 bits), `qmean_hw` sums in int64. The cost: 16-bit codes are
+stored as int32, and a 16-bit-input conv runs on TVM's generic code (dyadic's CPU kernels take
+8-bit conv inputs; 16-bit ones only on the linear GEMM).
+
+Measured (AMD EPYC Zen 3, AVX2 only): PP-OCR text-line classifier top-1 on its 1,000 test lines
+98.5 % by default, 98.9 % with `TABLES` (fp32: 99.2 %), at 1.5 -> 2.2 ms per line (1 thread).
+"""
+from __future__ import annotations
+
+from dyadic.core.config import WideActivations
+from dyadic.core.graph import PASSTHROUGH_OPS, Graph
+from dyadic.ops import FLOAT
+
+_TABLES = ("unary", "ew")
+_ALL = _TABLES + ("conv", "dense", "linear", "add", "mul", "affine")
+_READERS = ("conv", "dense", "linear", "add", "mul", "affine", "unary", "ew", "mean_hw")
+
+
+def _moves(op: str) -> bool:
+    return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
+
+
+def widen_activations(graph: Graph, kind: WideActivations = WideActivations.NONE) -> Graph:
+    if kind is WideActivations.NONE:
+        return graph
+    users = graph.consumers()
+
+    def ok(t: str, depth: int = 0) -> bool:
+        us = users.get(t, [])
+        return bool(us) and depth < 8 and all(u.op in _READERS or (_moves(u.op) and ok(u.output, depth + 1))
+                                              for u in us)
+
+    ops = _TABLES if kind is WideActivations.TABLES else _ALL
+    wide = {n.output for n in graph.nodes if n.op in ops and n.output not in graph.outputs and ok(n.output)}
+    if not wide:
+        return graph
+    return graph.replace(meta={**graph.meta, "wide": tuple(sorted(set(graph.meta.get("wide", ())) | wide))})
