@@ -133,3 +133,24 @@ def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme):
     got = out.numpy().reshape(2, g, i, -1)[..., :j]
     assert len(np.unique(want)) > 3, "degenerate case"
     np.testing.assert_array_equal(got, want)
+
+
+WIDE_CASES = {  # 16-bit codes in int32 storage (`passes/widen_activations`), on the AVX2 kernels
+    "3x3_packed": dict(c=20, h=8, w=10, o=40, k=3, packed=True),
+    "3x3_nchw_rowtaps": dict(c=5, h=9, w=7, o=21, k=3),
+    "1x1_packed": dict(c=32, h=6, w=6, o=48, k=1, pads=(0, 0, 0, 0), packed=True),
+    "depthwise_packed": dict(c=40, h=11, w=9, o=40, k=3, packed=True, depthwise=True),
+    "depthwise_stride2_signed_out": dict(c=24, h=12, w=12, o=24, k=3, stride=(2, 2), packed=True, dout="int8",
+                                         clip=(-128, 127), depthwise=True),
+}
+
+
+@needs_avx2
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "bounds"])
+@pytest.mark.parametrize("name", list(WIDE_CASES))
+def test_avx2_conv_on_16bit_codes_bitexact(name, extreme):
+    """convs whose input holds 16-bit codes in int32 storage: narrowed to int16 pairs for `vpmaddwd`
+    (plain convs) or multiplied in int32 (depthwise), random and at the int16 bounds"""
+    got, want = _run_conv(**WIDE_CASES[name], din="int32", isa="avx2", target=HASWELL, extreme=extreme)
+    assert len(np.unique(want)) > 3 or extreme, "degenerate case"
+    np.testing.assert_array_equal(got, want)

@@ -73,7 +73,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
     off = sp.offset
     pdt = sp.in_dtype if sp.depthwise and not sp.dw_vnni else sp.operand_dtype
-    direct = sp.packed_in and not off and (hp, wp) == (sp.h, sp.w)
+    direct = sp.packed_in and not off and (hp, wp) == (sp.h, sp.w) and sp.in_dtype == pdt  # (16-bit codes: narrowed)
 
     if direct:
         dp = x
