@@ -35,6 +35,8 @@ ROWS: dict[str, dict] = {
     "mixed memory 0.75x (default quantizer)": dict(bits="mixed", budget=0.75, calibration="mse"),
     "W4A4 mse clip adaround": dict(bits="4", **BEST),
     "mixed memory 0.5x (default quantizer)": dict(bits="mixed", budget=0.5, calibration="mse"),
+    "W8A8 mse +bias corr., 16-bit activations (--wide-activations all)": dict(bits="8", calibration="mse",
+                                                                             wide_activations="all"),
     "W8A8 percentile +bias corr.": dict(bits="8", calibration="percentile"),
     "W8A8 entropy +bias corr.": dict(bits="8", calibration="entropy"),
     "W4A4 percentile clip nearest +bias corr.": dict(bits="4", calibration="percentile"),
@@ -47,14 +49,15 @@ ROWS: dict[str, dict] = {
 
 def config(opts: dict):
     from dyadic.core.calibrators import Calibration
-    from dyadic.core.config import BitMode, Budget, Budgets, CompileConfig
+    from dyadic.core.config import BitMode, Budget, Budgets, CompileConfig, WideActivations
     from dyadic.core.weight_quant import Rounding, WeightClip
 
     o = dict(opts)
     kw = dict(bits=BitMode(o.pop("bits")), quiet=True)
     if "budget" in o:
         kw["budgets"] = Budgets(memory=Budget(o.pop("budget"), True))
-    for key, enum in (("calibration", Calibration), ("rounding", Rounding), ("weight_clip", WeightClip)):
+    for key, enum in (("calibration", Calibration), ("rounding", Rounding), ("weight_clip", WeightClip),
+                      ("wide_activations", WideActivations)):
         if key in o:
             kw[key] = enum(o.pop(key))
     return CompileConfig(**kw, **o)

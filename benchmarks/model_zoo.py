@@ -54,7 +54,8 @@ def cosines(build: str, onnx_path: str, work: str, n: int = 16) -> tuple[float, 
     return _cos(np.asarray(m.run({spec["name"]: x})), ref), _cos(run(q8), ref)
 
 
-def one(name: str, work: str, torch_python: str, threads: list[int], timing: bool, reuse: bool) -> dict:
+def one(name: str, work: str, torch_python: str, threads: list[int], timing: bool, reuse: bool,
+        compile_args: tuple[str, ...] = ()) -> dict:
     onnx_path = os.path.join(work, f"{name}.onnx")
     row = {"model": name}
     if not os.path.exists(onnx_path):
@@ -64,7 +65,8 @@ def one(name: str, work: str, torch_python: str, threads: list[int], timing: boo
     out = os.path.join(work, f"{name}_build")
     if not (reuse and os.path.exists(os.path.join(out, "model.json"))):
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "dyadic.cli", "compile", onnx_path, "-o", out, "--quiet"],
+        p = subprocess.run([sys.executable, "-m", "dyadic.cli", "compile", onnx_path, "-o", out, "--quiet",
+                            *compile_args],
                            capture_output=True, text=True)
         if p.returncode:
             return {**row, "compiles": "no", "error": " ".join(p.stderr.split())[-600:]}
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="keep builds already in --work (their recorded compile time)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "model_zoo.md"))
+    ap.add_argument("--compile-args", default="", help="extra `dyadic compile` flags, e.g. --compile-args='--wide-activations all' "
+                                                       "(use another --work: builds are kept there)")
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
     host = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -135,7 +139,8 @@ def main(argv=None) -> int:
     host += ", " + ("AMX" if "amx_int8" in flags else "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2 only")
     rows = []
     for name in a.models.split(","):
-        rows.append(one(name, a.work, a.torch_python, [int(t) for t in a.threads.split(",")], not a.no_timing, a.reuse))
+        rows.append(one(name, a.work, a.torch_python, [int(t) for t in a.threads.split(",")], not a.no_timing, a.reuse,
+                        tuple(a.compile_args.split())))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "timing"}), flush=True)
         with open(a.out, "w") as f:
             f.write(table(rows, host))

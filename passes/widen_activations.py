@@ -8,14 +8,16 @@ code noise through with little averaging (isolated SQNR 23-29 dB there, against 
 
 * `TABLES`: the output of every lookup-table nonlinearity (`unary`/`ew`: hard-swish, hard-sigmoid,
   SiLU, GELU, ...) becomes 16-bit;
-* `ALL`: also every conv, dense, add, Mul and per-channel affine output, and the network's input.
+* `ALL`: also every conv, dense, add, Mul, per-channel affine, concat and average-pool output, and
+  the network's input.
 
 A tensor is widened only when all its readers take a 16-bit input (below, through value-preserving
 moves); the logits keep their own rule (16-bit). The readers handle the width:
 `qconv`/`qdense`/`qlinear` read up to 16 bits where max|x_q| max_o Σ|W_q[o]| + max|B_q| < 2^31 and
 otherwise requantize the input to the widest width that fits (`ops.matmul.widest_input_bits`),
 `qadd`/`qmul`/`qaffine` work in int64 (bounded by the verifier), `qlut` indexes a 65,536-entry
-table (exact at every code, as at 8 bits), `qmean_hw` sums in int64. 16-bit codes are stored as
+table (exact at every code, as at 8 bits), `qmean_hw` and `qavgpool` sum in int64, a concat aligns
+its inputs to its own (16-bit) scale. 16-bit codes are stored as
 int32. On x86 a conv on them runs on dyadic's AVX2 kernels (`vpmaddwd` reads int16 pairs, which is
 also what it does with 8-bit inputs, so the extra cost is the wider loads and stores; a depthwise
 conv multiplies in int32); on arm and cuda such a conv takes TVM's generic code.
@@ -33,8 +35,8 @@ from dyadic.core.graph import PASSTHROUGH_OPS, Graph
 from dyadic.ops import FLOAT
 
 _TABLES = ("unary", "ew")
-_ALL = _TABLES + ("conv", "dense", "linear", "add", "mul", "affine")
-_READERS = ("conv", "dense", "linear", "add", "mul", "affine", "unary", "ew", "mean_hw")
+_ALL = _TABLES + ("conv", "dense", "linear", "add", "mul", "affine", "concat", "avgpool")
+_READERS = ("conv", "dense", "linear", "add", "mul", "affine", "unary", "ew", "mean_hw", "concat", "avgpool")
 
 
 def _moves(op: str) -> bool:
