@@ -31,27 +31,22 @@ Measured (2-core AMD EPYC Zen 3, AVX2 only, 1 thread, median of 5 processes):
 from __future__ import annotations
 
 from dyadic.core.config import WideActivations
-from dyadic.core.graph import PASSTHROUGH_OPS, Graph
-from dyadic.ops import FLOAT
+from dyadic.core.graph import Graph
+from dyadic.passes.widen_residual import read_only_by
 
 _TABLES = ("unary", "ew")
 _ALL = _TABLES + ("conv", "dense", "linear", "add", "mul", "affine", "concat", "avgpool")
-_READERS = ("conv", "dense", "linear", "add", "mul", "affine", "unary", "ew", "mean_hw", "concat", "avgpool")
-
-
-def _moves(op: str) -> bool:
-    return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
+#: readers that take 16-bit codes; a concat only where its own output is 16-bit too (`ALL`: it aligns
+#: its inputs to its output's scale, so under `TABLES` it would just round them back to 8 bits)
+_READERS = ("conv", "dense", "linear", "add", "mul", "affine", "unary", "ew", "mean_hw", "avgpool")
 
 
 def widen_activations(graph: Graph, kind: WideActivations = WideActivations.NONE) -> Graph:
     if kind is WideActivations.NONE:
         return graph
     users = graph.consumers()
-
-    def ok(t: str, depth: int = 0) -> bool:
-        us = users.get(t, [])
-        return bool(us) and depth < 8 and all(u.op in _READERS or (_moves(u.op) and ok(u.output, depth + 1))
-                                              for u in us)
+    readers = _READERS + (("concat",) if kind is WideActivations.ALL else ())
+    ok = lambda t: read_only_by(users, t, readers)  # noqa: E731
 
     ops = _TABLES if kind is WideActivations.TABLES else _ALL
     wide = {n.output for n in graph.nodes if n.op in ops and n.output not in graph.outputs and ok(n.output)}

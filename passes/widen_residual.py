@@ -37,22 +37,22 @@ def _moves(op: str) -> bool:
     return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
 
 
-def _reads(users, t: str, op: str, depth: int = 0) -> bool:
-    """Every reader of t, through value-preserving moves, is an `op`."""
+def read_only_by(users, t: str, ops: tuple[str, ...], depth: int = 0) -> bool:
+    """t has readers, and every one of them, through value-preserving moves, is one of `ops`."""
     us = users.get(t, [])
-    return bool(us) and depth < 8 and all(u.op == op or (_moves(u.op) and _reads(users, u.output, op, depth + 1))
+    return bool(us) and depth < 8 and all(u.op in ops or (_moves(u.op) and read_only_by(users, u.output, ops, depth + 1))
                                           for u in us)
+
+
+def _reads(users, t: str, op: str) -> bool:
+    return read_only_by(users, t, (op,))
 
 
 def widen_residual(graph: Graph) -> Graph:
     if not any(n.op == "layernorm" for n in graph.nodes):
         return graph
     users = graph.consumers()
-
-    def ok(t: str, depth: int = 0) -> bool:
-        us = users.get(t, [])
-        return bool(us) and depth < 8 and all(u.op in _READERS or (_moves(u.op) and ok(u.output, depth + 1))
-                                              for u in us)
+    ok = lambda t: read_only_by(users, t, _READERS)  # noqa: E731
 
     wide = {n.output for n in graph.nodes if n.op in ("add", "affine", "layernorm", *_LUT) and ok(n.output)}
     # the branch that a residual add sums in (a projection's output), and a GELU's input, too

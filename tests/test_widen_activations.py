@@ -138,3 +138,31 @@ def test_cli_flag_maps_to_the_config():
     assert "wide_activations" not in quant_config(p.parse_args([]))
     with pytest.raises(SystemExit):
         p.parse_args(["--wide-activations", "some"])
+
+
+def test_mv3_block_16bit_arm_bit_exact_under_qemu(tmp_path):
+    """the 16-bit convs and tables also build for an arm core (generic code there), bit-exact under qemu"""
+    import shutil
+
+    import dyadic
+    from dyadic.core.errors import ToolchainError
+    from dyadic.core.io import quantize_inputs
+    from dyadic.core.reference import run_reference
+    from dyadic.runtime import bundle
+    from dyadic.targets import toolchain
+
+    if shutil.which(toolchain.AARCH64_CXX) is None or not bundle.can_run_bundle():
+        pytest.skip(f"aarch64 g++ / qemu-aarch64-static not installed ({toolchain.APT_ARM})")
+    rng = np.random.default_rng(4)
+    model = _mv3_block(rng)
+    calib = {"input": rng.normal(size=(16, 3, 12, 12)).astype(np.float32)}
+    try:
+        res = dyadic.compile(model, str(tmp_path), calib, CompileConfig(target="arm:cortex-a76", quiet=True,
+                                                                        wide_activations=WideActivations.ALL))
+    except ToolchainError as e:
+        pytest.skip(f"toolchain unavailable: {e}")
+    ig = res.int_graph
+    assert ig.qparams["h0"].bits == 16 and ig.qparams["input"].bits == 16
+    q = quantize_inputs(ig, {"input": rng.normal(size=(3, 3, 12, 12)).astype(np.float32)})
+    got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
+    np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])
