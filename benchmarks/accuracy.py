@@ -35,7 +35,7 @@ ROWS: dict[str, dict] = {
     "mixed memory 0.75x (default quantizer)": dict(bits="mixed", budget=0.75, calibration="mse"),
     "W4A4 mse clip adaround": dict(bits="4", **BEST),
     "mixed memory 0.5x (default quantizer)": dict(bits="mixed", budget=0.5, calibration="mse"),
-    "W8A8 mse +bias corr., 16-bit activations (--wide-activations all)": dict(bits="8", calibration="mse",
+    "W8A8 mse +bias corr. +16-bit activations (--wide-activations all)": dict(bits="8", calibration="mse",
                                                                              wide_activations="all"),
     "W8A8 percentile +bias corr.": dict(bits="8", calibration="percentile"),
     "W8A8 entropy +bias corr.": dict(bits="8", calibration="entropy"),
