@@ -118,7 +118,12 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=64, help="test inputs compared per model")
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "realworld_ocr.md"))
+    ap.add_argument("--compile-args", default="", help="extra `dyadic compile` flags, e.g. "
+                                                       "--compile-args='--wide-activations all' (builds go to "
+                                                       "KIND_build_<flags> beside the default ones)")
     a = ap.parse_args(argv)
+    extra = a.compile_args.split()
+    suffix = "".join("_" + t.strip("-") for t in extra)
     os.makedirs(a.work, exist_ok=True)
     paths = fetch_models(a.work)
     calib_lines = np.load(os.path.join(SHARED, "data", "textlines_calib.npz"))["images"]
@@ -130,9 +135,9 @@ def main(argv=None) -> int:
         calib, test = data[kind]
         cpath = os.path.join(a.work, f"{kind}_calib.npz")
         np.savez(cpath, images=calib)
-        build = os.path.join(a.work, f"{kind}_build")
+        build = os.path.join(a.work, f"{kind}_build{suffix}")
         cmd = [sys.executable, "-m", "dyadic.cli", "compile", paths[kind], "-o", build, "--quiet", "--calib", cpath,
-               "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--input-shape", MODELS[kind][1]]
+               "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--input-shape", MODELS[kind][1], *extra]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
             results[kind] = {"compiles": "no", "error": " ".join(p.stderr.split())[-600:]}
@@ -140,6 +145,7 @@ def main(argv=None) -> int:
             continue
         plan = json.load(open(os.path.join(build, "model.json")))
         results[kind] = {"compiles": "yes", "self_check": plan["self_check"], "compile_s": plan["timings_s"]["total"],
+                         "compile_args": " ".join(extra),
                          "generic_ops": plan["target"].get("kernel_coverage", {}).get("generic_ops"),
                          **compare(kind, build, paths[kind], test)}
         print(kind, json.dumps(results[kind]), flush=True)
