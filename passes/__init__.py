@@ -18,7 +18,8 @@ from .widen_activations import widen_activations
 from .widen_residual import widen_residual
 
 __all__ = [
-    "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual", "widen_activations",
+    "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual",
+    "widen_activations",
     "calibrate_ranges", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

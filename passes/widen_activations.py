@@ -22,11 +22,12 @@ int32. On x86 a conv on them runs on dyadic's AVX2 kernels (`vpmaddwd` reads int
 also what it does with 8-bit inputs, so the extra cost is the wider loads and stores; a depthwise
 conv multiplies in int32); on arm and cuda such a conv takes TVM's generic code.
 
-Measured (2-core AMD EPYC Zen 3, AVX2 only, 1 thread, median of 5 processes):
+Measured (2-core AMD EPYC Zen 3, AVX2 only, 1 thread):
 * PP-OCR text-line classifier (trained), top-1 on its 1,000 test lines: 98.5 % by default, 98.9 %
-  with `TABLES` (fp32 99.2 %), at 2.09 -> 2.28 ms per line;
+  with `TABLES` (fp32 99.2 %), at 2.09 -> 2.28 ms per line (median of 5 processes);
 * torchvision mobilenet_v2 (random init, the model-zoo benchmark's inputs), logit cosine against
-  fp32: 0.979 by default, 0.991 with `ALL`, at 11.8 -> 12.8 ms.
+  fp32: 0.979 by default, 0.991 with `ALL`, at 11.2 -> 12.9 ms (median of 3 processes, the table
+  in `benchmarks/results/model_zoo.md`).
 """
 from __future__ import annotations
 

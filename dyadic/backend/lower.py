@@ -50,8 +50,9 @@ class _Lowerer:
     def materialize(self, x):
         """x computed once into its own buffer: an opaque copy, which TVM's FuseOps does not fuse into its
         consumers. A per-row value (a LayerNorm's square root, a softmax's reciprocal) that feeds
-        per-element ops would otherwise be inlined into them and recomputed for every element. CPU
-        targets only: a GPU build schedules every generic function itself (x is returned as it is)."""
+        per-element ops would otherwise be inlined into them and recomputed for every element. Not on
+        targets whose schedule inlines elementwise chains anyway (`Target.inlines_elementwise_chains`,
+        the GPU: x is returned as it is)."""
         return x if self._inlines_chains else self._opaque_copy(x)
 
     def chain_barrier(self, x):

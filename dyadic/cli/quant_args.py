@@ -21,8 +21,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaround-iters", type=int, default=None, help="AdaRound optimizer steps per layer (default 1000)")
     p.add_argument("--wide-activations", choices=[w.value for w in WideActivations], default=None,
                    help="store these activations as 16-bit codes: none (default), tables (lookup-table "
-                        "outputs: hard-swish, sigmoid, GELU, ...), all (also convs, adds, Muls); more "
-                        "accurate, slower (16-bit conv inputs run on generic code)")
+                        "outputs: hard-swish, sigmoid, GELU, ...), all (also the input, convs, adds, Muls, "
+                        "concats, pools); more accurate, a little slower on x86, slower on arm/cuda (16-bit "
+                        "conv inputs take generic code there)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="do not add each layer's expected output shift (on the calibration data) to its bias")
 

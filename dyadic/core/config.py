@@ -18,7 +18,7 @@ class WideActivations(Enum):
     """Which activations `passes/widen_activations` stores as 16-bit codes (`--wide-activations`)."""
     NONE = "none"
     TABLES = "tables"   #: lookup-table outputs (hard-swish, hard-sigmoid, SiLU, GELU, ...)
-    ALL = "all"         #: lookup tables, convs, dense layers, adds, Muls, affines
+    ALL = "all"         #: also the input, convs, dense layers, adds, Muls, affines, concats, average pools
 
 
 class BitMode(Enum):

@@ -170,9 +170,9 @@ class CpuKernels:
         """An 8-bit-weight conv on 16-bit codes (int32 storage, `passes/widen_activations`) on an x86
         isa, on the AVX2 kernels: a plain conv on the `vpmaddwd` step, which reads them as int16 pairs
         (as the linear GEMM does); a depthwise one on the int32 multiply-add fallback."""
-        return (self._dtype(n.inputs[0]) == "int32" and self.isa in matmul_lowering.X86_ISAS
-                and (n.attrs["group"] == 1 or self._depthwise(n)) and n.attrs.get("w_bits") == 8
-                and matmul_lowering.int16_codes(self.L, n.inputs[0]))
+        t = n.inputs[0]
+        return (self._dtype(t) == "int32" and matmul_lowering.step_isa(self, t) == "avx2"
+                and (n.attrs["group"] == 1 or self._depthwise(n)) and n.attrs.get("w_bits") == 8)
 
     def _depthwise(self, n: Node) -> bool:
         c, o = self.g.shapes[n.inputs[0]][1], n.params["W"].shape[0]
@@ -187,15 +187,14 @@ class CpuKernels:
             rt, add, first = res
             r32 = epilogue.int32_ok((a["lo"], a["hi"]), self._dtype(rt), add.params["S"])
             residual, out_dtype = (self._dtype(rt), add.attrs["lo"], add.attrs["hi"], r32), self._dtype(add.output)
-        wide = self._wide_input(n)
-        amx = amx_lowering.conv_spec(self, n, residual, out_dtype) if self.amx and not wide else None
+        amx = amx_lowering.conv_spec(self, n, residual, out_dtype) if self.amx and not self._wide_input(n) else None
         if amx is not None:
             return self._amx_call(n, x, amx, p["W"], res)
         _, c, h, w = self.g.shapes[t]
         o, _, kh, kw = p["W"].shape
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
-        isa = "avx2" if wide else self.isa
+        isa = matmul_lowering.step_isa(self, t)
         tile = kernel_tile(isa, o, oh, ow, dw, w4)
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,

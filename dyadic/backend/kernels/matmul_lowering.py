@@ -20,7 +20,7 @@ from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.backend.kernels.spec import ConvSpec, kernel_tile, mmla_tile
 
-X86_ISAS = ("vnni", "avx512", "avx2")
+_X86_ISAS = ("vnni", "avx512", "avx2")
 
 
 def linear(kern, node, x):
@@ -31,11 +31,8 @@ def linear(kern, node, x):
     an 8-bit one on the isa's own step."""
     L = kern.L
     din = L.g.dtypes[node.inputs[0]]
-    if din == "int32" and kern.isa in X86_ISAS and int16_codes(L, node.inputs[0]):  # wide, int16 codes
-        isa = "avx2"
-    elif din in ("int8", "uint8"):
-        isa = kern.isa
-    else:
+    isa = step_isa(kern, node.inputs[0])
+    if isa is None:
         return None
     p, a = node.params, node.attrs
     shape = L.g.shapes[node.inputs[0]]
@@ -61,7 +58,16 @@ def linear(kern, node, x):
     return L.emit(relax.op.reshape(y, [n] + [int(d) for d in shape[1:-1]] + [o]))
 
 
-def int16_codes(L, t: str) -> bool:
+def step_isa(kern, t: str) -> str | None:
+    """The isa of the GEMM step that reads tensor t: the kernels' own for 8-bit codes, AVX2 `vpmaddwd`
+    (every x86 isa has it) for 16-bit codes in int32 storage, None where no kernel step reads t."""
+    d = kern.L.g.dtypes[t]
+    if d in ("int8", "uint8"):
+        return kern.isa
+    return "avx2" if d == "int32" and kern.isa in _X86_ISAS and _int16_codes(kern.L, t) else None
+
+
+def _int16_codes(L, t: str) -> bool:
     """8-bit codes, or wide codes (int32 storage) that fit int16."""
     q = L.g.qparams.get(t)
     return L.g.dtypes[t] in ("int8", "uint8") or (q is not None and -(1 << 15) <= q.lo and q.hi < 1 << 15)
@@ -73,8 +79,8 @@ def bmm(kern, node, xs):
     L = kern.L
     ta, tb = node.inputs
     sa, sb = L.g.shapes[ta], L.g.shapes[tb]
-    if (kern.isa not in X86_ISAS
-            or L.g.dtypes[tb] == "uint8" or not int16_codes(L, ta) or not int16_codes(L, tb)
+    if (kern.isa not in _X86_ISAS
+            or L.g.dtypes[tb] == "uint8" or not _int16_codes(L, ta) or not _int16_codes(L, tb)
             or len(sa) != len(sb) or len(sa) < 3
             or tuple(sa[:-2]) != tuple(sb[:-2])):
         return None
