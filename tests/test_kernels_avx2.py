@@ -80,7 +80,7 @@ def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None
     hi32 = packing.hi32_ok(s)
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, "int32", -32768, 32767, None, hi32,
                   "avx2", tile or choose_tile(o, 1, rows, isa="avx2"), nhwc=True)
-    assert sp.pmadd and sp.operand_dtype == ("int16" if din == "int32" else "uint8")
+    assert sp.pmadd and sp.operand_dtype == "int16"
     lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(HASWELL))
     op = sp.ocb * 16
     consts = [v.astype("int32" if hi32 else "int64") for v in packing.requant_consts(m, s, op, hi32)]

@@ -114,7 +114,7 @@ def _schedule(func: tirx.PrimFunc, sp: BmmSpec) -> tirx.PrimFunc:
     for lp in ol[:-1]:
         sch.unroll(lp)
     init = sch.decompose_reduction(blk, rk)
-    sch.tensorize(j, register_pmadd("int16", sp.b_operand))
+    sch.tensorize(j, register_pmadd(sp.b_operand))
     for lp in (ji, ii):
         sch.unroll(lp)
     il = sch.get_loops(init)[2:]

@@ -32,9 +32,10 @@ activation operand, so there uint8 input is fed as x - 128 (pad value -128) and 
 4-bit weights (`ConvSpec.w4`, either ISA): each 16 x 4 (usmmla: 16 x 8) operand is stored as half
 as many bytes and unpacked in registers right before its instructions (`packing.nibbles`).
 
-AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` on operands widened
-to int16 in registers (`intrin_avx2`, `ConvSpec.pmadd`; exact: u8 x s8 pair sums fit s32), two ymm
-per 16-lane accumulator; 16-bit input (a transformer's linears) is read as int16 pairs, unchanged. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
+AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` (`intrin_avx2`,
+`ConvSpec.pmadd`; exact: s16 x s8 pair sums fit s32), two ymm per 16-lane accumulator. Their first
+stage always copies: it widens the input to int16 (8-bit codes as they are, no offset; 16-bit codes
+from int32 storage narrowed), so the step broadcasts int16 pairs straight from memory. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
 channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             sch.unroll(lp)
     if vnni:
         if sp.pmadd:
-            dot = dwi = register_pmadd(sp.operand_dtype)
+            dot = dwi = register_pmadd()
         elif sp.isa == "vnni":
             register_vnni()
             register_dw()

@@ -80,8 +80,9 @@ class ConvSpec(KernelIO):
     @property
     def operand_dtype(self) -> str:
         """The activation operand's type: uint8 (`vpdpbusd`, `usdot`, and the x86 fallbacks), int8 (`sdot`),
-        int16 (16-bit codes on `vpmaddwd`, from int32 storage: the packing copy narrows them)."""
-        if self.in_dtype == "int32" and self.pmadd:
+        int16 (every `vpmaddwd` kernel: its packing copy widens 8-bit codes, or narrows 16-bit codes from int32
+        storage, so the step broadcasts int16 pairs from memory, `intrin_avx2`)."""
+        if self.pmadd:
             return "int16"
         return "int8" if self.isa == "sdot" else "uint8"
 
