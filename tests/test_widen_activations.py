@@ -117,7 +117,8 @@ def test_mv3_block_16bit_bit_exact_and_closer_to_float(tmp_path):
         res = dyadic.compile(model, str(out), calib, CompileConfig(quiet=True, wide_activations=kind))
         assert res.plan["self_check"].startswith("bit-exact")
         if platform.machine() == "x86_64":  # 16-bit conv inputs on dyadic's AVX2 kernels, not generic code
-            assert "qconv" not in res.plan["target"]["kernel_coverage"].get("generic_ops", {}), kind
+            generic = res.plan["target"]["kernel_coverage"].get("generic_ops", {})
+            assert not {"qconv", "qlut", "qmul"} & set(generic), (kind, generic)  # tables, SE product packed too
         ig = res.int_graph
         q = quantize_inputs(ig, x)
         got = dyadic.load(str(out)).run_int(q)[0]

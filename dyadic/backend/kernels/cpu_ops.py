@@ -9,6 +9,7 @@ block, row) run in parallel, the 16 channels of a block are vectorized.
 """
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import te, tirx
 
@@ -150,3 +151,47 @@ def pack_func(c: int, h: int, w: int, dtype: str) -> tirx.PrimFunc:
     out = te.compute((n, ceil_div(c, 16), h, w, 16), lambda b, i, y, z, j: tirx.if_then_else(
         i * 16 + j < c, x[b, tirx.min(i * 16 + j, c - 1), y, z], tirx.const(0, dtype)), name="out")
     return _func([x, out], lambda sch: _finish(sch, "out", 3))
+
+
+def lut_func(cb: int, h: int, w: int, in_dtype: str, table_len: int, in_lo: int, out_dtype: str) -> tirx.PrimFunc:
+    """A lookup table (`qlut`) on the packed layout: out = T[clamp(x - in_lo, 0, len - 1)], table T an
+    argument. The clamp keeps every read inside T whatever the input holds (in-range codes never
+    reach it); one pass, no int32 index tensor (the generic lowering writes one and then gathers)."""
+    n = tirx.Var("n", "int32")
+    x = te.placeholder((n, cb, h, w, 16), in_dtype, "x")
+    t = te.placeholder((table_len,), out_dtype, "t")
+    out = te.compute((n, cb, h, w, 16), lambda *i: t[tirx.max(tirx.min(x[i].astype("int32") - in_lo, table_len - 1), 0)],
+                     name="out")
+
+    def sched(sch):
+        b, i, y, z, j = sch.get_loops(sch.get_sblock("out"))
+        sch.parallel(sch.fuse(b, i, y))
+        sch.unroll(j)
+    return _func([x, t, out], sched)
+
+
+def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: str, m: int, s: int,
+              lo: int, hi: int) -> tirx.PrimFunc:
+    """`qmul` on the packed layout: clip((a b M + 2^(S-1)) >> S) with per-tensor M, S baked in; b the
+    same shape as a, or a per-channel gate [N, C/16, 1, 1, 16] (squeeze-excite). a b fits int32
+    (|a b| <= 2^30 for 16-bit codes); where S >= 33 and M < 2^31 the requant is the int32 form of
+    `intrin.REQUANT_INTRIN`, ((a b M) >> 32 + 2^(S-33)) >> (S-32), the same integers (floor division
+    nests: floor((floor(v / 2^32) + c) / 2^k) = floor((v + c 2^32) / 2^(32+k)) for integer c), with
+    one 32 x 32 -> 64 multiply per lane instead of int64 arithmetic, which AVX2 lacks."""
+    from dyadic.core.arith import rounding_term
+
+    n = tirx.Var("n", "int32")
+    a = te.placeholder((n, cb, h, w, 16), da, "a")
+    b = te.placeholder((n, cb, 1, 1, 16) if gate else (n, cb, h, w, 16), db, "b")
+
+    def f(bb, i, y, z, j):
+        p = a[bb, i, y, z, j].astype("int32") * (b[bb, i, 0, 0, j] if gate else b[bb, i, y, z, j]).astype("int32")
+        if s >= 33 and m < 1 << 31:
+            v = tirx.shift_right(tirx.Cast("int32", (p.astype("int64") * _i64(m)) >> _i64(32))
+                                 + tirx.const(1 << (s - 33), "int32"), tirx.const(s - 32, "int32"))
+            v = tirx.max(tirx.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32"))
+        else:
+            v = _clip((p.astype("int64") * _i64(m) + _i64(int(rounding_term(np.int64(s))))) >> _i64(s), lo, hi)
+        return v.astype(out_dtype)
+    out = te.compute((n, cb, h, w, 16), f, name="out")
+    return _func([a, b, out], lambda sch: _finish(sch, "out", 3))

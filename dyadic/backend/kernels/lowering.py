@@ -141,6 +141,8 @@ class CpuKernels:
             a, p = n.attrs, n.params
             return self._result(n, self.L.requant(self.values[n.inputs[0]], p["M"], p["S"], a["lo"], a["hi"],
                                                   self._dtype(n.output)))
+        if op == "qlut" and n.inputs[0] in self.packed and len(self.g.shapes[n.inputs[0]]) == 4:
+            return self._lut(n)
         if op in INT and INT[op].elementwise and len(n.inputs) == 1 and n.inputs[0] in self.packed:
             # a layout-agnostic op (a table lookup) runs on the packed tensor as it is
             return self._result(n, INT[op].lower(self.L, n, [self.values[n.inputs[0]]]))
@@ -148,6 +150,15 @@ class CpuKernels:
                                                            for t in n.inputs):
             return self._result(n, self.L.emit(relax.op.concat([self.values[t] for t in n.inputs], axis=1)))
         return None
+
+    def _lut(self, n: Node):
+        t, tab = n.inputs[0], n.params["T"]
+        _, c, h, w = self.g.shapes[t]
+        din, dout = self._dtype(t), self._dtype(n.output)
+        key = ("lut", c, h, w, din, tab.size, n.attrs["in_lo"], dout)
+        y = self._call(key, lambda: cpu_ops.lut_func(ceil_div(c, 16), h, w, din, tab.size, n.attrs["in_lo"], dout),
+                       [self.values[t], _c(tab, dout)], self._pshape(n.output), dout)
+        return self._result(n, y)
 
     # ---------------------------------------------------------------- convolutions
     def _wbits_ok(self, n: Node) -> bool:

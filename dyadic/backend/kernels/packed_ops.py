@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
+from dyadic.backend.kernels import cpu_ops
 from dyadic.backend.kernels.spec import ceil_div
 from dyadic.core.graph import Node
 
@@ -92,9 +93,16 @@ def lower(k, n: Node, xs: list):
         vs = _operands(k, n, xs)
         if vs is None:
             return None
-        from dyadic.ops import INT
-
-        return k._result(n, INT["qmul"].lower(k.L, n, vs))
+        ts = list(n.inputs)
+        if tuple(k.g.shapes[ts[0]]) != tuple(k.g.shapes[n.output]):  # the gate second (a b = b a)
+            ts, vs = ts[::-1], vs[::-1]
+        _, c, h, w = k.g.shapes[n.output]
+        gate = tuple(k.g.shapes[ts[1]]) != tuple(k.g.shapes[n.output])
+        da, db, dout = k.g.dtypes[ts[0]], k.g.dtypes[ts[1]], k.g.dtypes[n.output]
+        m, s, lo, hi = int(n.params["M"]), int(n.params["S"]), n.attrs["lo"], n.attrs["hi"]
+        key = ("qmul", c, h, w, gate, da, db, dout, m, s, lo, hi)
+        return k._result(n, k._call(key, lambda: cpu_ops.qmul_func(ceil_div(c, 16), h, w, gate, da, db, dout,
+                                                                   m, s, lo, hi), vs, k._pshape(n.output), dout))
     if n.op == "qadd" and k.g.shapes[n.inputs[0]] != k.g.shapes[n.inputs[1]]:
         vs = _operands(k, n, xs)
         if vs is None:

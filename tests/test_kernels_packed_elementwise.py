@@ -1,0 +1,79 @@
+"""The packed-layout table lookup and activation product kernels (`cpu_ops.lut_func`, `qmul_func`):
+bit-exact against the numpy int64 reference (`dyadic.core.arith.requantize`, the `qlut` gather) on
+random codes and at the bounds, both requant forms of `qmul` (int32 where S >= 33, else int64), a
+squeeze-excite gate and a same-shape operand, 8-bit and 16-bit codes. That a compiled MobileNetV3
+block runs them (no generic `qlut` or `qmul` left) is checked in test_widen_activations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from dyadic.backend.kernels import cpu_ops  # noqa: E402
+from dyadic.core.arith import requantize  # noqa: E402
+from test_kernels_x86 import HOST, _packed, needs_avx2  # noqa: E402
+
+
+def _run(func, *arrays, out_shape, out_dtype):
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(HOST))
+    out = tvm.runtime.empty(out_shape, out_dtype)
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], out)
+    return out.numpy()
+
+
+@needs_avx2
+@pytest.mark.parametrize("din,dout,lo,hi", [("int8", "uint8", -128, 127), ("uint8", "int8", 0, 255),
+                                            ("int8", "int8", -127, 127), ("int32", "int32", -32768, 32767)])
+def test_lut_kernel_bitexact(din, dout, lo, hi):
+    rng = np.random.default_rng(len(din) + hi)
+    c, h, w = 37, 5, 7
+    x = rng.integers(lo, hi + 1, (2, c, h, w))
+    x[0, 0, 0, :2] = lo, hi  # both ends of the table
+    info = np.iinfo(dout)
+    table = rng.integers(max(info.min, -32768), min(info.max, 32767) + 1, hi - lo + 1)
+    xp = _packed(x.astype(din))
+    got = _run(cpu_ops.lut_func(xp.shape[1], h, w, din, table.size, lo, dout), xp, table.astype(dout),
+               out_shape=xp.shape, out_dtype=dout)
+    want = _packed(table[x - lo])
+    real = _packed(np.ones_like(x)) == 1  # padded channels hold values no consumer reads
+    np.testing.assert_array_equal(got[real], want[real])
+
+
+@needs_avx2
+def test_lut_kernel_clamps_out_of_range_codes():
+    """A code outside [lo, hi] (not produced by any op) reads an end of the table, never outside it."""
+    x = np.array([-128, -127, 0, 127], np.int8).reshape(1, 1, 1, 4)
+    xp = _packed(x)
+    table = np.arange(10, 10 + 255).astype(np.int32)  # codes -127..127
+    got = _run(cpu_ops.lut_func(1, 1, 4, "int8", table.size, -127, "int32"), xp, table, out_shape=xp.shape,
+               out_dtype="int32")
+    np.testing.assert_array_equal(got[0, 0, 0, :, 0], [10, 10, 137, 264])
+
+
+@needs_avx2
+@pytest.mark.parametrize("gate", [True, False])
+@pytest.mark.parametrize("da,db,dout,s,mbits", [("uint8", "uint8", "uint8", 38, 31), ("int8", "uint8", "int8", 37, 31),
+                                                ("int8", "int8", "int8", 32, 23), ("int32", "int32", "int32", 45, 31),
+                                                ("int32", "uint8", "int32", 30, 22), ("int8", "int8", "int8", 33, 24)])
+def test_qmul_kernel_bitexact(gate, da, db, dout, s, mbits):
+    """S >= 33 takes the int32 form, S < 33 the int64 one (S = 32, 33: the boundary)."""
+    rng = np.random.default_rng(s + gate)
+    c, h, w = 21, 4, 6
+
+    def codes(dt, shape):
+        lo, hi = (-32768, 32767) if dt == "int32" else (np.iinfo(dt).min, np.iinfo(dt).max)
+        v = rng.integers(lo, hi + 1, shape)
+        v.reshape(-1)[:4] = [lo, hi, lo, hi]  # products at the bounds
+        return v
+    a = codes(da, (2, c, h, w))
+    b = codes(db, (2, c, 1, 1) if gate else (2, c, h, w))
+    m = int(rng.integers(1 << (mbits - 1), 1 << mbits))
+    lo, hi = (-32768, 32767) if dout == "int32" else (np.iinfo(dout).min, np.iinfo(dout).max)
+    want = requantize(a.astype(np.int64) * b.astype(np.int64), np.int64(m), np.int64(s), lo, hi)
+    ap, bp = _packed(a.astype(da)), _packed(b.astype(db))
+    got = _run(cpu_ops.qmul_func(ap.shape[1], h, w, gate, da, db, dout, m, s, lo, hi), ap, bp, out_shape=ap.shape,
+               out_dtype=dout)
+    real = _packed(np.ones((2, c, h, w), np.int8)) == 1
+    np.testing.assert_array_equal(got[real], _packed(want.astype(dout))[real])
+    assert len(np.unique(want)) > 3, "degenerate case"
