@@ -33,11 +33,24 @@ def test_lut_kernel_bitexact(din, dout, lo, hi):
     info = np.iinfo(dout)
     table = rng.integers(max(info.min, -32768), min(info.max, 32767) + 1, hi - lo + 1)
     xp = _packed(x.astype(din))
-    got = _run(cpu_ops.lut_func(xp.shape[1], h, w, din, table.size, lo, dout), xp, table.astype(dout),
+    got = _run(cpu_ops.lut_func((None, *xp.shape[1:]), din, table.size, lo, dout), xp, table.astype(dout),
                out_shape=xp.shape, out_dtype=dout)
     want = _packed(table[x - lo])
     real = _packed(np.ones_like(x)) == 1  # padded channels hold values no consumer reads
     np.testing.assert_array_equal(got[real], want[real])
+
+
+@needs_avx2
+@pytest.mark.parametrize("shape", [(None, 12, 128, 37), (None, 5), (3, None, 1000)])
+def test_lut_kernel_any_layout(shape):
+    """A transformer's [N, S, D] / [N, H, S, S] tensors (not packed): symbolic dims, odd sizes."""
+    rng = np.random.default_rng(len(shape))
+    real = tuple(2 if d is None else d for d in shape)
+    x = rng.integers(-32768, 32768, real)
+    table = rng.integers(-32768, 32768, 65536)
+    got = _run(cpu_ops.lut_func(shape, "int32", table.size, -32768, "int32"), x.astype(np.int32),
+               table.astype(np.int32), out_shape=real, out_dtype="int32")
+    np.testing.assert_array_equal(got, table[x + 32768])
 
 
 @needs_avx2
@@ -46,7 +59,7 @@ def test_lut_kernel_clamps_out_of_range_codes():
     x = np.array([-128, -127, 0, 127], np.int8).reshape(1, 1, 1, 4)
     xp = _packed(x)
     table = np.arange(10, 10 + 255).astype(np.int32)  # codes -127..127
-    got = _run(cpu_ops.lut_func(1, 1, 4, "int8", table.size, -127, "int32"), xp, table, out_shape=xp.shape,
+    got = _run(cpu_ops.lut_func(xp.shape, "int8", table.size, -127, "int32"), xp, table, out_shape=xp.shape,
                out_dtype="int32")
     np.testing.assert_array_equal(got[0, 0, 0, :, 0], [10, 10, 137, 264])
 

@@ -153,20 +153,22 @@ def pack_func(c: int, h: int, w: int, dtype: str) -> tirx.PrimFunc:
     return _func([x, out], lambda sch: _finish(sch, "out", 3))
 
 
-def lut_func(cb: int, h: int, w: int, in_dtype: str, table_len: int, in_lo: int, out_dtype: str) -> tirx.PrimFunc:
-    """A lookup table (`qlut`) on the packed layout: out = T[clamp(x - in_lo, 0, len - 1)], table T an
-    argument. The clamp keeps every read inside T whatever the input holds (in-range codes never
-    reach it); one pass, no int32 index tensor (the generic lowering writes one and then gathers)."""
-    n = tirx.Var("n", "int32")
-    x = te.placeholder((n, cb, h, w, 16), in_dtype, "x")
+def lut_func(shape: tuple, in_dtype: str, table_len: int, in_lo: int, out_dtype: str) -> tirx.PrimFunc:
+    """A lookup table (`qlut`) on a tensor of any layout: out = T[clamp(x - in_lo, 0, len - 1)], the
+    table T an argument; `shape` holds ints and None for symbolic dims (the batch). The clamp keeps
+    every read inside T whatever the input holds (in-range codes never reach it); one pass, no int32
+    index tensor (the generic lowering writes one, then gathers from it)."""
+    dims = [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
+    x = te.placeholder(dims, in_dtype, "x")
     t = te.placeholder((table_len,), out_dtype, "t")
-    out = te.compute((n, cb, h, w, 16), lambda *i: t[tirx.max(tirx.min(x[i].astype("int32") - in_lo, table_len - 1), 0)],
+    out = te.compute(dims, lambda *i: t[tirx.max(tirx.min(x[i].astype("int32") - in_lo, table_len - 1), 0)],
                      name="out")
 
     def sched(sch):
-        b, i, y, z, j = sch.get_loops(sch.get_sblock("out"))
-        sch.parallel(sch.fuse(b, i, y))
-        sch.unroll(j)
+        flat = sch.fuse(*sch.get_loops(sch.get_sblock("out")))
+        outer, inner = sch.split(flat, [None, 1024])
+        sch.parallel(outer)
+        sch.unroll(sch.split(inner, [None, 16])[1])
     return _func([x, t, out], sched)
 
 

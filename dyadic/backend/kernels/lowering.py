@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from dyadic.core.arith import rounding_term
@@ -141,8 +142,11 @@ class CpuKernels:
             a, p = n.attrs, n.params
             return self._result(n, self.L.requant(self.values[n.inputs[0]], p["M"], p["S"], a["lo"], a["hi"],
                                                   self._dtype(n.output)))
-        if op == "qlut" and n.inputs[0] in self.packed and len(self.g.shapes[n.inputs[0]]) == 4:
-            return self._lut(n)
+        if op == "qsoftmax":
+            return self._softmax(n, self.generic_inputs(n, xs))
+        if op == "qlut":
+            t = n.inputs[0]
+            return self._lut(n, self.values[t] if t in self.packed else self.generic_inputs(n, xs)[0])
         if op in INT and INT[op].elementwise and len(n.inputs) == 1 and n.inputs[0] in self.packed:
             # a layout-agnostic op (a table lookup) runs on the packed tensor as it is
             return self._result(n, INT[op].lower(self.L, n, [self.values[n.inputs[0]]]))
@@ -151,14 +155,42 @@ class CpuKernels:
             return self._result(n, self.L.emit(relax.op.concat([self.values[t] for t in n.inputs], axis=1)))
         return None
 
-    def _lut(self, n: Node):
+    def _lut(self, n: Node, x):
+        """A table lookup in one pass on the tensor as it is (packed or not; `cpu_ops.lut_func`)."""
         t, tab = n.inputs[0], n.params["T"]
-        _, c, h, w = self.g.shapes[t]
         din, dout = self._dtype(t), self._dtype(n.output)
-        key = ("lut", c, h, w, din, tab.size, n.attrs["in_lo"], dout)
-        y = self._call(key, lambda: cpu_ops.lut_func(ceil_div(c, 16), h, w, din, tab.size, n.attrs["in_lo"], dout),
-                       [self.values[t], _c(tab, dout)], self._pshape(n.output), dout)
-        return self._result(n, y)
+        sh = getattr(getattr(x, "ty", None), "shape", None)
+        if sh is None or not hasattr(sh, "values"):  # a value of unknown shape: the generic gather
+            return None
+        shape = [int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else None for d in sh.values]
+        key = ("lut", tuple(shape), din, tab.size, n.attrs["in_lo"], dout)
+        y = self._call(key, lambda: cpu_ops.lut_func(tuple(shape), din, tab.size, n.attrs["in_lo"], dout),
+                       [x, _c(tab, dout)], list(sh.values), dout)
+        return self._result(n, y) if t in self.packed else y
+
+    def _softmax(self, n: Node, xs: list):
+        """Softmax on the last axis as one row-parallel kernel (`cpu_softmax`) where its int32 bounds hold."""
+        from dyadic.backend.kernels import cpu_softmax
+
+        shape = self.g.shapes[n.inputs[0]]
+        sh = getattr(getattr(xs[0], "ty", None), "shape", None)
+        tab, a = n.params["E"], n.attrs
+        if (sh is None or not hasattr(sh, "values") or a["axis"] != len(shape) - 1
+                or not cpu_softmax.fits_int32(int(shape[-1]), int(tab.max()), a["Q"])):
+            return None
+        dims = [int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else None for d in sh.values]
+        bias = n.params.get("BQ")
+        mask = None
+        if len(n.inputs) > 1:
+            mask = (tuple(int(d) for d in self.g.shapes[n.inputs[1]]), self._dtype(n.inputs[1]), a["B0"], a["B1"])
+        dout = self._dtype(n.output)
+        key = ("softmax", tuple(dims), self._dtype(n.inputs[0]), tab.size, int(tab.max()), a["Q"], dout,
+               None if bias is None else bias.shape, mask)
+        args = [xs[0]] + ([_c(bias, "int32")] if bias is not None else []) + ([xs[1]] if mask else []) + [_c(tab, "int32")]
+        return self._call(key, lambda: cpu_softmax.softmax_func(tuple(dims), self._dtype(n.inputs[0]), tab.size,
+                                                                int(tab.max()), a["Q"], dout,
+                                                                None if bias is None else bias.shape, mask),
+                          args, list(sh.values), dout)
 
     # ---------------------------------------------------------------- convolutions
     def _wbits_ok(self, n: Node) -> bool:
