@@ -8,7 +8,8 @@ Layout: the output of a fast conv is packed ([N, C/16, H, W, 16]) and stays pack
 ops that have packed kernels (conv, depthwise conv, residual add, max-pool, scalar requant, channel
 concat of whole blocks; via `packed_ops`: per-channel affine, gate products, broadcast adds, and
 resizes / gathers / zero insertion along H, W); the first other consumer gets an NCHW copy (made
-once per tensor), and the global mean writes NCHW itself. Graph outputs are always NCHW.
+once per tensor), and the global mean writes NCHW itself. Graph outputs are always NCHW. Table
+lookups and the last-axis Softmax run on any layout (`row_ops`).
 
 Residual fusion: a conv whose only consumer is a `qadd` is not emitted at once; at the add, it is
 emitted with the add in its epilogue (the other branch read from memory), which is the same
@@ -22,12 +23,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tvm
 from tvm import relax
 
-from dyadic.core.arith import rounding_term
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing
+from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing, row_ops
 from dyadic.backend.kernels.family import KernelFamily
 from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, kernel_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
@@ -135,18 +134,18 @@ class CpuKernels:
                            [self.values[n.inputs[0]]], self._pshape(n.output), dt)
             return self._result(n, y)
         if op == "qavgpool" and n.inputs[0] in self.packed:
-            return self._avgpool(n)
+            return packed_ops.avgpool(self, n)
         if op == "qmean_hw" and n.inputs[0] in self.packed:
-            return self._mean(n)
+            return packed_ops.mean(self, n)
         if op == "requant" and n.inputs[0] in self.packed and np.size(n.params["M"]) == 1:
             a, p = n.attrs, n.params
             return self._result(n, self.L.requant(self.values[n.inputs[0]], p["M"], p["S"], a["lo"], a["hi"],
                                                   self._dtype(n.output)))
         if op == "qsoftmax":
-            return self._softmax(n, self.generic_inputs(n, xs))
+            return row_ops.softmax(self, n, self.generic_inputs(n, xs))
         if op == "qlut":
             t = n.inputs[0]
-            return self._lut(n, self.values[t] if t in self.packed else self.generic_inputs(n, xs)[0])
+            return row_ops.lut(self, n, self.values[t] if t in self.packed else self.generic_inputs(n, xs)[0])
         if op in INT and INT[op].elementwise and len(n.inputs) == 1 and n.inputs[0] in self.packed:
             # a layout-agnostic op (a table lookup) runs on the packed tensor as it is
             return self._result(n, INT[op].lower(self.L, n, [self.values[n.inputs[0]]]))
@@ -154,43 +153,6 @@ class CpuKernels:
                                                            for t in n.inputs):
             return self._result(n, self.L.emit(relax.op.concat([self.values[t] for t in n.inputs], axis=1)))
         return None
-
-    def _lut(self, n: Node, x):
-        """A table lookup in one pass on the tensor as it is (packed or not; `cpu_ops.lut_func`)."""
-        t, tab = n.inputs[0], n.params["T"]
-        din, dout = self._dtype(t), self._dtype(n.output)
-        sh = getattr(getattr(x, "ty", None), "shape", None)
-        if sh is None or not hasattr(sh, "values"):  # a value of unknown shape: the generic gather
-            return None
-        shape = [int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else None for d in sh.values]
-        key = ("lut", tuple(shape), din, tab.size, n.attrs["in_lo"], dout)
-        y = self._call(key, lambda: cpu_ops.lut_func(tuple(shape), din, tab.size, n.attrs["in_lo"], dout),
-                       [x, _c(tab, dout)], list(sh.values), dout)
-        return self._result(n, y) if t in self.packed else y
-
-    def _softmax(self, n: Node, xs: list):
-        """Softmax on the last axis as one row-parallel kernel (`cpu_softmax`) where its int32 bounds hold."""
-        from dyadic.backend.kernels import cpu_softmax
-
-        shape = self.g.shapes[n.inputs[0]]
-        sh = getattr(getattr(xs[0], "ty", None), "shape", None)
-        tab, a = n.params["E"], n.attrs
-        if (sh is None or not hasattr(sh, "values") or a["axis"] != len(shape) - 1
-                or not cpu_softmax.fits_int32(int(shape[-1]), int(tab.max()), a["Q"])):
-            return None
-        dims = [int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else None for d in sh.values]
-        bias = n.params.get("BQ")
-        mask = None
-        if len(n.inputs) > 1:
-            mask = (tuple(int(d) for d in self.g.shapes[n.inputs[1]]), self._dtype(n.inputs[1]), a["B0"], a["B1"])
-        dout = self._dtype(n.output)
-        key = ("softmax", tuple(dims), self._dtype(n.inputs[0]), tab.size, int(tab.max()), a["Q"], dout,
-               None if bias is None else bias.shape, mask)
-        args = [xs[0]] + ([_c(bias, "int32")] if bias is not None else []) + ([xs[1]] if mask else []) + [_c(tab, "int32")]
-        return self._call(key, lambda: cpu_softmax.softmax_func(tuple(dims), self._dtype(n.inputs[0]), tab.size,
-                                                                int(tab.max()), a["Q"], dout,
-                                                                None if bias is None else bias.shape, mask),
-                          args, list(sh.values), dout)
 
     # ---------------------------------------------------------------- convolutions
     def _wbits_ok(self, n: Node) -> bool:
@@ -306,7 +268,7 @@ class CpuKernels:
         y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
         return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y
 
-    # ---------------------------------------------------------------- add, mean
+    # ---------------------------------------------------------------- residual add
     def _add(self, n: Node, xs: list):
         ta, tb = n.inputs
         if len(self.g.shapes[ta]) != 4 or self.g.shapes[ta] != self.g.shapes[tb]:
@@ -333,26 +295,3 @@ class CpuKernels:
         make = lambda: cpu_ops.add_func(ceil_div(c, 16), h, w, da, db, dout, n.attrs["lo"], n.attrs["hi"], r32)  # noqa
         y = self._call(key, make, [self.values[ta], self.values[tb], _c(q, str(q.dtype))], self._pshape(n.output), dout)
         return self._result(n, y)
-
-    def _avgpool(self, n: Node):
-        t, a, p = n.inputs[0], n.attrs, n.params
-        _, c, h, w = self.g.shapes[t]
-        din, dout, per_pos = self._dtype(t), self._dtype(n.output), np.size(p["M"]) > 1
-        q = np.array([int(rounding_term(p["S"])), int(p["S"])], np.int64)
-        key = ("avgpool", c, h, w, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]), din, dout,
-               a["lo"], a["hi"], per_pos)
-        make = lambda: cpu_ops.avgpool_func(ceil_div(c, 16), h, w, a["kernel"], a["strides"], a["pads"], din,  # noqa
-                                            dout, a["lo"], a["hi"], per_pos)
-        m = np.asarray(p["M"], np.int64).reshape(self.g.shapes[n.output][2:] if per_pos else (1,))
-        y = self._call(key, make, [self.values[t], _c(m, "int64"), _c(q, "int64")], self._pshape(n.output), dout)
-        return self._result(n, y)
-
-    def _mean(self, n: Node):
-        t, a, p = n.inputs[0], n.attrs, n.params
-        _, c, h, w = self.g.shapes[t]
-        din, dout, keep = self._dtype(t), self._dtype(n.output), bool(a["keepdims"])
-        q = np.array([int(p["M"]), int(rounding_term(p["S"])), int(p["S"])], np.int64)
-        key = ("mean", c, h, w, din, dout, a["lo"], a["hi"], keep)
-        shape = [self.L.batch, c, 1, 1] if keep else [self.L.batch, c]
-        return self._call(key, lambda: cpu_ops.mean_func(c, h, w, din, dout, a["lo"], a["hi"], keep),
-                          [self.values[t], _c(q, "int64")], shape, dout)

@@ -114,3 +114,34 @@ def lower(k, n: Node, xs: list):
                                            k.g.dtypes[n.output]))
     return None
 
+
+
+def avgpool(k, n: Node):
+    """Average pool on the packed layout (`cpu_ops.avgpool_func`): window sum, then requant."""
+    from dyadic.core.arith import rounding_term
+
+    t, a, p = n.inputs[0], n.attrs, n.params
+    _, c, h, w = k.g.shapes[t]
+    din, dout, per_pos = k.g.dtypes[t], k.g.dtypes[n.output], np.size(p["M"]) > 1
+    q = np.array([int(rounding_term(p["S"])), int(p["S"])], np.int64)
+    key = ("avgpool", c, h, w, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]), din, dout,
+           a["lo"], a["hi"], per_pos)
+    make = lambda: cpu_ops.avgpool_func(ceil_div(c, 16), h, w, a["kernel"], a["strides"], a["pads"], din,  # noqa
+                                        dout, a["lo"], a["hi"], per_pos)
+    m = np.asarray(p["M"], np.int64).reshape(k.g.shapes[n.output][2:] if per_pos else (1,))
+    y = k._call(key, make, [k.values[t], _c64(m), _c64(q)], k._pshape(n.output), dout)
+    return k._result(n, y)
+
+
+def mean(k, n: Node):
+    """Global H, W mean of a packed tensor (`cpu_ops.mean_func`); writes the plain layout."""
+    from dyadic.core.arith import rounding_term
+
+    t, a, p = n.inputs[0], n.attrs, n.params
+    _, c, h, w = k.g.shapes[t]
+    din, dout, keep = k.g.dtypes[t], k.g.dtypes[n.output], bool(a["keepdims"])
+    q = np.array([int(p["M"]), int(rounding_term(p["S"])), int(p["S"])], np.int64)
+    key = ("mean", c, h, w, din, dout, a["lo"], a["hi"], keep)
+    shape = [k.L.batch, c, 1, 1] if keep else [k.L.batch, c]
+    return k._call(key, lambda: cpu_ops.mean_func(c, h, w, din, dout, a["lo"], a["hi"], keep),
+                   [k.values[t], _c64(q)], shape, dout)

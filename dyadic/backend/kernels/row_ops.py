@@ -1,0 +1,62 @@
+"""CPU kernels for ops on tensors of any layout, packed or not (`lowering` dispatches here):
+table lookups (`qlut`, `cpu_ops.lut_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`).
+
+Both build their PrimFunc from the Relax value's own shape (static dims as ints, the batch
+symbolic), so one kernel serves a [N, S, D] GELU, a packed [N, C/16, H, W, 16] hard-swish and a
+[N, H, S, S] attention softmax alike. Either returns None (the generic lowering runs) where the
+value's shape is unknown, or where Softmax's int32 bounds do not hold.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from dyadic.backend.kernels import cpu_ops, cpu_softmax
+from dyadic.core.graph import Node
+
+
+def _c(v: np.ndarray, dtype: str):
+    return relax.const(np.ascontiguousarray(np.asarray(v).astype(dtype)), dtype)
+
+
+def _shape(x):
+    """(dims with None for symbolic ones, the Relax shape values) of a value, or None if unknown."""
+    sh = getattr(getattr(x, "ty", None), "shape", None)
+    if sh is None or not hasattr(sh, "values"):
+        return None
+    return [int(d) if isinstance(d, (int, tvm.tirx.IntImm)) else None for d in sh.values], list(sh.values)
+
+
+def lut(k, n: Node, x):
+    """A table lookup in one pass on the tensor as it is (packed or not)."""
+    t, tab = n.inputs[0], n.params["T"]
+    got = _shape(x)
+    if got is None:
+        return None
+    dims, values = got
+    din, dout = k.g.dtypes[t], k.g.dtypes[n.output]
+    key = ("lut", tuple(dims), din, tab.size, n.attrs["in_lo"], dout)
+    y = k._call(key, lambda: cpu_ops.lut_func(tuple(dims), din, tab.size, n.attrs["in_lo"], dout),
+                [x, _c(tab, dout)], values, dout)
+    return k._result(n, y) if t in k.packed else y
+
+
+def softmax(k, n: Node, xs: list):
+    """Softmax on the last axis as one row-parallel kernel where its int32 bounds hold."""
+    shape, tab, a = k.g.shapes[n.inputs[0]], n.params["E"], n.attrs
+    got = _shape(xs[0])
+    if (got is None or a["axis"] != len(shape) - 1
+            or not cpu_softmax.fits_int32(int(shape[-1]), int(tab.max()), a["Q"])):
+        return None
+    dims, values = got
+    bias = n.params.get("BQ")
+    bshape = None if bias is None else tuple(bias.shape)
+    mask = None
+    if len(n.inputs) > 1:
+        mask = (tuple(int(d) for d in k.g.shapes[n.inputs[1]]), k.g.dtypes[n.inputs[1]], a["B0"], a["B1"])
+    din, dout = k.g.dtypes[n.inputs[0]], k.g.dtypes[n.output]
+    key = ("softmax", tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout, bshape, mask)
+    args = [xs[0]] + ([_c(bias, "int32")] if bias is not None else []) + ([xs[1]] if mask else []) + [_c(tab, "int32")]
+    return k._call(key, lambda: cpu_softmax.softmax_func(tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout,
+                                                         bshape, mask), args, values, dout)
