@@ -12,6 +12,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from dyadic.backend.kernels.cpu_softmax import fits_int32, softmax_func  # noqa: E402
+from dyadic.core.arith import requantize  # noqa: E402
 from dyadic.core.graph import Node  # noqa: E402
 from dyadic.ops.softmax import _qsoftmax_ref  # noqa: E402
 from test_kernels_x86 import HOST, needs_avx2  # noqa: E402
@@ -22,7 +23,8 @@ def _table(span, scale):
 
 
 @needs_avx2
-@pytest.mark.parametrize("case", ["int8_plain", "int16_mask_q16", "int8_bias", "odd_row_bias_mask"])
+@pytest.mark.parametrize("case", ["int8_plain", "int16_mask_q16", "int8_bias", "odd_row_bias_mask",
+                                  "int16_mask_q16_requant"])
 def test_softmax_kernel_bitexact(case):
     rng = np.random.default_rng(len(case))
     shape = {"odd_row_bias_mask": (2, 3, 5, 37)}.get(case, (2, 4, 16, 128))
@@ -49,9 +51,13 @@ def test_softmax_kernel_bitexact(case):
     table = _table(span, scale)
     want = _qsoftmax_ref(Node("qsoftmax", "s", ("x",), ("y",), attrs, {"E": table, **params}), xs, shape)
     dout = "int32" if q > 255 else "uint8"
+    rq = None
+    if "requant" in case:  # the 16-bit probabilities narrowed to 13 bits for P·V, in the same pass
+        rq = (1 << 30, 32, 0, 8191)
+        want = requantize(want, np.int64(rq[0]), np.int64(rq[1]), rq[2], rq[3])
     assert fits_int32(shape[-1], int(table.max()), q)
     f = softmax_func((None, *shape[1:]), din, table.size, int(table.max()), q, dout,
-                     None if bias is None else bias.shape, mask)
+                     None if bias is None else bias.shape, mask, rq)
     lib = tvm.compile(tvm.IRModule({"main": f}), target=tvm.target.Target(HOST))
     args = [x.astype(din)] + ([bias] if bias is not None else []) + ([xs[1]] if mask else []) + [table]
     out = tvm.runtime.empty(shape, dout)

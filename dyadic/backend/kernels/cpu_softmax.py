@@ -42,10 +42,14 @@ def _bcast(shape, dims):
 
 
 def softmax_func(shape: tuple, in_dtype: str, table_len: int, e0: int, q: int, out_dtype: str,
-                 bias_shape: tuple | None = None, mask: tuple | None = None) -> tirx.PrimFunc:
+                 bias_shape: tuple | None = None, mask: tuple | None = None,
+                 requant: tuple | None = None) -> tirx.PrimFunc:
     """The PrimFunc (x, [bias], [mask], table, out); `shape` holds ints and None for symbolic dims,
     the last one (the row) an int; bias_shape the static shape of B_q (int32); mask =
-    (shape, dtype, B0, B1) of the mask input (its dims of size 1 broadcast, the others x's)."""
+    (shape, dtype, B0, B1) of the mask input (its dims of size 1 broadcast, the others x's);
+    requant = (M, S, lo, hi): the per-tensor `requant` that is the softmax's only reader, fused into
+    the last step (clip((y M + 2^(S-1)) >> S) in int64, as `dyadic.arith`: a 16-bit softmax narrowed
+    for the P·V product in the same pass)."""
     dims = [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
     n = int(shape[-1])
     k = row_shift(e0 * q + n * e0 // 2, e0)
@@ -86,8 +90,12 @@ def softmax_func(shape: tuple, in_dtype: str, table_len: int, e0: int, q: int, o
         row = i[:-1]
         num = e[i] * tirx.const(q, "int32") + (s[row] >> tirx.const(1, "int32"))
         q0 = tirx.Cast("int32", (num.astype("int64") * rec[row]) >> tirx.const(k, "int64"))
-        return (q0 + tirx.Select(num - q0 * s[row] >= s[row], tirx.const(1, "int32"),
-                                 tirx.const(0, "int32"))).astype(out_dtype)
+        y = q0 + tirx.Select(num - q0 * s[row] >= s[row], tirx.const(1, "int32"), tirx.const(0, "int32"))
+        if requant is not None:
+            rm, rs, lo, hi = (int(v) for v in requant)
+            v = (y.astype("int64") * tirx.const(rm, "int64") + tirx.const((1 << rs) >> 1, "int64")) >> tirx.const(rs, "int64")
+            y = tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+        return y.astype(out_dtype)
     out = te.compute(dims, yval, name="out")
     args.append(out)
 

@@ -1,5 +1,7 @@
 """CPU kernels for ops on tensors of any layout, packed or not (`lowering` dispatches here):
-table lookups (`qlut`, `cpu_ops.lut_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`).
+table lookups (`qlut`, `cpu_ops.lut_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`),
+with the per-tensor `requant` that is its only reader fused in (`CpuKernels.fused` then hands the
+requant node that value).
 
 Both build their PrimFunc from the Relax value's own shape (static dims as ints, the batch
 symbolic), so one kernel serves a [N, S, D] GELU, a packed [N, C/16, H, W, 16] hard-swish and a
@@ -56,7 +58,17 @@ def softmax(k, n: Node, xs: list):
     if len(n.inputs) > 1:
         mask = (tuple(int(d) for d in k.g.shapes[n.inputs[1]]), k.g.dtypes[n.inputs[1]], a["B0"], a["B1"])
     din, dout = k.g.dtypes[n.inputs[0]], k.g.dtypes[n.output]
-    key = ("softmax", tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout, bshape, mask)
+    cons = k.consumers.get(n.output, [])
+    rq = None
+    if len(cons) == 1 and cons[0].op == "requant" and np.size(cons[0].params["M"]) == 1 \
+            and n.output not in k.g.outputs:  # the narrowing for P·V: fused, one pass
+        r = cons[0]
+        rq = (int(r.params["M"]), int(r.params["S"]), r.attrs["lo"], r.attrs["hi"])
+        dout = k.g.dtypes[r.output]
+    key = ("softmax", tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout, bshape, mask, rq)
     args = [xs[0]] + ([_c(bias, "int32")] if bias is not None else []) + ([xs[1]] if mask else []) + [_c(tab, "int32")]
-    return k._call(key, lambda: cpu_softmax.softmax_func(tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout,
-                                                         bshape, mask), args, values, dout)
+    y = k._call(key, lambda: cpu_softmax.softmax_func(tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout,
+                                                      bshape, mask, rq), args, values, dout)
+    if rq is not None:
+        k.fused[cons[0].output] = y
+    return y
