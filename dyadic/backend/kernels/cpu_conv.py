@@ -164,7 +164,10 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         if sp.residual:  # this conv is the add's first operand (`epilogue.consts` orders q so)
             v = epilogue.add(v, res[b, o, y, z, j], q, sp.residual[1], sp.residual[2], sp.residual[3])
         return v.astype(sp.out_dtype)
-    out = te.compute((n, ocb, oh, ow, 16), finish, name="out")
+    if sp.nhwc:  # a linear's rows: written as [N, H, W, O16] (channels last), not blocked
+        out = te.compute((n, oh, ow, ocb * 16), lambda b, y, z, c: finish(b, c // 16, y, z, c % 16), name="out")
+    else:
+        out = te.compute((n, ocb, oh, ow, 16), finish, name="out")
     func = te.create_prim_func(args + [out])
     return _schedule(func, sp, direct).with_attr("op_pattern", 8)
 

@@ -51,8 +51,8 @@ def linear(kern, node, x):
     args = [x4, c(packing.weight(wk, sp), "int8"), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
             *kern._rq_consts(p, op, sp.hi32)]
     kern._record_dot(node, sp)
-    y = kern._call(("conv", sp), lambda: conv_func(sp), args, [n, sp.ocb, 1, rows, 16], dout)
-    y = L.emit(relax.op.reshape(relax.op.permute_dims(y, [0, 2, 3, 1, 4]), [n, rows, op]))
+    y = kern._call(("conv", sp), lambda: conv_func(sp), args, [n, 1, rows, op], dout)  # channels last
+    y = L.emit(relax.op.reshape(y, [n, rows, op]))
     if op != o:
         y = L.emit(relax.op.strided_slice(y, [2], [0], [o]))
     return L.emit(relax.op.reshape(y, [n] + [int(d) for d in shape[1:-1]] + [o]))

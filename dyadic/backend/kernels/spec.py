@@ -55,7 +55,7 @@ class ConvSpec(KernelIO):
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand
-    nhwc: bool = False                # unpacked input is [N, H, W, C] (a linear's rows as W), not NCHW
+    nhwc: bool = False                # input [N, H, W, C] and output [N, H, W, O16] (a linear's rows as W)
 
     @property
     def dot(self) -> bool:
