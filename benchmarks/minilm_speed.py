@@ -8,8 +8,9 @@ The build and the ONNX file come from `bench_minilm.py` (which exports the model
 optional extra). Each (runner, threads) pair runs in its own fresh process (`--runner`), so thread
 pools and caches do not leak between runners: 5 warm-up runs, then the median of `--iters`. The
 share of dyadic's time by function class comes from `dyadic profile` (1 thread): dyadic's linear
-(1x1 GEMM) kernels, its attention-product kernels, and TVM's generic lowering of the rest (Softmax,
-LayerNorm, the GELU table, residual adds and layout moves), whose top functions are listed by name.
+(1x1 GEMM) kernels, its attention-product kernels, its Softmax and table (GELU) kernels, and TVM's
+generic lowering of the rest (LayerNorm, residual adds, the narrowing requants and layout moves),
+whose top functions are listed by name.
 Writes benchmarks/results/minilm_speed.{md,json}.
 """
 from __future__ import annotations
@@ -122,6 +123,9 @@ def _markdown(r: dict) -> str:
     total = sum(fns.values()) or 1.0
     lin = sum(v for k, v in fns.items() if k.startswith("dyadic_conv"))
     att = sum(v for k, v in fns.items() if k.startswith("dyadic_bmm"))
+    smx = sum(v for k, v in fns.items() if k.startswith("dyadic_softmax"))
+    lut = sum(v for k, v in fns.items() if k.startswith("dyadic_lut"))
+    ln = sum(v for k, v in p.get("generic_ops", {}).items() if "floor_divide" in k)
     gen = sorted(((v, k) for k, v in p.get("generic_ops", {}).items()), reverse=True)[:8]
     top = "".join(f"| {k[:90]} | {v:.2f} | {100 * v / total:.1f} % |\n" for v, k in gen)
     return (f"# all-MiniLM-L6-v2 latency, batch 1, seq 128\n\nHost: {r['host']}. Written by "
@@ -131,12 +135,12 @@ def _markdown(r: dict) -> str:
             "|---|---|---|---|---|---|\n" + rows +
             f"\nWhere dyadic's time goes (`dyadic profile`, 1 thread, instrumented total {total:.1f} ms): "
             f"linears (dyadic's 1x1 GEMM kernels) {100 * lin / total:.1f} %, attention products Q·Kᵀ and P·V "
-            f"(dyadic's batched-matmul kernels) {100 * att / total:.1f} %, TVM's generic lowering "
-            f"{100 * p['by_group'].get('generic', 0) / total:.1f} %, VM runtime "
+            f"(dyadic's batched-matmul kernels) {100 * att / total:.1f} %, Softmax (dyadic's row kernel) "
+            f"{100 * smx / total:.1f} %, GELU tables (dyadic's table kernel) {100 * lut / total:.1f} %, "
+            f"LayerNorm (generic, the function with `floor_divide`) {100 * ln / total:.1f} %, TVM's generic "
+            f"lowering in all {100 * p['by_group'].get('generic', 0) / total:.1f} %, VM runtime "
             f"{100 * p['by_group'].get('runtime', 0) / total:.1f} %. The top generic functions (fused by TVM; "
-            "the names list the Relax ops inside: the Softmax is the chain with the per-row reciprocal "
-            "`multiply_right_shift ... greater_equal`, the LayerNorm the one with `floor_divide`, `take` "
-            "the exp and GELU tables):\n\n| function | ms | share |\n|---|---|---|\n" + top)
+            "the names list the Relax ops inside):\n\n| function | ms | share |\n|---|---|---|\n" + top)
 
 
 if __name__ == "__main__":

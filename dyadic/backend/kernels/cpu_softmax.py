@@ -83,13 +83,13 @@ def softmax_func(shape: tuple, in_dtype: str, table_len: int, e0: int, q: int, o
     e = te.compute(dims, lambda *i: table[tirx.min(mx[i[:-1]] - t[i], table_len - 1)], name="e")
     r2 = te.reduce_axis((0, n), "r2")
     s = te.compute(dims[:-1], lambda *r: te.sum(e[(*r, r2)], axis=r2), name="s")
-    rec = te.compute(dims[:-1], lambda *r: tirx.truncdiv(tirx.const(1 << k, "int64"), s[r].astype("int64")),
-                     name="rec")
+    rec = te.compute(dims[:-1], lambda *r: tirx.Cast("int32", tirx.truncdiv(tirx.const(1 << k, "int64"),
+                                                                           s[r].astype("int64"))), name="rec")
 
     def yval(*i):
         row = i[:-1]
         num = e[i] * tirx.const(q, "int32") + (s[row] >> tirx.const(1, "int32"))
-        q0 = tirx.Cast("int32", (num.astype("int64") * rec[row]) >> tirx.const(k, "int64"))
+        q0 = tirx.Cast("int32", (num.astype("int64") * rec[row].astype("int64")) >> tirx.const(k, "int64"))
         y = q0 + tirx.Select(num - q0 * s[row] >= s[row], tirx.const(1, "int32"), tirx.const(0, "int32"))
         if requant is not None:
             rm, rs, lo, hi = (int(v) for v in requant)
