@@ -90,3 +90,28 @@ def test_qmul_kernel_bitexact(gate, da, db, dout, s, mbits):
     real = _packed(np.ones((2, c, h, w), np.int8)) == 1
     np.testing.assert_array_equal(got[real], _packed(want.astype(dout))[real])
     assert len(np.unique(want)) > 3, "degenerate case"
+
+
+@needs_avx2
+@pytest.mark.parametrize("da,db,dout,s", [("int32", "int32", "int32", 31), ("int8", "int32", "int32", 38),
+                                          ("uint8", "int8", "int8", 33)])
+def test_residual_add_any_layout_bitexact(da, db, dout, s):
+    """`qadd` of [N, S, D] tensors (a transformer's residual stream), 16-bit codes at their bounds."""
+    from dyadic.core.arith import rounding_term
+
+    rng = np.random.default_rng(s)
+    shape = (3, 37, 24)
+
+    def codes(dt):
+        lo, hi = (-32768, 32767) if dt == "int32" else (np.iinfo(dt).min, np.iinfo(dt).max)
+        v = rng.integers(lo, hi + 1, shape)
+        v.reshape(-1)[:4] = [lo, hi, lo, hi]
+        return v
+    a, b = codes(da), codes(db)
+    ma, mb = (int(v) for v in rng.integers(1 << 29, 1 << 31, 2))
+    lo, hi = (-32768, 32767) if dout == "int32" else (np.iinfo(dout).min, np.iinfo(dout).max)
+    want = np.clip((a * ma + b * mb + int(rounding_term(np.int64(s)))) >> s, lo, hi)
+    got = _run(cpu_ops.add_any_func((None, 37, 24), da, db, dout, ma, mb, s, lo, hi), a.astype(da), b.astype(db),
+               out_shape=shape, out_dtype=dout)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 3, "degenerate case"

@@ -197,3 +197,26 @@ def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: 
         return v.astype(out_dtype)
     out = te.compute((n, cb, h, w, 16), f, name="out")
     return _func([a, b, out], lambda sch: _finish(sch, "out", 3))
+
+
+def add_any_func(shape: tuple, da: str, db: str, out_dtype: str, ma: int, mb: int, s: int, lo: int,
+                 hi: int) -> tirx.PrimFunc:
+    """`qadd` of two same-shape tensors of any layout (a transformer's residual stream), M and S baked
+    in: clip((a m_a + b m_b + 2^(s-1)) >> s), the reference's int64 formula. With the multipliers
+    compile-time constants below 2^31 and a, b int32, each product is one 32 x 32 -> 64 multiply per
+    lane (the generic lowering multiplies by int64 tensors, a full 64-bit product)."""
+    from dyadic.core.arith import rounding_term
+
+    dims = [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
+    a = te.placeholder(dims, da, "a")
+    b = te.placeholder(dims, db, "b")
+    r = int(rounding_term(np.int64(s)))
+    out = te.compute(dims, lambda *i: _clip((a[i].astype("int64") * _i64(ma) + b[i].astype("int64") * _i64(mb)
+                                             + _i64(r)) >> _i64(s), lo, hi).astype(out_dtype), name="out")
+
+    def sched(sch):
+        flat = sch.fuse(*sch.get_loops(sch.get_sblock("out")))
+        outer, inner = sch.split(flat, [None, 1024])
+        sch.parallel(outer)
+        sch.vectorize(sch.split(inner, [None, 8])[1])
+    return _func([a, b, out], sched)

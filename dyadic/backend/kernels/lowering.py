@@ -123,7 +123,7 @@ class CpuKernels:
             if y is not None:
                 return y
         if op == "qadd":
-            return self._add(n, xs)
+            return self._add(n, xs) if len(self.g.shapes[n.inputs[0]]) == 4 else row_ops.add(self, n, xs)
         if op == "qlinear":
             return matmul_lowering.linear(self, n, self.generic_inputs(n, xs)[0])
         if op == "qmatmul":

@@ -1,5 +1,6 @@
 """CPU kernels for ops on tensors of any layout, packed or not (`lowering` dispatches here):
-table lookups (`qlut`, `cpu_ops.lut_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`),
+table lookups (`qlut`, `cpu_ops.lut_func`), the residual add of non-4-D tensors (`qadd`,
+`cpu_ops.add_any_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`),
 with the per-tensor `requant` that is its only reader fused in (`CpuKernels.fused` then hands the
 requant node that value).
 
@@ -72,3 +73,19 @@ def softmax(k, n: Node, xs: list):
     if rq is not None:
         k.fused[cons[0].output] = y
     return y
+
+
+def add(k, n: Node, xs: list):
+    """A same-shape `qadd` that is not on the packed layout (the residual stream of a transformer)."""
+    ta, tb = n.inputs
+    if tuple(k.g.shapes[ta]) != tuple(k.g.shapes[tb]) or any(t in k.packed or t in k.deferred for t in n.inputs):
+        return None
+    got = _shape(xs[0])
+    if got is None:
+        return None
+    dims, values = got
+    m, s, a = np.asarray(n.params["M"]).reshape(-1), int(np.asarray(n.params["S"])), n.attrs
+    da, db, dout = k.g.dtypes[ta], k.g.dtypes[tb], k.g.dtypes[n.output]
+    key = ("addr", tuple(dims), da, db, dout, int(m[0]), int(m[1]), s, a["lo"], a["hi"])
+    return k._call(key, lambda: cpu_ops.add_any_func(tuple(dims), da, db, dout, int(m[0]), int(m[1]), s, a["lo"],
+                                                     a["hi"]), xs, values, dout)
