@@ -59,7 +59,7 @@ def test_avx2_kernel_disassembly_has_vpmaddwd(tmp_path):
     assert asm.count("vpmaddwd") >= 4 and "zmm" not in asm
 
 
-def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None):
+def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None, post=None):
     """A linear's GEMM as a 1x1 conv on NHWC input whose width is the rows (`ops/matmul._cpu_dense`)."""
     from dyadic.backend.kernels import packing
     from dyadic.core.arith import requantize
@@ -77,9 +77,11 @@ def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None
     s = rng.integers(*shifts, o).astype(np.int64)
     acc = x.reshape(-1, k).astype(np.int64) @ wt.reshape(o, k).T.astype(np.int64) + b
     want = requantize(acc, m, s, -32768, 32767).reshape(2, rows, o)
+    if post is not None:  # a narrowing requant fused into the epilogue
+        want = requantize(want, np.int64(post[0]), np.int64(post[1]), post[2], post[3])
     hi32 = packing.hi32_ok(s)
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, "int32", -32768, 32767, None, hi32,
-                  "avx2", tile or choose_tile(o, 1, rows, isa="avx2"), nhwc=True)
+                  "avx2", tile or choose_tile(o, 1, rows, isa="avx2"), nhwc=True, post=post)
     assert sp.pmadd and sp.operand_dtype == "int16"
     lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(HASWELL))
     op = sp.ocb * 16
@@ -99,6 +101,16 @@ def test_avx2_rows_dense_bitexact(k, o, rows, din, extreme):
     """A linear over rows (NHWC input, rows as width): 16-bit codes in int32 storage read as int16 pairs,
     and 8-bit input; with K = 256 at the 16-bit bounds a sum can reach 256 x 32768 x 128 = 2^30."""
     got, want = _run_rows_dense(k, o, rows, din, extreme)
+    assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_avx2
+@pytest.mark.parametrize("shifts,post", [((34, 40), (1 << 30, 33, -4096, 4095)), ((36, 42), (1500000000, 32, -8192, 8191))])
+def test_avx2_rows_dense_with_fused_requant(shifts, post):
+    """A query/key/value narrowed for its attention product: the requant fused into the linear's epilogue
+    (`ConvSpec.post`), at the narrow code's bounds too."""
+    got, want = _run_rows_dense(64, 48, 13, "int32", False, shifts=shifts, post=post)
     assert len(np.unique(want)) > 3, "degenerate case"
     np.testing.assert_array_equal(got, want)
 

@@ -5,6 +5,8 @@ the inner leading dims as the width of an NHWC input, so each register tile reus
 operands over `owi` rows. A 16-bit input (int32 storage holding int16 codes: a LayerNorm or GELU
 output) runs on the AVX2 `vpmaddwd` step on every x86 isa, narrowed to int16 by the kernel's packing
 copy (`ConvSpec.operand_dtype`); an 8-bit input on the isa's own step (VNNI, AVX2, arm dot products).
+A per-tensor `requant` reached from a linear's output through reshapes and transposes only (the
+narrowing of Q, K, V for their products) is fused into the linear's epilogue (`ConvSpec.post`).
 `bmm`: a product of two activations with int16-range codes (Q·Kᵀ, P·V) on `cpu_bmm`.
 Each returns None where it does not apply; the op's generic lowering then runs.
 """
@@ -40,8 +42,12 @@ def linear(kern, node, x):
     rows = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
     n = int(shape[0]) if getattr(L, "static", False) else L.batch
     dout = L.g.dtypes[node.output]
+    rq = _narrowing_requant(kern, node)
+    post = None if rq is None else (int(rq.params["M"]), int(rq.params["S"]), rq.attrs["lo"], rq.attrs["hi"])
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"], None,
-                  packing.hi32_ok(p["S"]), isa, kernel_tile(isa, o, 1, rows), nhwc=True)
+                  packing.hi32_ok(p["S"]), isa, kernel_tile(isa, o, 1, rows), nhwc=True, post=post)
+    if rq is not None:  # the requant's value is the moved output itself (a per-tensor requant commutes with moves)
+        kern.passthrough.add(rq.output)
     if sp.mmla:
         sp = dataclasses.replace(sp, tile=mmla_tile(1, rows))
     op = sp.ocb * 16
@@ -56,6 +62,24 @@ def linear(kern, node, x):
     if op != o:
         y = L.emit(relax.op.strided_slice(y, [2], [0], [o]))
     return L.emit(relax.op.reshape(y, [n] + [int(d) for d in shape[1:-1]] + [o]))
+
+
+def _narrowing_requant(kern, node):
+    """The per-tensor `requant` at the end of node's single-reader chain of reshapes and transposes (a
+    query, key or value narrowed for its attention product), or None. Fused into the linear's
+    epilogue it gives the same integers: data movement commutes with an elementwise requant."""
+    g, t = kern.L.g, node.output
+    while t not in g.outputs:
+        cons = kern.consumers.get(t, [])
+        if len(cons) != 1:
+            return None
+        c = cons[0]
+        if c.op in ("reshape", "transpose"):
+            t = c.output
+            continue
+        ok = c.op == "requant" and np.size(c.params["M"]) == 1 and g.dtypes[c.output] == g.dtypes[node.output]
+        return c if ok else None
+    return None
 
 
 def step_isa(kern, t: str) -> str | None:

@@ -56,6 +56,7 @@ class ConvSpec(KernelIO):
     depthwise: bool = False           # groups == C == O
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand
     nhwc: bool = False                # input [N, H, W, C] and output [N, H, W, O16] (a linear's rows as W)
+    post: tuple | None = None         # (M, S, lo, hi) of a per-tensor requant of the output, fused in
 
     @property
     def dot(self) -> bool:
