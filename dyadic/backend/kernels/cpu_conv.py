@@ -164,9 +164,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         if sp.residual:  # this conv is the add's first operand (`epilogue.consts` orders q so)
             v = epilogue.add(v, res[b, o, y, z, j], q, sp.residual[1], sp.residual[2], sp.residual[3])
         if sp.post:  # a per-tensor requant of this output, fused (`ConvSpec.post`)
-            pm, ps, plo, phi = sp.post
-            v = (v.astype("int64") * i64(pm) + i64((1 << ps) >> 1)) >> i64(ps)
-            v = tirx.max(tirx.min(v, i64(phi)), i64(plo))
+            v = epilogue.requant(v, sp.post)
         return v.astype(sp.out_dtype)
     if sp.nhwc:  # a linear's rows: written as [N, H, W, O16] (channels last), not blocked
         out = te.compute((n, oh, ow, ocb * 16), lambda b, y, z, c: finish(b, c // 16, y, z, c % 16), name="out")

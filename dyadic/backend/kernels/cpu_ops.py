@@ -153,23 +153,34 @@ def pack_func(c: int, h: int, w: int, dtype: str) -> tirx.PrimFunc:
     return _func([x, out], lambda sch: _finish(sch, "out", 3))
 
 
+def any_dims(shape: tuple) -> list:
+    """TE dims of a tensor of any layout: ints as they are, a fresh int64 Var for each None (symbolic)."""
+    return [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
+
+
+def _flat(lanes: int, vector: bool):
+    """Schedule of an elementwise "out" over any dims: all loops fused, parallel chunks of 1024, the
+    innermost `lanes` vectorized (or unrolled, for a gather)."""
+    def sched(sch):
+        flat = sch.fuse(*sch.get_loops(sch.get_sblock("out")))
+        outer, inner = sch.split(flat, [None, 1024])
+        sch.parallel(outer)
+        inner = sch.split(inner, [None, lanes])[1]
+        sch.vectorize(inner) if vector else sch.unroll(inner)
+    return sched
+
+
 def lut_func(shape: tuple, in_dtype: str, table_len: int, in_lo: int, out_dtype: str) -> tirx.PrimFunc:
     """A lookup table (`qlut`) on a tensor of any layout: out = T[clamp(x - in_lo, 0, len - 1)], the
     table T an argument; `shape` holds ints and None for symbolic dims (the batch). The clamp keeps
     every read inside T whatever the input holds (in-range codes never reach it); one pass, no int32
     index tensor (the generic lowering writes one, then gathers from it)."""
-    dims = [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
+    dims = any_dims(shape)
     x = te.placeholder(dims, in_dtype, "x")
     t = te.placeholder((table_len,), out_dtype, "t")
     out = te.compute(dims, lambda *i: t[tirx.max(tirx.min(x[i].astype("int32") - in_lo, table_len - 1), 0)],
                      name="out")
-
-    def sched(sch):
-        flat = sch.fuse(*sch.get_loops(sch.get_sblock("out")))
-        outer, inner = sch.split(flat, [None, 1024])
-        sch.parallel(outer)
-        sch.unroll(sch.split(inner, [None, 16])[1])
-    return _func([x, t, out], sched)
+    return _func([x, t, out], _flat(16, vector=False))
 
 
 def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: str, m: int, s: int,
@@ -180,8 +191,6 @@ def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: 
     `intrin.REQUANT_INTRIN`, ((a b M) >> 32 + 2^(S-33)) >> (S-32), the same integers (floor division
     nests: floor((floor(v / 2^32) + c) / 2^k) = floor((v + c 2^32) / 2^(32+k)) for integer c), with
     one 32 x 32 -> 64 multiply per lane instead of int64 arithmetic, which AVX2 lacks."""
-    from dyadic.core.arith import rounding_term
-
     n = tirx.Var("n", "int32")
     a = te.placeholder((n, cb, h, w, 16), da, "a")
     b = te.placeholder((n, cb, 1, 1, 16) if gate else (n, cb, h, w, 16), db, "b")
@@ -193,7 +202,7 @@ def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: 
                                  + tirx.const(1 << (s - 33), "int32"), tirx.const(s - 32, "int32"))
             v = tirx.max(tirx.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32"))
         else:
-            v = _clip((p.astype("int64") * _i64(m) + _i64(int(rounding_term(np.int64(s))))) >> _i64(s), lo, hi)
+            v = epilogue.requant(p, (m, s, lo, hi))
         return v.astype(out_dtype)
     out = te.compute((n, cb, h, w, 16), f, name="out")
     return _func([a, b, out], lambda sch: _finish(sch, "out", 3))
@@ -207,16 +216,10 @@ def add_any_func(shape: tuple, da: str, db: str, out_dtype: str, ma: int, mb: in
     lane (the generic lowering multiplies by int64 tensors, a full 64-bit product)."""
     from dyadic.core.arith import rounding_term
 
-    dims = [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
+    dims = any_dims(shape)
     a = te.placeholder(dims, da, "a")
     b = te.placeholder(dims, db, "b")
     r = int(rounding_term(np.int64(s)))
     out = te.compute(dims, lambda *i: _clip((a[i].astype("int64") * _i64(ma) + b[i].astype("int64") * _i64(mb)
                                              + _i64(r)) >> _i64(s), lo, hi).astype(out_dtype), name="out")
-
-    def sched(sch):
-        flat = sch.fuse(*sch.get_loops(sch.get_sblock("out")))
-        outer, inner = sch.split(flat, [None, 1024])
-        sch.parallel(outer)
-        sch.vectorize(sch.split(inner, [None, 8])[1])
-    return _func([a, b, out], sched)
+    return _func([a, b, out], _flat(8, vector=True))

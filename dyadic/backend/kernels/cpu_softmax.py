@@ -18,10 +18,11 @@ steps (bias and max, table, sum, divide) run inside one parallel loop over rows,
 """
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import te, tirx
 
+from dyadic.backend.kernels import epilogue
+from dyadic.backend.kernels.cpu_ops import any_dims
 from dyadic.ops.intdiv import row_shift
 
 _I32_MAX = (1 << 31) - 1
@@ -50,7 +51,7 @@ def softmax_func(shape: tuple, in_dtype: str, table_len: int, e0: int, q: int, o
     requant = (M, S, lo, hi): the per-tensor `requant` that is the softmax's only reader, fused into
     the last step (clip((y M + 2^(S-1)) >> S) in int64, as `dyadic.arith`: a 16-bit softmax narrowed
     for the P·V product in the same pass)."""
-    dims = [tirx.Var(f"d{i}", "int64") if d is None else d for i, d in enumerate(shape)]
+    dims = any_dims(shape)
     n = int(shape[-1])
     k = row_shift(e0 * q + n * e0 // 2, e0)
     x = te.placeholder(dims, in_dtype, "x")
@@ -91,11 +92,7 @@ def softmax_func(shape: tuple, in_dtype: str, table_len: int, e0: int, q: int, o
         num = e[i] * tirx.const(q, "int32") + (s[row] >> tirx.const(1, "int32"))
         q0 = tirx.Cast("int32", (num.astype("int64") * rec[row].astype("int64")) >> tirx.const(k, "int64"))
         y = q0 + tirx.Select(num - q0 * s[row] >= s[row], tirx.const(1, "int32"), tirx.const(0, "int32"))
-        if requant is not None:
-            rm, rs, lo, hi = (int(v) for v in requant)
-            v = (y.astype("int64") * tirx.const(rm, "int64") + tirx.const((1 << rs) >> 1, "int64")) >> tirx.const(rs, "int64")
-            y = tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
-        return y.astype(out_dtype)
+        return (y if requant is None else epilogue.requant(y, requant)).astype(out_dtype)
     out = te.compute(dims, yval, name="out")
     args.append(out)
 
@@ -110,15 +107,3 @@ def softmax_func(shape: tuple, in_dtype: str, table_len: int, e0: int, q: int, o
             sch.vectorize(sch.split(sch.get_loops(sch.get_sblock(name))[-1], [None, 8])[1])
     return sch.mod["main"].with_attr("op_pattern", 8)
 
-
-def reference_np(x: np.ndarray, table: np.ndarray, q: int, bias=None, mask=None) -> np.ndarray:
-    """The module docstring's integers in numpy int64 (`ops/softmax._qsoftmax_ref`'s formula), for tests."""
-    t = x.astype(np.int64)
-    if bias is not None:
-        t = t + bias
-    if mask is not None:
-        m, b0, b1 = mask
-        t = t + np.where(m != 0, b1, b0)
-    e = table.astype(np.int64)[np.minimum(t.max(-1, keepdims=True) - t, len(table) - 1)]
-    s = e.sum(-1, keepdims=True)
-    return (e * q + s // 2) // s

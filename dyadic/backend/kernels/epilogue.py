@@ -11,6 +11,9 @@
 
 all in int32 (16 lanes per AVX-512 vector instead of 8 int64 lanes and `vpmullq`). Otherwise the
 int64 formula is used as is.
+
+`requant` is the int64 form of a per-tensor requant with compile-time constants, for the kernels
+that apply one inside another op (a linear's or a softmax's narrowing, `qmul`'s int64 case).
 """
 from __future__ import annotations
 
@@ -35,6 +38,19 @@ def consts(m, s, int32: bool) -> np.ndarray:
     if int32:
         return np.array([m[0] >> 16, m[0] & 0xFFFF, m[1] >> 16, m[1] & 0xFFFF, 1 << (s - 17), s - 16], np.int32)
     return np.array([m[0], m[1], int(rounding_term(s)), s], np.int64)
+
+
+def post_of(node) -> tuple[int, int, int, int]:
+    """(M, S, lo, hi) of a per-tensor `requant` node: what `requant` applies inside another kernel."""
+    return int(node.params["M"]), int(node.params["S"]), node.attrs["lo"], node.attrs["hi"]
+
+
+def requant(v, post: tuple[int, int, int, int]):
+    """clip((v M + 2^(S-1)) >> S, lo, hi) in int64 with compile-time (M, S, lo, hi), as `dyadic.arith`."""
+    m, s, lo, hi = post
+    i64 = lambda c: tirx.const(int(c), "int64")  # noqa: E731
+    z = (v.astype("int64") * i64(m) + i64(rounding_term(np.int64(s)))) >> i64(s)
+    return tirx.max(tirx.min(z, i64(hi)), i64(lo))
 
 
 def add(a, b, q, lo: int, hi: int, int32: bool):

@@ -48,8 +48,7 @@ class CpuKernels:
         self.values: dict[str, object] = {}    # packed Relax value of each packed tensor
         self.plain: dict[str, object] = {}     # NCHW copies of packed tensors, made on demand
         self.deferred: dict[str, tuple] = {}   # conv output -> (node, xs), waiting for its add
-        self.fused: dict[str, object] = {}     # output of a node already computed inside its producer's kernel
-        self.passthrough: set[str] = set()     # requant outputs already applied upstream: the value is its input
+        self.passthrough: set[str] = set()     # requants applied inside an upstream kernel: the value is the input
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
         self.dot_layers: dict[str, str] = {}   # layer -> the dot-product instruction its MACs run on
         self.families: dict[str, KernelFamily] = {}  # conv / dense layer -> the kernel family it ran on
@@ -108,9 +107,7 @@ class CpuKernels:
     # ---------------------------------------------------------------- dispatch
     def lower(self, n: Node, xs: list):
         op = n.op
-        if n.output in self.fused:  # e.g. a softmax's narrowing requant (`row_ops.softmax`)
-            return self.fused.pop(n.output)
-        if n.output in self.passthrough:  # a requant fused into a linear before the moves (`matmul_lowering`)
+        if n.output in self.passthrough:  # fused into a softmax or a linear (`row_ops`, `matmul_lowering`)
             return xs[0]
         if op == "qconv" and self._conv_ok(n):
             cons = self.consumers.get(n.output, [])

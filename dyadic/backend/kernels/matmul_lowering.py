@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 from tvm import relax
 
-from dyadic.backend.kernels import packing
+from dyadic.backend.kernels import epilogue, packing
 from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.backend.kernels.spec import ConvSpec, kernel_tile, mmla_tile
@@ -43,7 +43,7 @@ def linear(kern, node, x):
     n = int(shape[0]) if getattr(L, "static", False) else L.batch
     dout = L.g.dtypes[node.output]
     rq = _narrowing_requant(kern, node)
-    post = None if rq is None else (int(rq.params["M"]), int(rq.params["S"]), rq.attrs["lo"], rq.attrs["hi"])
+    post = None if rq is None else epilogue.post_of(rq)
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"], None,
                   packing.hi32_ok(p["S"]), isa, kernel_tile(isa, o, 1, rows), nhwc=True, post=post)
     if rq is not None:  # the requant's value is the moved output itself (a per-tensor requant commutes with moves)

@@ -1,8 +1,8 @@
 """CPU kernels for ops on tensors of any layout, packed or not (`lowering` dispatches here):
 table lookups (`qlut`, `cpu_ops.lut_func`), the residual add of non-4-D tensors (`qadd`,
 `cpu_ops.add_any_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`),
-with the per-tensor `requant` that is its only reader fused in (`CpuKernels.fused` then hands the
-requant node that value).
+with the per-tensor `requant` that is its only reader fused in (`CpuKernels.passthrough`: that
+requant's value is then its input's).
 
 Both build their PrimFunc from the Relax value's own shape (static dims as ints, the batch
 symbolic), so one kernel serves a [N, S, D] GELU, a packed [N, C/16, H, W, 16] hard-swish and a
@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from dyadic.backend.kernels import cpu_ops, cpu_softmax
+from dyadic.backend.kernels import cpu_ops, cpu_softmax, epilogue
 from dyadic.core.graph import Node
 
 
@@ -63,15 +63,13 @@ def softmax(k, n: Node, xs: list):
     rq = None
     if len(cons) == 1 and cons[0].op == "requant" and np.size(cons[0].params["M"]) == 1 \
             and n.output not in k.g.outputs:  # the narrowing for P·V: fused, one pass
-        r = cons[0]
-        rq = (int(r.params["M"]), int(r.params["S"]), r.attrs["lo"], r.attrs["hi"])
-        dout = k.g.dtypes[r.output]
+        rq, dout = epilogue.post_of(cons[0]), k.g.dtypes[cons[0].output]
     key = ("softmax", tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout, bshape, mask, rq)
     args = [xs[0]] + ([_c(bias, "int32")] if bias is not None else []) + ([xs[1]] if mask else []) + [_c(tab, "int32")]
     y = k._call(key, lambda: cpu_softmax.softmax_func(tuple(dims), din, tab.size, int(tab.max()), a["Q"], dout,
                                                       bshape, mask, rq), args, values, dout)
     if rq is not None:
-        k.fused[cons[0].output] = y
+        k.passthrough.add(cons[0].output)
     return y
 
 
