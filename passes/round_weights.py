@@ -5,7 +5,8 @@ Runs after `assign_bitwidths` (the weight width of each layer is known). Per lay
 
 * scales: max-abs per output channel, or the MSE-optimal clipped scales (`weight_clip`: at 4 bits,
   at every width, or never);
-* integers: round to nearest, or AdaRound (`rounding="adaround"`) on the layer's reconstruction;
+* integers: round to nearest, or AdaRound / GPTQ (`rounding="adaround"|"gptq"`) on the layer's
+  reconstruction;
 * bias: plus the expected output shift on the calibration data (`bias_correction`).
 
 The data-aware steps walk the graph once in topological order with two copies of every tensor over
@@ -43,11 +44,11 @@ def round_weights(graph: Graph, rounding: Rounding = Rounding.NEAREST, weight_cl
     # the float simulation walks one float input at any batch; other graphs (token ids + mask inputs,
     # a static-batch transformer) keep nearest rounding and their trained biases
     simple = len(graph.inputs) == 1 and not graph.meta.get("static_batch")
-    if rounding is Rounding.ADAROUND and not simple:
+    if rounding is not Rounding.NEAREST and not simple:
         from dyadic.core.errors import ModelError
 
-        raise ModelError("--rounding adaround needs a graph with one float input and a dynamic batch")
-    data_aware = (rounding is Rounding.ADAROUND or bias_correction) and data is not None and simple
+        raise ModelError(f"--rounding {rounding.value} needs a graph with one float input and a dynamic batch")
+    data_aware = (rounding is not Rounding.NEAREST or bias_correction) and data is not None and simple
     scales = {n.name: wq.weight_scales(n.params["W"], graph.bits[n.name][0], _clips(weight_clip, graph.bits[n.name][0]))
               for n in graph.weighted_nodes()}
     info: dict[str, dict] = {}
@@ -197,18 +198,19 @@ def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet) -> di
 
 def _choose(n: Node, xq, xf, scale, bits, rounding, bias_correction, iters, rec: dict):
     w = n.params["W"].astype(np.float64)
-    st = _stats(n, xq, xf, grams=rounding is Rounding.ADAROUND)
+    st = _stats(n, xq, xf, grams=rounding is not Rounding.NEAREST)
     P = st["P"]
     mq, mf = st["sq"] / P, st["sf"] / P  # [G, K]
     g = mq.shape[0]
     wg = w.reshape(g, w.shape[0] // g, -1)
     sg = scale.reshape(g, -1)
-    if rounding is Rounding.ADAROUND:
+    if rounding is not Rounding.NEAREST:
         center = bias_correction
         A = st["aqq"] / P - (np.einsum("gk,gl->gkl", mq, mq) if center else 0)
         B = st["aqf"] / P - (np.einsum("gk,gl->gkl", mq, mf) if center else 0)
         C = st["aff"] / P - (np.einsum("gk,gl->gkl", mf, mf) if center else 0)
-        qg, r = wq.adaround(wg, sg, bits, A, B, C, iters=iters)
+        qg, r = (wq.adaround(wg, sg, bits, A, B, C, iters=iters) if rounding is Rounding.ADAROUND
+                 else wq.gptq(wg, sg, bits, A, B, C))
         rec.update(r)
     else:
         qg = np.clip(np.rint(wg / sg[..., None]), -wq.qmax(bits), wq.qmax(bits)).astype(np.int8)

@@ -16,8 +16,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-clip", choices=[c.value for c in WeightClip], default=None,
                    help="MSE-optimal per-channel weight clipping at: 4 (4-bit weights, default), all, none")
     p.add_argument("--rounding", choices=[r.value for r in Rounding], default=None,
-                   help="weight rounding: nearest (default) or adaround (layer-wise reconstruction on the "
-                        "calibration data; integer weights within one step of nearest)")
+                   help="weight rounding: nearest (default), adaround (layer-wise reconstruction on the "
+                        "calibration data; integer weights within one step of nearest) or gptq (column-wise "
+                        "rounding with error feedback on the same data; one pass, no optimizer)")
     p.add_argument("--adaround-iters", type=int, default=None, help="AdaRound optimizer steps per layer (default 1000)")
     p.add_argument("--wide-activations", choices=[w.value for w in WideActivations], default=None,
                    help="store these activations as 16-bit codes: none (default), tables (lookup-table "
