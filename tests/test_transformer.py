@@ -270,7 +270,7 @@ def test_layernorm_error_bound(n, spread, seed, bits, eps):
     want = FLOAT["layernorm"].run_float(fnode, [q.astype(np.float64) * qx.scale]) / out.scale
     a = inode.attrs
     r_min = int(isqrt_np(np.array([a["E"]]))[0])
-    bound = 0.5 + np.abs(gamma) * math.sqrt(n) / out.scale * (1.5 * 2.0 ** -a["P"] + 1 / r_min) \
+    bound = 0.5 + np.abs(gamma) * math.sqrt(n) / out.scale * (1.5 * 2.0 ** -a["P"] + 2.0 ** -30 + 1 / r_min) \
         + np.abs(want) * (2.0 ** -30 + 1 / (n * (n - 1) * 4.0 ** a["k"]))
     inside = (want > out.lo) & (want < out.hi)
     bound = np.broadcast_to(bound, want.shape)

@@ -11,7 +11,8 @@ Integer form (`qlayernorm`), x = s_x q over a row of n codes q_i in [lo, hi], al
     V  = Σ d_i²                      (= n³ var_q, exact; |d_i| <= n (hi - lo), V <= n³ (hi - lo)²)
     D  = (V << 2k) + E               E = max(1, round(eps n³ 4^k / s_x²))   (eps in code units)
     R  = isqrt(D)                    exact floor square root, bit by bit (ceil(bits(D_max) / 2) steps)
-    z_i = floor(((d_i << F) + floor(R / 2)) / R)        (integer division, rounded half up)
+    I  = floor(2^61 / R)             one integer division per row (R >= 1: E >= 1)
+    z_i = (d_i I + 2^(60-F)) >> (61 - F)                (≈ d_i 2^F / R, rounded; no per-element division)
     q_y = clip((z_i G[c] M[c] + K[c] + 2^(S[c]-1)) >> S[c], lo_y, hi_y)
 
 with k the largest shift keeping D < 2^62 (so eps keeps 2k extra bits), F = k + P and
@@ -21,20 +22,27 @@ so z_i ≈ 2^P d_i / sqrt(V + E 4^-k) and |z_i| <= 2^P + 1 (|d_i| <= sqrt(V)). T
 u_i = (x_i - mean) / sqrt(var + eps) = sqrt(n) d_i / sqrt(V + E 4^-k), hence
 M[c] / 2^S[c] ≈ |gamma[c]| sqrt(n) / (s_y 2^P), G[c] = sign(gamma[c]), K[c] = round(beta[c] 2^S[c] / s_y).
 
+Why the reciprocal is exact enough: I = 2^61 / R − δ with 0 <= δ < 1, and |d_i| 2^k <= sqrt(V 4^k) <= sqrt(D)
+< R + 1, so |d_i I| <= 2^61 (R + 1) / R <= 2^62 (no int64 overflow with the rounding term 2^(60-F)
+< 2^60, F <= 60) and the reciprocal's error in z is |d_i| δ 2^(F-61) <= (R + 1) 2^(P-61) < 2^(P-30)
+(R < 2^31 as D < 2^62): a relative error of the normalized value below 2^-30. (A per-element int64
+division, z_i = floor(((d_i << F) + R/2) / R), gave the same bound less this term and was the
+LayerNorm's whole cost: scalar `idiv` per element.)
+
 Error bound (with respect to the float LayerNorm of the dequantized input s_x q, eps included):
 the floor square root gives R <= sqrt(D) < R + 1, a relative error below 1/R <= 1/sqrt(E);
-the division rounds z to within 1/2; E is within 1 of eps n³ 4^k / s_x² (1/2 from rounding, or
+z is within 1/2 + 2^(P-30) of d_i 2^F / R (rounding, reciprocal); E is within 1 of eps n³ 4^k / s_x² (1/2 from rounding, or
 the clamp to 1), which is a relative error of D below 1 / (n (n - 1) 4^k) for any row that is not
 constant (V >= n (n - 1) then; a constant row gives d = 0 and exactly beta); the dyadic multiplier
 has relative error <= 2^-31 (or 2^-(bits of M) where the shift cap shortens M). So
 
-    |q_y - y / s_y| <= 1/2 + (|gamma[c]| sqrt(n) / s_y) (1.5 2^-P + 1 / R_min)
+    |q_y - y / s_y| <= 1/2 + (|gamma[c]| sqrt(n) / s_y) (1.5 2^-P + 2^-30 + 1 / R_min)
                        + |y / s_y| (2^-30 + 1 / (n (n - 1) 4^k))
 
 (1/2 from the final rounding; |u| <= sqrt(n); R_min = isqrt(E)). With 8-bit inputs and
 n = 768 (P = 30, k = 8) the terms after 1/2 are below 1e-5 of an output step: the integer LN is
-within one output LSB of the float LN of the same quantized input. Verifier: D_max < 2^62 and the
-int64 requant product (2^P + 2) M[c] + |K[c]| + 2^61 < 2^63.
+within one output LSB of the float LN of the same quantized input. Verifier: D_max < 2^62, F <= 60,
+and the int64 requant product (2^P + 2) M[c] + |K[c]| + 2^61 < 2^63 (|z_i| <= 2^P + 2).
 
 `mean` (float): ReduceMean over axes other than the batch (the H, W mean of NCHW stays `mean_hw`).
 Integer form (`qmean`): the int64 sum of the codes over the axes, then a requant by
@@ -139,7 +147,7 @@ def _qln_ref(node, xs, out_shape):
     d = a["n"] * x - x.sum(axis=ax, keepdims=True)
     big = ((d * d).sum(axis=ax, keepdims=True) << (2 * a["k"])) + a["E"]
     r = isqrt_np(big)
-    z = ((d << a["F"]) + (r >> 1)) // r
+    z = (d * ((1 << 61) // r) + (1 << (60 - a["F"]))) >> (61 - a["F"])
     bc = channel_shape(x.ndim, ax)
     acc = z * (p["G"] * p["M"]).reshape(bc) + p["K"].reshape(bc)
     return np.clip((acc + rounding_term(p["S"].reshape(bc))) >> p["S"].reshape(bc), a["lo"], a["hi"])
@@ -176,9 +184,10 @@ def _qln_lower(L, node, xs):
     d = L.emit(relax.op.subtract(L.emit(relax.op.multiply(x, i64(a["n"]))), s1))
     v = L.emit(relax.op.sum(L.emit(relax.op.multiply(d, d)), axis=[ax], keepdims=True))
     big = L.emit(relax.op.add(L.emit(relax.op.left_shift(v, i64(2 * a["k"]))), i64(a["E"])))
-    r = L.materialize(isqrt_relax(L, big, a["steps"]))  # per row, not inlined into the per-element division
-    num = L.emit(relax.op.add(L.emit(relax.op.left_shift(d, i64(a["F"]))), L.emit(relax.op.right_shift(r, i64(1)))))
-    z = L.emit(relax.op.floor_divide(num, r))
+    r = L.materialize(isqrt_relax(L, big, a["steps"]))
+    inv = L.materialize(L.emit(relax.op.floor_divide(i64(1 << 61), r)))  # per row, not inlined per element
+    z = L.emit(relax.op.right_shift(L.emit(relax.op.add(L.emit(relax.op.multiply(d, inv)), i64(1 << (60 - a["F"])))),
+                                    i64(61 - a["F"])))
     y = L.emit(relax.op.add(L.emit(relax.op.multiply(z, c(p["G"] * p["M"]))), c(p["K"])))
     return L.shift_clip(y, p["S"].reshape(bc), a["lo"], a["hi"], L.g.dtypes[node.output])
 
@@ -193,8 +202,8 @@ def _qln_verify(graph, n) -> list[str]:
     dmax = rows * span
     if ((rows * dmax * dmax) << (2 * a["k"])) + a["E"] >= D_LIMIT:
         out.append(f"{n.name}: the int64 variance sum can overflow")
-    if (dmax << a["F"]) + (1 << 31) >= INT64_LIMIT:
-        out.append(f"{n.name}: the int64 division numerator can overflow")
+    if a["F"] > 60:
+        out.append(f"{n.name}: the reciprocal product d 2^61 / R needs F <= 60")
     bound = ((1 << a["P"]) + 2) * int(p["M"].max()) + int(np.abs(p["K"]).max()) + (1 << 61)
     if bound >= INT64_LIMIT:
         out.append(f"{n.name}: the int64 requant product can overflow")
