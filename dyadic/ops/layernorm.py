@@ -245,8 +245,8 @@ register_int(IntOpDef("qmean", qsum_requant_ref, qsum_requant_lower, verify=_qme
 
 
 # --------------------------------------------------------------------------- import
-@importer("LayerNormalization", doc="integer mean and variance (int64), exact integer square root, integer "
-                                    "division, per-channel dyadic gamma/beta")
+@importer("LayerNormalization", doc="integer mean and variance (int64), exact integer square root, one integer "
+                                    "reciprocal per row, per-channel dyadic gamma/beta")
 def _import_layernorm(c):
     from dyadic.core.graph import Node
 
