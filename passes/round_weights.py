@@ -13,7 +13,7 @@ The data-aware steps walk the graph once in topological order with two copies of
 the calibration images: x (fp32) and x̃ (a float simulation of the integer graph: the chosen
 integer weights and corrected bias, every tensor fake-quantized to the scale and width
 `quantize_graph` will give it). At each layer the statistics of its im2col columns (means, and for
-AdaRound the Gram matrices A, B, C of x̃, x) are accumulated, the weights are chosen, and the
+AdaRound and GPTQ the Gram matrices A, B, C of x̃, x; GPTQ's rounding uses A) are accumulated, the weights are chosen, and the
 layer's quantized output is computed from them, so later layers see the error of earlier ones
 (AdaRound's asymmetric reconstruction). The reconstruction is of the pre-activation output
 (the fused ReLU is not in the loss). The result: node params `W_int` (int8), `W_scale` (float64
