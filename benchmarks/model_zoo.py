@@ -54,8 +54,20 @@ def cosines(build: str, onnx_path: str, work: str, n: int = 16) -> tuple[float, 
     return _cos(np.asarray(m.run({spec["name"]: x})), ref), _cos(run(q8), ref)
 
 
+def calib_file(onnx_path: str, work: str, n: int) -> str:
+    """n N(0,1) calibration inputs from the generator the default 32 come from (its first 32 are those)."""
+    import onnx
+
+    inp = onnx.load(onnx_path, load_external_data=False).graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
+    path = os.path.join(work, f"calib{n}_{'x'.join(map(str, shape))}.npz")
+    if not os.path.exists(path):
+        np.savez(path, **{inp.name: np.random.default_rng(0).standard_normal([n] + shape).astype(np.float32)})
+    return path
+
+
 def one(name: str, work: str, torch_python: str, threads: list[int], timing: bool, reuse: bool,
-        compile_args: tuple[str, ...] = ()) -> dict:
+        compile_args: tuple[str, ...] = (), calib: int = 32) -> dict:
     onnx_path = os.path.join(work, f"{name}.onnx")
     row = {"model": name}
     if not os.path.exists(onnx_path):
@@ -65,8 +77,9 @@ def one(name: str, work: str, torch_python: str, threads: list[int], timing: boo
     out = os.path.join(work, f"{name}_build")
     if not (reuse and os.path.exists(os.path.join(out, "model.json"))):
         t0 = time.perf_counter()
+        extra = ("--calib", calib_file(onnx_path, work, calib)) if calib != 32 else ()
         p = subprocess.run([sys.executable, "-m", "dyadic.cli", "compile", onnx_path, "-o", out, "--quiet",
-                            *compile_args],
+                            *extra, *compile_args],
                            capture_output=True, text=True)
         if p.returncode:
             return {**row, "compiles": "no", "error": " ".join(p.stderr.split())[-600:]}
@@ -132,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "model_zoo.md"))
     ap.add_argument("--compile-args", default="", help="extra `dyadic compile` flags, e.g. --compile-args='--wide-activations all' "
                                                        "(use another --work: builds are kept there)")
+    ap.add_argument("--calib", type=int, default=32, help="synthetic N(0,1) calibration inputs per model (default 32: "
+                                                          "the compile's own default; the cosines' inputs stay the same 16)")
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
     host = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -140,7 +155,7 @@ def main(argv=None) -> int:
     rows = []
     for name in a.models.split(","):
         rows.append(one(name, a.work, a.torch_python, [int(t) for t in a.threads.split(",")], not a.no_timing, a.reuse,
-                        tuple(a.compile_args.split())))
+                        tuple(a.compile_args.split()), a.calib))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "timing"}), flush=True)
         with open(a.out, "w") as f:
             f.write(table(rows, host))
