@@ -40,6 +40,7 @@ def cosines(build: str, onnx_path: str, work: str, n: int = 16) -> tuple[float, 
 
     import dyadic
     from dyadic.cli.bench import quantize_for_ort
+    from dyadic.frontend.data import synthetic
 
     m = dyadic.load(build)
     spec = m.inputs[0]
@@ -48,7 +49,7 @@ def cosines(build: str, onnx_path: str, work: str, n: int = 16) -> tuple[float, 
     run = lambda path: np.concatenate([ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(  # noqa
         None, {spec["name"]: x[i:i + 1]})[0] for i in range(n)])
     ref = run(onnx_path)
-    calib = {spec["name"]: np.random.default_rng(0).standard_normal([32] + shape).astype(np.float32)}
+    calib = synthetic({spec["name"]: (-1, *shape)})  # the compile's own 32 default inputs
     os.makedirs(work, exist_ok=True)
     q8 = quantize_for_ort(onnx_path, work, calib)
     return _cos(np.asarray(m.run({spec["name"]: x})), ref), _cos(run(q8), ref)
@@ -58,11 +59,13 @@ def calib_file(onnx_path: str, work: str, n: int) -> str:
     """n N(0,1) calibration inputs from the generator the default 32 come from (its first 32 are those)."""
     import onnx
 
+    from dyadic.frontend.data import synthetic
+
     inp = onnx.load(onnx_path, load_external_data=False).graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
     path = os.path.join(work, f"calib{n}_{'x'.join(map(str, shape))}.npz")
     if not os.path.exists(path):
-        np.savez(path, **{inp.name: np.random.default_rng(0).standard_normal([n] + shape).astype(np.float32)})
+        np.savez(path, **synthetic({inp.name: (-1, *shape)}, n))
     return path
 
 

@@ -149,11 +149,15 @@ def adaround(w: np.ndarray, scale: np.ndarray, bits: int, A: np.ndarray, B: np.n
         m1 = b1 * m1 + (1 - b1) * g
         m2 = b2 * m2 + (1 - b2) * g * g
         v -= lr * (m1 / (1 - b1 ** (t + 1))) / (np.sqrt(m2 / (1 - b2 ** (t + 1))) + eps)
-    hard = np.clip(wf + (v >= 0), -L, L)
-    r1 = recon_loss(hard * s, w, A, B, C)
+    return _versus_nearest("adaround", np.clip(wf + (v >= 0), -L, L), near, r0, s, w, A, B, C)
+
+
+def _versus_nearest(name: str, q, near, r0: float, s, w, A, B, C) -> tuple[np.ndarray, dict]:
+    """A data-aware rounding's integers q, kept only if they reconstruct no worse than nearest's (loss r0)."""
+    r1 = recon_loss(q * s, w, A, B, C)
     kept = r1 <= r0
-    return (hard if kept else near).astype(np.int8), {"loss_nearest": r0, "loss_adaround": r1, "kept": bool(kept),
-                                                      "loss": min(r0, r1)}
+    return (q if kept else near).astype(np.int8), {"loss_nearest": r0, f"loss_{name}": r1, "kept": bool(kept),
+                                                   "loss": min(r0, r1)}
 
 
 def _gptq_group(w: np.ndarray, s: np.ndarray, L: int, H: np.ndarray) -> np.ndarray:
@@ -191,13 +195,8 @@ def gptq(w: np.ndarray, scale: np.ndarray, bits: int, A: np.ndarray, B: np.ndarr
     """w: [G, og, K] float weights, scale: [G, og]; A, B, C: [G, K, K] as for `adaround`.
     Returns the integers [G, og, K] (int8) and {loss_nearest, loss_gptq, kept, loss}."""
     L = qmax(bits)
+    s = scale[..., None]
     w = w.astype(np.float64)
-    near = np.clip(np.rint(w / scale[..., None]), -L, L)
-    out = np.empty_like(near)
-    for g in range(w.shape[0]):
-        out[g] = _gptq_group(w[g], scale[g], L, A[g])
-    r0 = recon_loss(near * scale[..., None], w, A, B, C)
-    r1 = recon_loss(out * scale[..., None], w, A, B, C)
-    kept = r1 <= r0
-    return (out if kept else near).astype(np.int8), {"loss_nearest": r0, "loss_gptq": r1, "kept": bool(kept),
-                                                     "loss": min(r0, r1)}
+    near = np.clip(np.rint(w / s), -L, L)
+    out = np.stack([_gptq_group(w[g], scale[g], L, A[g]) for g in range(w.shape[0])])
+    return _versus_nearest("gptq", out, near, recon_loss(near * s, w, A, B, C), s, w, A, B, C)
