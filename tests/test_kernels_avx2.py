@@ -1,7 +1,9 @@
-"""AVX2 `vpmaddwd` conv / dense kernels (`dyadic.backend.kernels.intrin_avx2`, `ConvSpec.pmadd`): bit-exact
-against the numpy int64 reference (odd channels, padding, strides, dilation, fused residual add, dense,
-both requant forms, forced tiles, operands at their bounds), and the library really holds `vpmaddwd`.
-Built for a Haswell target (AVX2, no AVX-512), run on this host: skipped where it has no AVX2.
+"""The int16-step conv / dense / batched-matmul kernels (`dyadic.backend.kernels.intrin_avx2`, `ConvSpec.pmadd`):
+AVX2 `vpmaddwd` and, for 16-bit codes on AVX512-VNNI, `vpdpwssd` (`vnni16`). Bit-exact against the numpy
+int64 reference (odd channels, padding, strides, dilation, fused residual add, dense, both requant forms,
+forced tiles, operands at their bounds), and the library really holds `vpmaddwd` / `vpdpwssd`.
+The AVX2 cases are built for a Haswell target (AVX2, no AVX-512), the vnni16 ones for this host; each runs
+on this host and skips where it lacks the instructions.
 The default compile on an AVX2-only host is checked in test_kernels_x86 (`vpmaddwd` in resnet20)."""
 from __future__ import annotations
 
@@ -15,35 +17,39 @@ tvm = pytest.importorskip("tvm")
 
 from dyadic.backend.kernels.cpu_conv import conv_func  # noqa: E402
 from dyadic.backend.kernels.spec import ConvSpec, choose_tile  # noqa: E402
-from test_kernels_x86 import CONV_CASES, HASWELL, _run_conv, needs_avx2  # noqa: E402
+from test_kernels_x86 import CONV_CASES, HASWELL, HOST, _run_conv, needs_avx2, needs_vnni  # noqa: E402
 
 AVX2_CASES = [nm for nm in CONV_CASES if not nm.startswith("depthwise")]
+# the int16 step on both isas: AVX2 `vpmaddwd` (a Haswell build) and AVX512-VNNI `vpdpwssd` (a host build)
+INT16 = [pytest.param("avx2", id="avx2", marks=needs_avx2), pytest.param("vnni16", id="vnni16", marks=needs_vnni)]
+TARGET = {"avx2": HASWELL, "vnni16": HOST}
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("name", AVX2_CASES)
-def test_avx2_pmadd_kernel_bitexact(name):
-    """conv / dense on AVX2 `vpmaddwd` (`intrin_avx2`: int16 weights, two ymm per accumulator)."""
-    got, want = _run_conv(**CONV_CASES[name], isa="avx2", target=HASWELL)
+def test_avx2_pmadd_kernel_bitexact(name, isa):
+    """conv / dense on the int16 step (`intrin_avx2`: int8 weights sign-extended; two ymm per accumulator
+    on AVX2, one zmm on vnni16)."""
+    got, want = _run_conv(**CONV_CASES[name], isa=isa, target=TARGET[isa])
     assert len(np.unique(want)) > 3, "degenerate case"
     np.testing.assert_array_equal(got, want)
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("name,tile", [("3x3_packed_unsigned", (3, 1, 1)), ("1x1_stride2_signed_packed", (1, 2, 3)),
                                        ("residual_int32_form", (2, 2, 1)), ("3x3_pad1_signed_nchw_odd", (1, 1, 5))])
-def test_avx2_pmadd_other_tiles(name, tile):
+def test_avx2_pmadd_other_tiles(name, tile, isa):
     """Tiles the cost model does not pick (several channel blocks per step, rows of pixels)."""
-    got, want = _run_conv(**CONV_CASES[name], isa="avx2", target=HASWELL, tile=tile)
+    got, want = _run_conv(**CONV_CASES[name], isa=isa, target=TARGET[isa], tile=tile)
     np.testing.assert_array_equal(got, want)
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("name", ["3x3_packed_unsigned", "int64_requant_small_shifts", "dense_as_1x1"])
-def test_avx2_pmadd_extreme_operands(name):
+def test_avx2_pmadd_extreme_operands(name, isa):
     """Inputs and weights only at their bounds (255 x -128 products, long sums, saturating clips): where
     `vpmaddubsw` would saturate its int16 pair sums, `vpmaddwd` on widened operands stays exact."""
-    got, want = _run_conv(**CONV_CASES[name], isa="avx2", target=HASWELL, extreme=True)
+    got, want = _run_conv(**CONV_CASES[name], isa=isa, target=TARGET[isa], extreme=True)
     np.testing.assert_array_equal(got, want)
 
 
@@ -59,7 +65,20 @@ def test_avx2_kernel_disassembly_has_vpmaddwd(tmp_path):
     assert asm.count("vpmaddwd") >= 4 and "zmm" not in asm
 
 
-def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None, post=None):
+@needs_vnni
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+def test_vnni16_kernel_disassembly_has_vpdpwssd(tmp_path):
+    """16-bit codes on an AVX512-VNNI host: the step is `vpdpwssd` on zmm, no `vpmaddwd`."""
+    sp = ConvSpec(20, 8, 10, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "int32", "uint8", 0, 255, None, True,
+                  "vnni16", choose_tile(40, 8, 10, isa="vnni16"))
+    assert sp.pmadd and sp.operand_dtype == "int16"
+    lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(HOST))
+    lib.export_library(str(tmp_path / "k.so"))
+    asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True).stdout
+    assert asm.count("vpdpwssd") >= 2 and "vpmaddwd" not in asm
+
+
+def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None, post=None, isa="avx2"):
     """A linear's GEMM as a 1x1 conv on NHWC input whose width is the rows (`ops/matmul._cpu_dense`)."""
     from dyadic.backend.kernels import packing
     from dyadic.core.arith import requantize
@@ -81,9 +100,9 @@ def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None
         want = requantize(want, np.int64(post[0]), np.int64(post[1]), post[2], post[3])
     hi32 = packing.hi32_ok(s)
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, "int32", -32768, 32767, None, hi32,
-                  "avx2", tile or choose_tile(o, 1, rows, isa="avx2"), nhwc=True, post=post)
+                  isa, tile or choose_tile(o, 1, rows, isa=isa), nhwc=True, post=post)
     assert sp.pmadd and sp.operand_dtype == "int16"
-    lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(HASWELL))
+    lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(TARGET[isa]))
     op = sp.ocb * 16
     consts = [v.astype("int32" if hi32 else "int64") for v in packing.requant_consts(m, s, op, hi32)]
     args = [x, packing.weight(wt, sp), packing.bias(b, wt, sp.offset, op), *consts]
@@ -93,34 +112,34 @@ def _run_rows_dense(k, o, rows, din, extreme, seed=0, shifts=(34, 40), tile=None
     return got, want
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("k,o,rows,din,extreme", [(40, 33, 7, "int32", False), (384, 48, 128, "int32", False),
                                                   (256, 20, 9, "int32", True), (37, 17, 5, "int8", False),
                                                   (64, 32, 13, "uint8", True)])
-def test_avx2_rows_dense_bitexact(k, o, rows, din, extreme):
+def test_avx2_rows_dense_bitexact(k, o, rows, din, extreme, isa):
     """A linear over rows (NHWC input, rows as width): 16-bit codes in int32 storage read as int16 pairs,
     and 8-bit input; with K = 256 at the 16-bit bounds a sum can reach 256 x 32768 x 128 = 2^30."""
-    got, want = _run_rows_dense(k, o, rows, din, extreme)
+    got, want = _run_rows_dense(k, o, rows, din, extreme, isa=isa)
     assert len(np.unique(want)) > 3, "degenerate case"
     np.testing.assert_array_equal(got, want)
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("shifts,post", [((34, 40), (1 << 30, 33, -4096, 4095)), ((36, 42), (1500000000, 32, -8192, 8191))])
-def test_avx2_rows_dense_with_fused_requant(shifts, post):
+def test_avx2_rows_dense_with_fused_requant(shifts, post, isa):
     """A query/key/value narrowed for its attention product: the requant fused into the linear's epilogue
     (`ConvSpec.post`), at the narrow code's bounds too."""
-    got, want = _run_rows_dense(64, 48, 13, "int32", False, shifts=shifts, post=post)
+    got, want = _run_rows_dense(64, 48, 13, "int32", False, shifts=shifts, post=post, isa=isa)
     assert len(np.unique(want)) > 3, "degenerate case"
     np.testing.assert_array_equal(got, want)
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("g,i,k,j,adt,bdt,extreme", [
     (12, 128, 32, 128, "int8", "int8", False), (3, 128, 128, 32, "int32", "int8", False),
     (2, 7, 5, 19, "uint8", "int8", False), (1, 9, 37, 40, "int32", "int8", True), (4, 13, 64, 16, "int8", "int8", True),
     (3, 128, 32, 128, "int32", "int32", False), (2, 11, 30, 21, "int32", "int32", True)])
-def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme):
+def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme, isa):
     """Q·Kᵀ and P·V (`cpu_bmm`): both operands packed at run time, K and J padded (K % 4, J % 16 != 0),
     16-bit codes in int32 storage on either side (A up to 2^15, B 11-bit: with K < 64 the int32 bound
     holds), symbolic batch; extreme: operands only at their bounds."""
@@ -138,8 +157,8 @@ def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme):
     m, s = int(rng.integers(2 ** 30, 2 ** 31)), 36 if adt == "int32" else 30
     s += 6 if bdt == "int32" else 0
     want = requantize(np.matmul(a.astype(np.int64), b.astype(np.int64)), np.int64(m), np.int64(s), -32768, 32767)
-    sp = BmmSpec(None, g, i, k, j, adt, bdt, "int32", m, s, -32768, 32767)
-    lib = tvm.compile(tvm.IRModule({"main": bmm_func(sp)}), target=tvm.target.Target(HASWELL))
+    sp = BmmSpec(None, g, i, k, j, adt, bdt, "int32", m, s, -32768, 32767, isa)
+    lib = tvm.compile(tvm.IRModule({"main": bmm_func(sp)}), target=tvm.target.Target(TARGET[isa]))
     out = tvm.runtime.empty((2, g, i, sp.jb, 16), "int32")
     lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
     got = out.numpy().reshape(2, g, i, -1)[..., :j]
@@ -157,12 +176,12 @@ WIDE_CASES = {  # 16-bit codes in int32 storage (`passes/widen_activations`), on
 }
 
 
-@needs_avx2
+@pytest.mark.parametrize("isa", INT16)
 @pytest.mark.parametrize("extreme", [False, True], ids=["random", "bounds"])
 @pytest.mark.parametrize("name", list(WIDE_CASES))
-def test_avx2_conv_on_16bit_codes_bitexact(name, extreme):
+def test_avx2_conv_on_16bit_codes_bitexact(name, extreme, isa):
     """convs whose input holds 16-bit codes in int32 storage: narrowed to int16 pairs for `vpmaddwd`
     (plain convs) or multiplied in int32 (depthwise), random and at the int16 bounds"""
-    got, want = _run_conv(**WIDE_CASES[name], din="int32", isa="avx2", target=HASWELL, extreme=extreme)
+    got, want = _run_conv(**WIDE_CASES[name], din="int32", isa=isa, target=TARGET[isa], extreme=extreme)
     assert len(np.unique(want)) > 3 or extreme, "degenerate case"
     np.testing.assert_array_equal(got, want)

@@ -72,7 +72,7 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
     want = run_int_node(Node("qconv", "c", ("x",), ("y",), attrs, {"W": wt, "B": b, "M": m, "S": s}), [x], None)
     hi32 = packing.hi32_ok(s)
     if tile is None:
-        pm = isa == "avx2" and not depthwise and not w4  # `vpmaddwd`: the lowering's avx2 tile
+        pm = isa in ("avx2", "vnni16") and not depthwise and not w4  # the int16 step: the lowering's tile
         tile = choose_tile(16 if depthwise else o, oh, ow, isa=isa) if isa == "vnni" or pm else (1, 1, 4)
     res_spec, extra = None, []
     if residual is not None:

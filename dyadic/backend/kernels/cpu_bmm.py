@@ -1,5 +1,6 @@
 """Batched product of two activations with the requantization fused (attention's Q·Kᵀ and P·V) on
-the AVX2 `vpmaddwd` step, for every x86 isa (`qmatmul` in `ops/matmul`).
+the int16 step of `intrin_avx2`, for every x86 isa: `vpdpwssd` on AVX512-VNNI, AVX2 `vpmaddwd`
+elsewhere (`qmatmul` in `ops/matmul`).
 
     C[g, i, j] = clip((Σ_k A[g, i, k] B[g, k, j]) M + 2^(S-1)) >> S, lo, hi)   (per-tensor M, S)
 
@@ -13,7 +14,7 @@ int16 for 16-bit codes; zeros
 beyond J and K). Zero padding leaves every sum unchanged.
 
 Each register tile is `ti` rows of A x `tj` blocks of 16 columns: per step of 4 k the tj weight
-operands are widened once and reused by the ti rows (`spec.choose_tile` with AVX2's 16 ymm). A pair
+operands are widened once and reused by the ti rows (`spec.choose_tile` with the isa's register file). A pair
 sum a0 b0 + a1 b1 is at most 2 x 32768 x 128 = 2^23 in magnitude; the whole sum stays below 2^31 by
 the verifier's bound K max|a| max|b| < 2^31, so no step wraps. The epilogue runs on the tile while
 the accumulators are in registers: int64 (acc M + 2^(S-1)) >> S, clipped, as `dyadic.arith`.
@@ -46,6 +47,7 @@ class BmmSpec:
     s: int
     lo: int
     hi: int
+    isa: str = "avx2"  # the int16 step: avx2 (`vpmaddwd`) | vnni16 (`vpdpwssd`, `intrin_avx2`)
 
     @property
     def jb(self) -> int:
@@ -62,7 +64,7 @@ class BmmSpec:
     @property
     def tile(self) -> tuple[int, int]:
         """(tj column blocks, ti rows) of one register tile."""
-        tj, _, ti = choose_tile(self.j, 1, self.i, isa="avx2")
+        tj, _, ti = choose_tile(self.j, 1, self.i, isa=self.isa)
         return tj, ti
 
 
@@ -114,7 +116,7 @@ def _schedule(func: tirx.PrimFunc, sp: BmmSpec) -> tirx.PrimFunc:
     for lp in ol[:-1]:
         sch.unroll(lp)
     init = sch.decompose_reduction(blk, rk)
-    sch.tensorize(j, register_pmadd(sp.b_operand))
+    sch.tensorize(j, register_pmadd(sp.b_operand, sp.isa))
     for lp in (ji, ii):
         sch.unroll(lp)
     il = sch.get_loops(init)[2:]

@@ -223,7 +223,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             sch.unroll(lp)
     if vnni:
         if sp.pmadd:
-            dot = dwi = register_pmadd()
+            dot = dwi = register_pmadd(isa=sp.isa)
         elif sp.isa == "vnni":
             register_vnni()
             register_dw()

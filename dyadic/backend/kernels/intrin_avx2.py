@@ -1,4 +1,5 @@
-"""The AVX2 dot-product step: C[16] int32 += A[4] int16 . B[16, 4] on `vpmaddwd` (no AVX-512, no VNNI).
+"""The int16 dot-product step: C[16] int32 += A[4] int16 . B[16, 4] on AVX2 `vpmaddwd` (no AVX-512, no
+VNNI) or, on AVX512-VNNI hosts, `vpdpwssd` (the `vnni16` isa: 16-bit activations there).
 
 `vpmaddwd` (`llvm.x86.avx2.pmadd.wd`): 16 x s16 times 16 x s16 -> 8 x s32, lane q = x[2q] y[2q] +
 x[2q+1] y[2q+1]. With x from 8-bit activations (uint8 0..255 or int8, widened to int16 as they are,
@@ -30,6 +31,14 @@ is the verifier's). An int16 right operand (`cpu_bmm`: 16-bit keys or values) is
 its pair sums are at most 2 max|a| max|b|, below the product's own bound K max|a| max|b| < 2^31
 (K >= 2 once padded to whole steps; a padded step's second term is 0).
 
+AVX512-VNNI (`vnni16`): the same operands, one zmm per accumulator: `vpdpwssd` (`llvm.x86.avx512.
+vpdpwssd.512`: per int32 lane j, C[j] += x[2j] y[2j] + x[2j+1] y[2j+1], no saturation) with x the pair
+[a_2p a_2p+1] broadcast to all 16 lanes and y = B[p] (32 bytes: outputs 0..15 x 2 inputs) sign-extended
+to int16x32: two instructions (64 MACs) and two `vpmovsxbw` (shared by the tile's pixels) per step, where
+the AVX2 form needs 4 + 2 adds on half-width vectors. `vpdpbusd` would take 8-bit codes only; this is the
+16-bit codes' step on VNNI hosts (`--wide-activations`, attention's int16 products). Exactness is the
+AVX2 argument: the same pair sums, accumulated in int32 with the verifier's bound on the whole sum.
+
 The description's reduction is split as k = 2 k2 + k1 (k2 the pair, k1 the input in it), the same
 two reduction axes `cpu_conv.conv_func` uses for this isa, so tensorize matches B[k2, i, k1] directly.
 As in `intrin`, the implementation is single-expression buffer stores (no Python-level temporaries).
@@ -39,7 +48,9 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 PMADD_INTRIN = "dyadic_dot_16x4_avx2_pmaddwd_i16"
+DPWSSD_INTRIN = "dyadic_dot_16x4_avx512_vpdpwssd_i16"
 _LLVM = "llvm.x86.avx2.pmadd.wd"
+_LLVM_512 = "llvm.x86.avx512.vpdpwssd.512"
 _done: set[str] = set()
 
 
@@ -85,14 +96,41 @@ def _impl(a_dtype: str, b_dtype: str):
     return impl
 
 
-def register_pmadd(b_dtype: str = "int8") -> str:
-    """Register the step (int16 activations) for int8 weights (`PMADD_INTRIN`) or int16 right operands
-    (a product of two 16-bit activations, `cpu_bmm`), once; returns its name."""
+def _impl_512(a_dtype: str, b_dtype: str):
+    def b16(B, p: int):
+        if b_dtype == "int16":
+            return B.vload([p, 0, 0], dtype="int16x32")
+        return T.Cast("int16x32", B.vload([p, 0, 0], dtype="int8x32"))
+
+    def pair(A, p: int):  # [a_2p a_2p+1] x 16
+        return T.reinterpret(T.broadcast(T.reinterpret(A.vload([2 * p], "int16x2"), dtype="int32"), 16),
+                             dtype="int16x32")
+
+    def dp(acc, A, B, p: int):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_LLVM_512), acc, pair(A, p), b16(B, p),
+                                       dtype="int32x16")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, 16, 2), b_dtype, offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:2, 0:16, 0:2])
+            T.writes(C[0:16])
+            C[T.ramp(T.int32(0), 1, 16)] = dp(dp(C.vload([0], dtype="int32x16"), A, B, 0), A, B, 1)
+    return impl
+
+
+def register_pmadd(b_dtype: str = "int8", isa: str = "avx2") -> str:
+    """Register the step (int16 activations) for int8 weights or int16 right operands (a product of two
+    16-bit activations, `cpu_bmm`) on `isa` ("avx2": `vpmaddwd`, "vnni16": `vpdpwssd`), once; returns its
+    name."""
     from tvm.s_tir import TensorIntrin
 
     a_dtype = "int16"
-    name = PMADD_INTRIN if b_dtype == "int8" else f"{PMADD_INTRIN}_{b_dtype}"
+    base = DPWSSD_INTRIN if isa == "vnni16" else PMADD_INTRIN
+    name = base if b_dtype == "int8" else f"{base}_{b_dtype}"
     if name not in _done:
-        TensorIntrin.register(name, _desc(a_dtype, b_dtype), _impl(a_dtype, b_dtype), override=True)
+        impl = _impl_512 if isa == "vnni16" else _impl
+        TensorIntrin.register(name, _desc(a_dtype, b_dtype), impl(a_dtype, b_dtype), override=True)
         _done.add(name)
     return name

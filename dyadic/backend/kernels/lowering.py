@@ -28,7 +28,7 @@ from tvm import relax
 from dyadic.core.graph import Node
 from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing, row_ops
 from dyadic.backend.kernels.family import KernelFamily
-from dyadic.backend.kernels.spec import DOT_ISAS, ConvSpec, ceil_div, kernel_tile, mmla_tile
+from dyadic.backend.kernels.spec import DOT_ISAS, INT16_ISAS, ConvSpec, ceil_div, kernel_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
 
@@ -176,10 +176,10 @@ class CpuKernels:
 
     def _wide_input(self, n: Node) -> bool:
         """An 8-bit-weight conv on 16-bit codes (int32 storage, `passes/widen_activations`) on an x86
-        isa, on the AVX2 kernels: a plain conv on the `vpmaddwd` step, which reads them as int16 pairs
+        isa, on the int16 step (`vpdpwssd` on VNNI, `vpmaddwd` elsewhere), which reads them as int16 pairs
         (as the linear GEMM does); a depthwise one on the int32 multiply-add fallback."""
         t = n.inputs[0]
-        return (self._dtype(t) == "int32" and matmul_lowering.step_isa(self, t) == "avx2"
+        return (self._dtype(t) == "int32" and matmul_lowering.step_isa(self, t) in INT16_ISAS
                 and (n.attrs["group"] == 1 or self._depthwise(n)) and n.attrs.get("w_bits") == 8)
 
     def _depthwise(self, n: Node) -> bool:
@@ -225,7 +225,8 @@ class CpuKernels:
     def _record_dot(self, n: Node, sp: ConvSpec) -> None:
         self.families[n.name] = KernelFamily(sp.isa)
         if sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd:  # usmmla cores run some layers on usdot
-            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot", "avx2": "vpmaddwd"}
+            names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot", "avx2": "vpmaddwd",
+                     "vnni16": "vpdpwssd"}
             self.dot_layers[n.name] = names.get(sp.isa, sp.isa)
 
     def _amx_call(self, n: Node, x, sp, w, res=None):

@@ -83,12 +83,20 @@ def _narrowing_requant(kern, node):
 
 
 def step_isa(kern, t: str) -> str | None:
-    """The isa of the GEMM step that reads tensor t: the kernels' own for 8-bit codes, AVX2 `vpmaddwd`
-    (every x86 isa has it) for 16-bit codes in int32 storage, None where no kernel step reads t."""
+    """The isa of the GEMM step that reads tensor t: the kernels' own for 8-bit codes; for 16-bit codes
+    in int32 storage the int16 step, `vpdpwssd` (`vnni16`) on AVX512-VNNI, else AVX2 `vpmaddwd` (every
+    x86 isa has it); None where no kernel step reads t."""
     d = kern.L.g.dtypes[t]
     if d in ("int8", "uint8"):
         return kern.isa
-    return "avx2" if d == "int32" and kern.isa in _X86_ISAS and _int16_codes(kern.L, t) else None
+    if d == "int32" and kern.isa in _X86_ISAS and _int16_codes(kern.L, t):
+        return int16_isa(kern.isa)
+    return None
+
+
+def int16_isa(isa: str) -> str:
+    """The int16-pair step an x86 kernel isa has: `vpdpwssd` on VNNI, `vpmaddwd` (AVX2) elsewhere."""
+    return "vnni16" if isa == "vnni" else "avx2"
 
 
 def _int16_codes(L, t: str) -> bool:
@@ -114,7 +122,7 @@ def bmm(kern, node, xs):
     i, k, j = (int(d) for d in (sa[-2], sa[-1], sb[-1]))
     a, p = node.attrs, node.params
     sp = BmmSpec(n if static else None, g, i, k, j, L.g.dtypes[ta], L.g.dtypes[tb], L.g.dtypes[node.output],
-                 int(p["M"]), int(p["S"]), a["lo"], a["hi"])
+                 int(p["M"]), int(p["S"]), a["lo"], a["hi"], int16_isa(kern.isa))
     x, y = (L.emit(relax.op.reshape(v, [n, g, *sh[-2:]])) for v, sh in zip(xs, (sa, sb)))
     out = kern._call(("bmm", sp), lambda: bmm_func(sp), [x, y], [n, g, i, sp.jb, 16], sp.out_dtype)
     out = L.emit(relax.op.reshape(out, [n, g, i, sp.jb * 16]))

@@ -51,7 +51,7 @@ class KernelIO(ConvGeometry):
 class ConvSpec(KernelIO):
     """Everything that determines one conv kernel (weights and rescale factors are arguments)."""
 
-    isa: str = "vnni"                 # vnni | avx512 | avx2 (x86); sdot | usdot | usmmla (aarch64)
+    isa: str = "vnni"                 # vnni | vnni16 | avx512 | avx2 (x86); sdot | usdot | usmmla (aarch64)
     tile: tuple[int, int, int] = (1, 1, 8)   # ocbi, ohi, owi
     depthwise: bool = False           # groups == C == O
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand
@@ -65,10 +65,11 @@ class ConvSpec(KernelIO):
 
     @property
     def pmadd(self) -> bool:
-        """AVX2 `vpmaddwd` for the plain conv / dense / `rowtaps` (`intrin_avx2`): the same 16 x 4 step as four
-        instructions on weights sign-extended to int16 in the kernel; depthwise (and 4-bit weights,
-        `lowering`) keep the fallback."""
-        return self.isa == "avx2" and not self.depthwise and not self.w4
+        """The int16 step for the plain conv / dense / `rowtaps` (`intrin_avx2`): AVX2 `vpmaddwd` (four
+        instructions per 16 x 4 step) or, for 16-bit codes on AVX512-VNNI (`vnni16`), `vpdpwssd` (two),
+        on weights sign-extended to int16 in the kernel; depthwise (and 4-bit weights, `lowering`) keep
+        the fallback."""
+        return self.isa in INT16_ISAS and not self.depthwise and not self.w4
 
     @property
     def mmla(self) -> bool:
@@ -142,11 +143,13 @@ class ConvSpec(KernelIO):
 
 
 DOT_ISAS = ("vnni", "sdot", "usdot", "usmmla")
+INT16_ISAS = ("avx2", "vnni16")  # the int16-pair step of `intrin_avx2`: `vpmaddwd` / `vpdpwssd`
 MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see intrin.py), so registers
 # vector register file per isa for `choose_tile`: (registers, per 16-lane int32 accumulator, per 16 x 4
 # weight operand, per activation broadcast). AVX2: 16 ymm; an accumulator is 2 of them, a weight
-# operand 4 (sign-extended to int16), the two int16 pair broadcasts of one pixel 2.
-REGFILE = {"avx2": (16, 2, 4, 2)}
+# operand 4 (sign-extended to int16), the two int16 pair broadcasts of one pixel 2. vnni16: 32 zmm; an
+# accumulator 1, a weight operand 2 (its two sign-extended pairs), a pixel's two pair broadcasts 2.
+REGFILE = {"avx2": (16, 2, 4, 2), "vnni16": (32, 1, 2, 2)}
 
 
 def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 1,
@@ -182,9 +185,9 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
 
 def kernel_tile(isa: str, o: int, oh: int, ow: int, depthwise: bool = False, w4: bool = False) -> tuple[int, int, int]:
     """The register tile of a conv / GEMM kernel on `isa`: `choose_tile` where a dot-product or
-    `vpmaddwd` step runs (16-lane vectors: 1 zmm on VNNI, 4 NEON q-registers, AVX2 from `REGFILE`),
+    int16 step runs (16-lane vectors: 1 zmm on VNNI, 4 NEON q-registers, AVX2 / vnni16 from `REGFILE`),
     else (1, 1, 4) (the int32-lane fallbacks)."""
-    if isa in DOT_ISAS or (isa == "avx2" and not depthwise):
+    if isa in DOT_ISAS or (isa in INT16_ISAS and not depthwise):
         return choose_tile(16 if depthwise else o, oh, ow, w4, 1 if isa == "vnni" else 4, isa=isa)
     return (1, 1, 4)
 
