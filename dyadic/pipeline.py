@@ -21,7 +21,7 @@ from dyadic.core.verify import verify_float_graph, verify_integer_graph
 from dyadic.core.config import BitMode
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
                            fuse_activations, fuse_layernorm, fuse_softmax_bias, fuse_unary, measure_costs,
-                           quantize_graph, round_weights, widen_activations, widen_residual)
+                           quantize_graph, round_weights, share_concat_scales, widen_activations, widen_residual)
 
 Pass = Callable[[Graph], Graph]
 
@@ -38,6 +38,7 @@ def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: boo
         ("widen_activations", partial(widen_activations, kind=config.wide_activations)),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
                                      quiet=config.quiet, method=config.calibration, percentile=config.percentile)),
+        ("share_concat_scales", share_concat_scales),
         *([("estimate_sensitivity", partial(estimate_sensitivity, data=calib, samples=config.hessian_samples,
                                             quiet=config.quiet, weight_clip=config.weight_clip)),
            ("measure_costs", partial(measure_costs, target=config.target, quiet=config.quiet, rpc=config.rpc))]

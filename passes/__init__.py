@@ -14,12 +14,13 @@ from .fuse_unary import fuse_unary
 from .measure_costs import measure_costs
 from .quantize_graph import quantize_graph
 from .round_weights import round_weights
+from .share_concat_scales import share_concat_scales
 from .widen_activations import widen_activations
 from .widen_residual import widen_residual
 
 __all__ = [
     "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual",
     "widen_activations",
-    "calibrate_ranges", "estimate_sensitivity",
+    "calibrate_ranges", "share_concat_scales", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

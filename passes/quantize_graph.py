@@ -196,7 +196,8 @@ def _quantize_node(graph: Graph, n: Node, qp: dict[str, QParams], out_q, nodes: 
                           {"M": m, "S": s}))
     elif n.op == "concat":
         ins = [qp[i] for i in n.inputs]
-        if all(i == ins[0] for i in ins):
+        # equal inputs pass through, unless the output has a wider rule of its own (a 16-bit graph output)
+        if all(i == ins[0] for i in ins) and out_q(n.output, ins[0].signed).bits == ins[0].bits:
             qp[n.output] = ins[0]
             nodes.append(n)
             return

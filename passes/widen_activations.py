@@ -18,9 +18,11 @@ otherwise requantize the input to the widest width that fits (`ops.matmul.widest
 `qadd`/`qmul`/`qaffine` work in int64 (bounded by the verifier), `qlut` indexes a 65,536-entry
 table (exact at every code, as at 8 bits), `qmean_hw` and `qavgpool` sum in int64, a concat aligns
 its inputs to its own (16-bit) scale. 16-bit codes are stored as
-int32. On x86 a conv on them runs on dyadic's AVX2 kernels (`vpmaddwd` reads int16 pairs, which is
-also what it does with 8-bit inputs, so the extra cost is the wider loads and stores; a depthwise
-conv multiplies in int32); on arm and cuda such a conv takes TVM's generic code.
+int32. On x86 a conv on them runs on dyadic's int16 step (`intrin_avx2`): `vpmaddwd` on AVX2 hosts,
+which is also what they do with 8-bit inputs, so the extra cost is the wider loads and stores;
+`vpdpwssd` on AVX512-VNNI hosts, at about half the rate of their 8-bit `vpdpbusd` (ResNet-50's 3x3
+and 1x1 shapes, 1 thread, Zen 4: 84-106 against 183-211 GMAC/s; the AVX2 step there ran 52-62); a
+depthwise conv multiplies in int32. On arm and cuda such a conv takes TVM's generic code.
 
 Measured (2-core AMD EPYC Zen 3, AVX2 only, 1 thread):
 * PP-OCR text-line classifier (trained), top-1 on its 1,000 test lines: 98.5 % by default, 98.9 %

@@ -143,9 +143,6 @@ def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme, isa):
     """Q·Kᵀ and P·V (`cpu_bmm`): both operands packed at run time, K and J padded (K % 4, J % 16 != 0),
     16-bit codes in int32 storage on either side (A up to 2^15, B 11-bit: with K < 64 the int32 bound
     holds), symbolic batch; extreme: operands only at their bounds."""
-    from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
-    from dyadic.core.arith import requantize
-
     rng = np.random.default_rng(i * j + k)
     lo, hi = (0, 32767) if adt == "int32" else (np.iinfo(adt).min, np.iinfo(adt).max)
     blo, bhi = (-1024, 1023) if bdt == "int32" else (-128, 127)
@@ -156,8 +153,18 @@ def test_avx2_batched_matmul_bitexact(g, i, k, j, adt, bdt, extreme, isa):
     a, b = a.astype(adt), b.astype(bdt)
     m, s = int(rng.integers(2 ** 30, 2 ** 31)), 36 if adt == "int32" else 30
     s += 6 if bdt == "int32" else 0
+    _check_bmm(a, b, m, s, isa)
+
+
+def _check_bmm(a: np.ndarray, b: np.ndarray, m: int, s: int, isa: str) -> None:
+    """`cpu_bmm` on a [2, G, I, K] x [2, G, K, J] pair against the int64 product, requantized to 16 bits."""
+    from dyadic.backend.kernels.cpu_bmm import BmmSpec, bmm_func
+    from dyadic.core.arith import requantize
+
+    _, g, i, k = a.shape
+    j = b.shape[-1]
     want = requantize(np.matmul(a.astype(np.int64), b.astype(np.int64)), np.int64(m), np.int64(s), -32768, 32767)
-    sp = BmmSpec(None, g, i, k, j, adt, bdt, "int32", m, s, -32768, 32767, isa)
+    sp = BmmSpec(None, g, i, k, j, str(a.dtype), str(b.dtype), "int32", m, s, -32768, 32767, isa)
     lib = tvm.compile(tvm.IRModule({"main": bmm_func(sp)}), target=tvm.target.Target(TARGET[isa]))
     out = tvm.runtime.empty((2, g, i, sp.jb, 16), "int32")
     lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
@@ -185,3 +192,24 @@ def test_avx2_conv_on_16bit_codes_bitexact(name, extreme, isa):
     got, want = _run_conv(**WIDE_CASES[name], din="int32", isa=isa, target=TARGET[isa], extreme=extreme)
     assert len(np.unique(want)) > 3 or extreme, "degenerate case"
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", INT16)
+@pytest.mark.parametrize("k,extreme", [(128, True), (128, False), (77, True)])
+def test_batched_matmul_probabilities_by_16bit_values(k, extreme, isa):
+    """P·V with both operands 16-bit (`ops/matmul` a_rowsum): probability rows (codes >= 0 summing to at
+    most Q + K/2, one-hot rows at Q included) against values at +-2^15; K max|a| max|b| would be 2^37,
+    but every pair sum and partial sum stays below (Q + K/2) 2^15 < 2^31."""
+    rng = np.random.default_rng(k)
+    g, i, j, q = 3, 19, 40, 32767
+    w = rng.exponential(1.0, (2, g, i, k)) ** 3
+    a = np.floor(w / w.sum(-1, keepdims=True) * q + 0.5).astype(np.int64)  # at most Q + K/2 per row
+    a[0, 0, 0] = 0
+    a[0, 0, 0, 5] = q  # one-hot
+    a[1, 0, 1] = q // k + 1  # flat, every code rounded up
+    assert a.sum(-1).max() <= q + k // 2 + 1
+    b = rng.integers(-32768, 32768, (2, g, k, j))
+    if extreme:
+        b = np.where(rng.random(b.shape) < 0.5, -32768, 32767)
+        b[1, 0, :, 0] = -32768  # against the flat row: the largest sum of one sign
+    _check_bmm(a.astype("int32"), b.astype("int32"), int(rng.integers(2 ** 30, 2 ** 31)), 46, isa)

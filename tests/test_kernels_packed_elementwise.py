@@ -1,4 +1,5 @@
-"""The packed-layout table lookup and activation product kernels (`cpu_ops.lut_func`, `qmul_func`):
+"""The packed-layout table lookup, activation product, per-channel affine and requant kernels
+(`cpu_ops.lut_func`, `qmul_func`, `affine_func`, `requant_func`):
 bit-exact against the numpy int64 reference (`dyadic.core.arith.requantize`, the `qlut` gather) on
 random codes and at the bounds, both requant forms of `qmul` (int32 where S >= 33, else int64), a
 squeeze-excite gate and a same-shape operand, 8-bit and 16-bit codes. That a compiled MobileNetV3
@@ -12,7 +13,10 @@ tvm = pytest.importorskip("tvm")
 
 from dyadic.backend.kernels import cpu_ops  # noqa: E402
 from dyadic.core.arith import requantize  # noqa: E402
-from test_kernels_x86 import HOST, _packed, needs_avx2  # noqa: E402
+from dyadic.backend.kernels.packed_ops import packed_channels  # noqa: E402
+from dyadic.core.arith import rounding_term  # noqa: E402
+from dyadic.core.graph import Node  # noqa: E402
+from test_kernels_x86 import HOST, _packed, _unpacked, needs_avx2  # noqa: E402
 
 
 def _run(func, *arrays, out_shape, out_dtype):
@@ -113,5 +117,56 @@ def test_residual_add_any_layout_bitexact(da, db, dout, s):
     want = np.clip((a * ma + b * mb + int(rounding_term(np.int64(s)))) >> s, lo, hi)
     got = _run(cpu_ops.add_any_func((None, 37, 24), da, db, dout, ma, mb, s, lo, hi), a.astype(da), b.astype(db),
                out_shape=shape, out_dtype=dout)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 3, "degenerate case"
+
+
+def _codes(rng, dt, shape):
+    lo, hi = (-32768, 32767) if dt == "int32" else (np.iinfo(dt).min, np.iinfo(dt).max)
+    v = rng.integers(lo, hi + 1, shape)
+    v.reshape(-1)[:4] = [lo, hi, lo, hi]
+    return v
+
+
+@needs_avx2
+@pytest.mark.parametrize("din,dout,lo,hi", [("int8", "uint8", 0, 255), ("uint8", "int8", -128, 127),
+                                            ("int32", "int32", -32768, 32767)])
+def test_packed_affine_kernel_bitexact(din, dout, lo, hi):
+    """`qaffine` per channel on the packed layout (`cpu_ops.affine_func`, DenseNet's pre-activation BN
+    with its ReLU fused): the int64 reference of `ops/arith_ops`, negative gains and offsets, shifts 20..50."""
+    from dyadic.ops import INT
+
+    rng = np.random.default_rng(len(din) + hi)
+    c, h, w = 37, 5, 6
+    x = _codes(rng, din, (2, c, h, w))
+    g = rng.choice([-1, 1], c).astype(np.int64)
+    m = rng.integers(1 << 30, 1 << 31, c).astype(np.int64)
+    s = rng.integers(20, 51, c).astype(np.int64)
+    k = (rng.normal(0, 50, c) * np.exp2(s)).astype(np.int64)
+    node = Node("qaffine", "bn", ("x",), ("y",), {"lo": lo, "hi": hi}, {"M": m, "S": s, "G": g, "K": k})
+    want = INT["qaffine"].run_int(node, [x], None)
+    sp = packed_channels(s, c, fill=1).reshape(-1)
+    consts = [packed_channels(g * m, c).reshape(-1), packed_channels(k, c).reshape(-1), rounding_term(sp), sp]
+    got = _run(cpu_ops.affine_func(3, h, w, din, dout, lo, hi), _packed(x.astype(din)), *consts,
+               out_shape=(2, 3, h, w, 16), out_dtype=dout)
+    np.testing.assert_array_equal(_unpacked(got, c), want)
+    assert len(np.unique(want)) > 3, "degenerate case"
+
+
+@needs_avx2
+@pytest.mark.parametrize("din,dout,s,m", [("uint8", "int8", 34, (1 << 31) - 1), ("int8", "uint8", 33, 1 << 30),
+                                          ("int32", "int8", 38, 1500000000), ("int8", "int32", 31, 1 << 30),
+                                          ("int32", "int32", 36, (1 << 32) + 5)])
+def test_packed_requant_kernel_bitexact(din, dout, s, m):
+    """A per-tensor `requant` of a packed tensor (`cpu_ops.requant_func`): the int32 form (S >= 33,
+    M < 2^31) and the int64 one, at the input codes' bounds and saturating."""
+    from dyadic.core.arith import requantize
+
+    rng = np.random.default_rng(s)
+    x = _codes(rng, din, (2, 3, 4, 5, 16))
+    lo, hi = (-32768, 32767) if dout == "int32" else (np.iinfo(dout).min, np.iinfo(dout).max)
+    want = requantize(x, np.int64(m), np.int64(s), lo, hi)
+    got = _run(cpu_ops.requant_func((None, 3, 4, 5, 16), din, dout, m, s, lo, hi), x.astype(din),
+               out_shape=x.shape, out_dtype=dout)
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 3, "degenerate case"

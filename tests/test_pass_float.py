@@ -179,6 +179,22 @@ def test_fuse_only_one_activation_per_layer(rng):
     assert g.nodes[0].attrs["act"] == (0.0, math.inf) and g.nodes[1].inputs == ("r",)
 
 
+def test_fuse_relu_into_standalone_batchnorm_affine(rng):
+    """Before: Conv -> Concat -> BatchNormalization -> Relu (DenseNet's pre-activation BN, which
+    fold_batchnorm leaves as a per-channel affine). Expected: the Relu fused into the affine, which
+    computes the same floats as BN then Relu (onnxruntime)."""
+    c = 4
+    inits = {"W": conv_w(rng, c, 3), "g": f32(rng.uniform(0.5, 2, 2 * c)), "b": f32(rng.normal(0, 1, 2 * c)),
+             "m": f32(rng.normal(0, 0.5, 2 * c)), "v": f32(rng.uniform(0.5, 2, 2 * c))}
+    m = make_model([node("Conv", ["input", "W"], "c", pads=[1, 1, 1, 1]), node("Concat", ["c", "c"], "cat", axis=1),
+                    node("BatchNormalization", ["cat", "g", "b", "m", "v"], "bn"), node("Relu", ["bn"], "out")], inits)
+    g = fuse_activations(fold_batchnorm(import_onnx(m)))
+    assert [n.op for n in g.nodes] == ["conv", "concat", "affine"]
+    assert g.node("bn").attrs["act"] == (0.0, math.inf) and g.node("bn").outputs == ("out",)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(execute(g, {"input": x})["out"], run_ort(m, x), rtol=1e-5, atol=1e-5)
+
+
 def test_fuse_not_after_pool(rng):
     m = make_model([node("MaxPool", ["input"], "p", kernel_shape=[2, 2]), node("Relu", ["p"], "out")])
     g = fuse_activations(import_onnx(m))

@@ -4,7 +4,9 @@
   docstring states, over random inputs (hypothesis).
 * The integer square root (numpy and the Relax form the library runs, CPU and GPU shapes of it) is
   the exact floor square root; one reciprocal per row plus a correction step is exact floor division.
-* The verifier refuses a MatMul whose int32 accumulator can overflow.
+* The verifier refuses a MatMul whose int32 accumulator can overflow, and accepts the probability
+  row-sum bound of P·V only where P is a last-axis qsoftmax's own output; those row sums are at most
+  Q + n/2 on any input (hypothesis).
 """
 from __future__ import annotations
 
@@ -43,6 +45,30 @@ def test_softmax_error_bound(n, scale, seed, bits):
     ref = FLOAT["softmax"].run_float(fnode, [q.astype(np.float64) * scale])
     bound = 1 / (2 * inode.attrs["Q"]) + (n / 2 + 0.5) * 2.0 ** -15
     assert np.abs(y - ref).max() <= bound + 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), scale=st.floats(0.001, 2.0), seed=st.integers(0, 2 ** 31), bits=st.sampled_from([8, 16]),
+       peaked=st.booleans())
+def test_softmax_row_sums_within_the_matmul_bound(n, scale, seed, bits, peaked):
+    """Σ of a qsoftmax row <= Q + n/2 (`ops.matmul.softmax_rowsum`, which the P·V int32 bound uses):
+    every code rounds up by at most 1/2; flat rows (all codes equal) and one-hot rows included"""
+    from dyadic.ops.matmul import softmax_rowsum
+
+    rng = np.random.default_rng(seed)
+    qx = QParams(scale, bits, True)
+    q = rng.integers(qx.lo, qx.hi + 1, (6, n))
+    q[0] = qx.hi  # flat: every term rounds the same way
+    if peaked:
+        q[1] = qx.lo
+        q[1, 0] = qx.hi
+    fnode = Node("softmax", "sm", ("x",), ("y",), {"axis": 1})
+    out = QParams(1 / 32767, 16, True) if bits == 16 else QParams(1 / 255, 8, False)
+    ctx = _ctx({"x": (-1, n), "y": (-1, n)}, {}, {"x": qx}, out)
+    FLOAT["softmax"].quantize(ctx, fnode)
+    inode = _int_node(ctx)
+    y = INT["qsoftmax"].run_int(inode, [q], None)
+    assert y.min() >= 0 and y.sum(1).max() <= softmax_rowsum(inode.attrs["Q"], n)
 
 
 @settings(max_examples=40, deadline=None)
@@ -155,6 +181,64 @@ def test_matmul_verifier_bound():
     with pytest.raises(VerificationError, match="int32 accumulator can overflow"):
         verify_integer_graph(mk(QParams(0.1, 16, True)), "test")
     assert q16.bits == 16
+
+
+def _pv_graph(producer: str, rowsum: int | None, k: int = 128) -> Graph:
+    """P (a qsoftmax output, or a plain input) x V, both 16-bit, K = 128, with an optional a_rowsum claim."""
+    q16 = QParams(0.001, 16, True)
+    shapes = {"s": (-1, 2, 4, k), "a": (-1, 2, 4, k), "b": (-1, 2, k, 8), "y": (-1, 2, 4, 8)}
+    attrs = {"lo": -32768, "hi": 32767, **({"a_rowsum": rowsum} if rowsum is not None else {})}
+    mm = Node("qmatmul", "mm", ("a", "b"), ("y",), attrs, {"M": np.array(1 << 30), "S": np.array(45)})
+    nodes = (mm,)
+    inputs = ("a", "b")
+    if producer == "softmax":
+        sm = Node("qsoftmax", "sm", ("s",), ("a",), {"axis": 3, "Q": 32767, "lo": 0, "hi": 32767},
+                  {"E": np.array([1 << 15, 1 << 14], np.int32)})
+        nodes, inputs = (sm, mm), ("s", "b")
+    dt = {t: "int32" for t in shapes}
+    return Graph(nodes, inputs, ("y",), shapes, dt, qparams={t: q16 for t in shapes})
+
+
+def test_matmul_probability_rowsum_bound():
+    """P·V at 16 x 16 bits over 128 keys: K max|a| max|b| = 2^37 would overflow, but P's rows sum to at
+    most 32767 + 64 (+1), so (32832) x 32768 < 2^31 is accepted where P is the qsoftmax's own output;
+    the same claim on a tensor no softmax produced, or a claim below the true row sum, is refused."""
+    from dyadic.core.errors import VerificationError
+    from dyadic.core.verify import verify_integer_graph
+    from dyadic.ops.matmul import softmax_rowsum
+
+    verify_integer_graph(_pv_graph("softmax", softmax_rowsum(32767, 128)), "test")
+    with pytest.raises(VerificationError, match="int32 accumulator can overflow"):
+        verify_integer_graph(_pv_graph("softmax", None), "test")
+    with pytest.raises(VerificationError, match="a_rowsum 32832 claimed"):
+        verify_integer_graph(_pv_graph("input", softmax_rowsum(32767, 128)), "test")
+    with pytest.raises(VerificationError, match="a_rowsum 32767 claimed"):
+        verify_integer_graph(_pv_graph("softmax", 32767), "test")
+
+
+def test_quantized_attention_keeps_probabilities_and_values_16bit():
+    """Before: softmax(scores) @ V with 16-bit probabilities and values, K = 128. Expected: one qmatmul
+    reading both unrequantized (no narrowing requant nodes), with the a_rowsum claim; a product whose
+    left operand is not a softmax output narrows as before."""
+    from dyadic.ops.matmul import softmax_rowsum
+
+    k = 128
+    shapes = {"s": (-1, 2, 4, k), "p": (-1, 2, 4, k), "v": (-1, 2, k, 8), "y": (-1, 2, 4, 8)}
+    sm = Node("softmax", "sm", ("s",), ("p",), {"axis": 3})
+    mm = Node("matmul", "mm", ("p", "v"), ("y",))
+    g = Graph((sm, mm), ("s", "v"), ("y",), shapes, {}, ranges={"p": (0.0, 1.0), "v": (-3.0, 3.0), "y": (-3.0, 3.0)})
+    q16 = lambda sc: QParams(sc, 16, True)  # noqa: E731
+    for a_prob in (True, False):
+        qp = {"p": q16(1 / 32767) if a_prob else q16(1 / 32767), "v": q16(3 / 32767)}
+        gg = g if a_prob else g.replace(nodes=(mm,), inputs=("p", "v"))
+        ctx = QuantContext(gg, dict(qp), lambda t, signed=None: q16(3 / 32767))
+        FLOAT["matmul"].quantize(ctx, mm)
+        ops = [n.op for n in ctx.nodes]
+        if a_prob:
+            assert ops == ["qmatmul"] and ctx.nodes[0].inputs == ("p", "v")
+            assert ctx.nodes[0].attrs["a_rowsum"] == softmax_rowsum(32767, k)
+        else:
+            assert ops.count("requant") >= 1 and "a_rowsum" not in ctx.nodes[-1].attrs
 
 
 @settings(max_examples=300, deadline=None)

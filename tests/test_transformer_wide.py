@@ -36,8 +36,12 @@ def test_encoder_block_widths():
         a, b = (ig.qparams[t] for t in mm.inputs)
         k = ig.shapes[mm.inputs[0]][-1]
         amax = lambda q: max(abs(q.lo), abs(q.hi))  # noqa: E731
+        if "a_rowsum" in mm.attrs:  # P·V: the probabilities' row-sum bound keeps both at 16 bits
+            assert (a.bits, b.bits) == (16, 16) and mm.attrs["a_rowsum"] * amax(b) < 2 ** 31, mm.name
+            continue
         assert a.bits > 8 and b.bits > 8 and k * amax(a) * amax(b) < 2 ** 31, (mm.name, a.bits, b.bits)
         assert k * (2 * amax(a) + 1) * (2 * amax(b) + 1) >= 2 ** 31 or (a.bits, b.bits) == (16, 16), mm.name
+    assert sum("a_rowsum" in n.attrs for n in ig.nodes if n.op == "qmatmul") == 1  # the block's one P·V
     readers = {n.output: n for n in ig.nodes if n.op == "qlinear"}
     assert readers["qb"].inputs == ("h",) and readers["f1"].inputs == ("h2",) and readers["f2"].inputs == ("g",)
     assert readers["proj"].inputs == ("o",)                # the context, reshaped, at 16 bits

@@ -48,7 +48,10 @@ def affine_axis(node) -> int | None:
 def _affine_float(node, xs):
     x = xs[0]
     bc = affine_shape(node, x.ndim)
-    return (x * node.params["A"].reshape(bc) + node.params["B"].reshape(bc)).astype(x.dtype, copy=False)
+    y = (x * node.params["A"].reshape(bc) + node.params["B"].reshape(bc)).astype(x.dtype, copy=False)
+    if "act" in node.attrs:  # a fused Relu / Clip (`passes/fuse_activations`)
+        y = np.clip(y, *node.attrs["act"]).astype(x.dtype, copy=False)
+    return y
 
 
 def _quantize_affine(ctx, node):

@@ -10,8 +10,9 @@ read as it is when the int32 accumulator bound below holds at 16 bits; otherwise
 requantized to the widest b in [8, 16) for which it holds, 2^(b-1) max_o Σ_k |W_q[o, k]| +
 max|B_q| < 2^31 (B_q computed at that input scale). BERT's LN and GELU outputs have a few outlier
 channels (MiniLM: 10-30x the median channel range), so 8 bits leave most channels a handful of
-levels; at 16 bits every channel keeps ~256x finer steps. On x86, 16-bit inputs run on the CPU kernels' AVX2
-`vpmaddwd` GEMM (`kernels/matmul_lowering`: int16 pairs x int8 weights widened to int16), 8-bit ones on the isa's int8 GEMM;
+levels; at 16 bits every channel keeps ~256x finer steps. On x86, 16-bit inputs run on the CPU kernels'
+int16 GEMM step (`kernels/matmul_lowering`: int16 pairs x int8 weights widened to int16; `vpdpwssd` on
+AVX512-VNNI, AVX2 `vpmaddwd` elsewhere), 8-bit ones on the isa's int8 GEMM;
 elsewhere (arm, cuda) 16-bit inputs take the generic Relax matmul (int32 x int8 -> int32).
 Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
 
@@ -20,10 +21,19 @@ Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
 alpha. Quantized (`qmatmul`): integer codes of the widest widths (b_a, b_b) for which the int32
 bound below holds, found by narrowing the wider operand one bit at a time from the operands' own
 widths (`passes/widen_residual` makes queries, keys, values and probabilities 16-bit; MiniLM's
-head dim 32 gives Q·Kᵀ 14 x 13 bits and its 128 keys P·V 13 x 12 bits; 8-bit operands stay 8-bit),
+head dim 32 gives Q·Kᵀ 14 x 13 bits, P·V over 128 keys would be 13 x 12 bits but for the row-sum
+bound below; 8-bit operands stay 8-bit),
 acc = a_q @ b_q in int32, y = clip((acc M + 2^(S-1)) >> S) with M / 2^S ≈ alpha s_a s_b / s_y; on x86
-it runs on the kernels' batched `vpmaddwd` matmul (`kernels/cpu_bmm`) where b is int8.
+it runs on the kernels' batched int16-step matmul (`kernels/cpu_bmm`: `vpdpwssd` on AVX512-VNNI,
+`vpmaddwd` elsewhere).
 Verifier: K max|a_q| max|b_q| < 2^31 (K the contracted length).
+Probabilities (a = a Softmax output over the contracted axis, at its own 16-bit codes, P·V): the
+codes are >= 0 and each row sums to at most Q + n/2 (`ops/softmax`: q_y <= e Q / Σ + 1/2 per term), so
+|Σ_k a_k b_k| <= (Q + n/2) max|b_q|, and so is every partial sum in any order (no term is negative
+on the a side). That bound replaces K max|a_q|: with Q = 32767, n = 128 and 16-bit values it is
+32832 x 32768 < 2^31, so P and V stay 16-bit instead of 13 x 12 bits (attrs["a_rowsum"]; the
+verifier checks it against the producing qsoftmax). The kernels' int16 steps stay exact too: a pair
+sum a0 b0 + a1 b1 <= (a0 + a1) max|b| is below the same bound.
 
 The int64 references compute the products in float64, which is exact: every partial sum is an
 integer below 2^31 (the verifier's bound), far below 2^53.
@@ -154,25 +164,43 @@ def _matmul_float(node, xs):
     return (y * y.dtype.type(alpha) if alpha != 1.0 else y).astype(xs[0].dtype, copy=False)
 
 
+def softmax_rowsum(q_hi: int, n: int) -> int:
+    """The largest row sum of a qsoftmax's codes (output bound Q = q_hi, n terms per row): Q + n/2."""
+    return q_hi + n // 2 + 1
+
+
+def _probabilities(graph, t: str) -> bool:
+    """Whether t is a (float) softmax output over its last axis: a P of P·V."""
+    p = graph.producers().get(t)
+    return p is not None and p.op == "softmax" and p.attrs["axis"] == len(graph.shapes[t]) - 1
+
+
 def _quantize_matmul(ctx, node):
     from dyadic.core.graph import Node
 
     a, b = node.inputs
     k = int(ctx.graph.shapes[a][-1])
     ba, bb = ctx.qp[a].bits, ctx.qp[b].bits
+    own_a = ba
+    rowsum = softmax_rowsum(ctx.qp[a].hi, k) if _probabilities(ctx.graph, a) else None
 
     def amax(t: str, bits: int) -> int:
         q = narrowed_qparams(ctx, t, bits)
         return max(abs(q.lo), abs(q.hi))
-    while k * amax(a, ba) * amax(b, bb) >= INT32_LIMIT and max(ba, bb) > 8:  # narrow the wider one first
+
+    def bound(ba: int, bb: int) -> int:  # the row-sum bound holds for the softmax's own codes only
+        return (rowsum if rowsum is not None and ba == own_a else k * amax(a, ba)) * amax(b, bb)
+    while bound(ba, bb) >= INT32_LIMIT and max(ba, bb) > 8:  # narrow the wider one first
         if bb >= ba:
             bb -= 1
         else:
             ba -= 1
+    attrs = {"a_rowsum": rowsum} if rowsum is not None and ba == own_a else {}
     a, b = narrow_input(ctx, node, 0, ba), narrow_input(ctx, node, 1, bb)
     q = ctx.qp[node.output] = ctx.out_q(node.output)
     m, s = dyadic(node.attrs.get("alpha", 1.0) * ctx.qp[a].scale * ctx.qp[b].scale / q.scale)
-    ctx.nodes.append(Node("qmatmul", node.name, (a, b), node.outputs, ctx.clip_bounds(q, node.attrs.get("act")),
+    ctx.nodes.append(Node("qmatmul", node.name, (a, b), node.outputs,
+                          {**ctx.clip_bounds(q, node.attrs.get("act")), **attrs},
                           {"M": np.array(m, np.int64), "S": np.array(s, np.int64)}))
 
 
@@ -194,10 +222,19 @@ def _qmatmul_verify(graph, n) -> list[str]:
     a, b = n.inputs
     k = graph.shapes[a][-1]
     out = []
-    bound = k * _amax(graph, a) * _amax(graph, b)
+    rowsum = n.attrs.get("a_rowsum")
+    if rowsum is not None:  # a claimed probability row sum: a must be a qsoftmax's own codes, last axis
+        p = graph.producers().get(a)
+        ok = (p is not None and p.op == "qsoftmax" and p.attrs["axis"] == len(graph.shapes[a]) - 1
+              and p.attrs["lo"] >= 0 and softmax_rowsum(p.attrs["Q"], k) <= rowsum)
+        if not ok:
+            out.append(f"{n.name}: a_rowsum {rowsum} claimed, but input {a} is not a last-axis qsoftmax output "
+                       f"with row sums below it")
+        bound, what = rowsum * _amax(graph, b), f"row sum {rowsum} x {_amax(graph, b)}"
+    else:
+        bound, what = k * _amax(graph, a) * _amax(graph, b), f"K {k} x {_amax(graph, a)} x {_amax(graph, b)}"
     if bound >= INT32_LIMIT:
-        out.append(f"{n.name}: int32 accumulator can overflow (K {k} x {_amax(graph, a)} x {_amax(graph, b)} "
-                   f"= {bound})")
+        out.append(f"{n.name}: int32 accumulator can overflow ({what} = {bound})")
     return out
 
 

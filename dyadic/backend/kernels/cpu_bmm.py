@@ -15,8 +15,10 @@ beyond J and K). Zero padding leaves every sum unchanged.
 
 Each register tile is `ti` rows of A x `tj` blocks of 16 columns: per step of 4 k the tj weight
 operands are widened once and reused by the ti rows (`spec.choose_tile` with the isa's register file). A pair
-sum a0 b0 + a1 b1 is at most 2 x 32768 x 128 = 2^23 in magnitude; the whole sum stays below 2^31 by
-the verifier's bound K max|a| max|b| < 2^31, so no step wraps. The epilogue runs on the tile while
+sum a0 b0 + a1 b1 is at most 2 x 32768 x 128 = 2^23 in magnitude for an int8 B; the whole sum stays
+below 2^31 by the verifier's bound K max|a| max|b| < 2^31, or for probabilities x 16-bit values by
+(row sum of a) max|b| < 2^31 (`ops/matmul`: a >= 0, so every pair sum and partial sum is below it
+too), so no step wraps. The epilogue runs on the tile while
 the accumulators are in registers: int64 (acc M + 2^(S-1)) >> S, clipped, as `dyadic.arith`.
 The output is [N, G, I, J16, 16] (columns blocked by 16; the lowering reshapes and slices it).
 """

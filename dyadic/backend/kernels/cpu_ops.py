@@ -223,3 +223,52 @@ def add_any_func(shape: tuple, da: str, db: str, out_dtype: str, ma: int, mb: in
     out = te.compute(dims, lambda *i: _clip((a[i].astype("int64") * _i64(ma) + b[i].astype("int64") * _i64(mb)
                                              + _i64(r)) >> _i64(s), lo, hi).astype(out_dtype), name="out")
     return _func([a, b, out], _flat(8, vector=True))
+
+
+def concat_func(blocks: tuple[int, ...], h: int, w: int, dtype: str) -> tirx.PrimFunc:
+    """Channel concat of packed tensors whose channel counts are whole blocks of 16 (`blocks`: each
+    input's C/16): a copy, the input chosen per output block (the choice is loop-invariant below the
+    parallel (batch, block) loop, so each 16-byte vector is one load and one store)."""
+    n = tirx.Var("n", "int32")
+    xs = [te.placeholder((n, cb, h, w, 16), dtype, f"x{i}") for i, cb in enumerate(blocks)]
+    offs = np.cumsum((0,) + tuple(blocks)).tolist()
+
+    def pick(i, b, c, y, z, j):
+        if i == len(xs) - 1:
+            return xs[i][b, c - offs[i], y, z, j]
+        return tirx.if_then_else(c < offs[i + 1], xs[i][b, tirx.max(c - offs[i], 0), y, z, j],
+                                 pick(i + 1, b, c, y, z, j))
+    out = te.compute((n, offs[-1], h, w, 16), lambda *ix: pick(0, *ix), name="out")
+    return _func([*xs, out], lambda sch: _finish(sch, "out", 2))
+
+
+def affine_func(cb: int, h: int, w: int, din: str, dout: str, lo: int, hi: int) -> tirx.PrimFunc:
+    """`qaffine` per channel on the packed layout (a BatchNorm not after a conv): clip((x G M + K +
+    2^(S-1)) >> S) in int64 as `ops/arith_ops`, the per-channel G M, K, 2^(S-1), S arguments of
+    length C/16 * 16; one pass, 16 lanes vectorized (the generic form was a scalar int64 loop)."""
+    n = tirx.Var("n", "int32")
+    x = te.placeholder((n, cb, h, w, 16), din, "x")
+    gm, k, r, s = (te.placeholder((cb * 16,), "int64", nm) for nm in ("gm", "k", "r", "s"))
+
+    def f(b, i, y, z, j):
+        c = i * 16 + j
+        return _clip((x[b, i, y, z, j].astype("int64") * gm[c] + k[c] + r[c]) >> s[c], lo, hi).astype(dout)
+    out = te.compute((n, cb, h, w, 16), f, name="out")
+    return _func([x, gm, k, r, s, out], lambda sch: _finish(sch, "out", 3))
+
+
+def requant_func(shape: tuple, din: str, dout: str, m: int, s: int, lo: int, hi: int) -> tirx.PrimFunc:
+    """A per-tensor `requant` on any layout (M, S baked in): clip((x M + 2^(S-1)) >> S) as `dyadic.arith`,
+    in the int32 form of `qmul_func` where S >= 33 and M < 2^31, else int64; one vectorized pass."""
+    dims = any_dims(shape)
+    x = te.placeholder(dims, din, "x")
+
+    def f(*i):
+        v = x[i].astype("int32")
+        if s >= 33 and m < 1 << 31:
+            v = tirx.shift_right(tirx.Cast("int32", (v.astype("int64") * _i64(m)) >> _i64(32))
+                                 + tirx.const(1 << (s - 33), "int32"), tirx.const(s - 32, "int32"))
+            return tirx.max(tirx.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(dout)
+        return epilogue.requant(x[i].astype("int64"), (m, s, lo, hi)).astype(dout)
+    out = te.compute(dims, f, name="out")
+    return _func([x, out], _flat(16, vector=True))

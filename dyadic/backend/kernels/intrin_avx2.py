@@ -70,20 +70,23 @@ def _desc(a_dtype: str, b_dtype: str):
     return desc
 
 
-def _pair16(A, p: int):
-    """[a_2p a_2p+1] x 8 of int16 activations: their 32-bit word broadcast (`vpbroadcastd`), no shuffle."""
-    return T.reinterpret(T.broadcast(T.reinterpret(A.vload([2 * p], "int16x2"), dtype="int32"), 8), dtype="int16x16")
+def _pair16(A, p: int, lanes: int = 8):
+    """[a_2p a_2p+1] x lanes of int16 activations: their 32-bit word broadcast (`vpbroadcastd`), no shuffle."""
+    return T.reinterpret(T.broadcast(T.reinterpret(A.vload([2 * p], "int16x2"), dtype="int32"), lanes),
+                         dtype=f"int16x{2 * lanes}")
+
+
+def _wide_b(B, b_dtype: str, p: int, j0: int, lanes: int):
+    """Outputs j0 .. j0 + lanes of input pair p as int16 pairs (int8 weights sign-extended)."""
+    if b_dtype == "int16":
+        return B.vload([p, j0, 0], dtype=f"int16x{2 * lanes}")
+    return T.Cast(f"int16x{2 * lanes}", B.vload([p, j0, 0], dtype=f"int8x{2 * lanes}"))
 
 
 def _impl(a_dtype: str, b_dtype: str):
-    def wide_b(B, p: int, half: int):
-        if b_dtype == "int16":
-            return B.vload([p, 8 * half, 0], dtype="int16x16")
-        return T.Cast("int16x16", B.vload([p, 8 * half, 0], dtype="int8x16"))
-
     def mad(A, B, p: int, half: int):
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_LLVM), _pair16(A, p), wide_b(B, p, half),
-                                       dtype="int32x8")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_LLVM), _pair16(A, p),
+                                       _wide_b(B, b_dtype, p, 8 * half, 8), dtype="int32x8")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, 16, 2), b_dtype, offset_factor=1),
@@ -97,18 +100,9 @@ def _impl(a_dtype: str, b_dtype: str):
 
 
 def _impl_512(a_dtype: str, b_dtype: str):
-    def b16(B, p: int):
-        if b_dtype == "int16":
-            return B.vload([p, 0, 0], dtype="int16x32")
-        return T.Cast("int16x32", B.vload([p, 0, 0], dtype="int8x32"))
-
-    def pair(A, p: int):  # [a_2p a_2p+1] x 16
-        return T.reinterpret(T.broadcast(T.reinterpret(A.vload([2 * p], "int16x2"), dtype="int32"), 16),
-                             dtype="int16x32")
-
-    def dp(acc, A, B, p: int):
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_LLVM_512), acc, pair(A, p), b16(B, p),
-                                       dtype="int32x16")
+    def dp(acc, A, B, p: int):  # acc + [a_2p a_2p+1] x 16 . B[p] on one zmm
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_LLVM_512), acc, _pair16(A, p, 16),
+                                       _wide_b(B, b_dtype, p, 0, 16), dtype="int32x16")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((2, 16, 2), b_dtype, offset_factor=1),

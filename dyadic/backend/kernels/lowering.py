@@ -141,9 +141,7 @@ class CpuKernels:
         if op == "qmean_hw" and n.inputs[0] in self.packed:
             return packed_ops.mean(self, n)
         if op == "requant" and n.inputs[0] in self.packed and np.size(n.params["M"]) == 1:
-            a, p = n.attrs, n.params
-            return self._result(n, self.L.requant(self.values[n.inputs[0]], p["M"], p["S"], a["lo"], a["hi"],
-                                                  self._dtype(n.output)))
+            return packed_ops.requant(self, n)
         if op == "qsoftmax":
             return row_ops.softmax(self, n, self.generic_inputs(n, xs))
         if op == "qlut":
@@ -154,7 +152,7 @@ class CpuKernels:
             return self._result(n, INT[op].lower(self.L, n, [self.values[n.inputs[0]]]))
         if op == "concat" and n.attrs["axis"] == 1 and all(t in self.packed and self.g.shapes[t][1] % 16 == 0
                                                            for t in n.inputs):
-            return self._result(n, self.L.emit(relax.op.concat([self.values[t] for t in n.inputs], axis=1)))
+            return packed_ops.concat(self, n)
         return None
 
     # ---------------------------------------------------------------- convolutions

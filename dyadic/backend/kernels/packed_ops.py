@@ -3,7 +3,7 @@
 Resizes and moves of the H, W axes (`gather` along axis 2 or 3: nearest Resize, Pad reflect/edge,
 Tile; linear `qresize`; ConvTranspose's `zero_insert`) index axes 2 and 3, which are H and W in
 both layouts, so they run on the packed tensor as they are (the lane axis is carried along).
-`qaffine` (per-channel multiplier, sign, offset and shift), `qmul` of an activation by a
+`qaffine` (per-channel multiplier, sign, offset and shift: `cpu_ops.affine_func`), `qmul` of an activation by a
 per-channel gate ([N, C, 1, 1], the squeeze-excite product) or by a same-shape activation, and a
 `qadd` whose second operand is a per-channel [N, C, 1, 1] tensor are layout-agnostic once their
 per-channel operands are in the same layout: a per-channel constant of length C becomes
@@ -79,16 +79,22 @@ def lower(k, n: Node, xs: list):
              if n.op == "qresize" else lower_zero_insert(k.L, n, x, packed=True))
         return k._result(n, y)
     if n.op == "qaffine":
+        from dyadic.core.arith import rounding_term
+        from dyadic.ops.arith_ops import affine_axis
+
         t = n.inputs[0]
-        if t not in k.packed or len(k.g.shapes[t]) != 4:
+        if t not in k.packed or len(k.g.shapes[t]) != 4 or affine_axis(n) != 1:
             return None
         p, a = n.params, n.attrs
-        c = k.g.shapes[t][1]
-        y = k.L.emit(relax.op.astype(k.values[t], "int64"))
-        y = k.L.emit(relax.op.multiply(y, _c64(packed_channels(p["G"] * p["M"], c))))
-        y = k.L.emit(relax.op.add(y, _c64(packed_channels(p["K"], c))))
-        s = packed_channels(p["S"], c, fill=1)
-        return k._result(n, k.L.shift_clip(y, s, a["lo"], a["hi"], k.g.dtypes[n.output]))
+        _, c, h, w = k.g.shapes[t]
+        din, dout = k.g.dtypes[t], k.g.dtypes[n.output]
+        s = packed_channels(p["S"], c, fill=1).reshape(-1)
+        consts = [packed_channels(p["G"] * p["M"], c).reshape(-1), packed_channels(p["K"], c).reshape(-1),
+                  rounding_term(s), s]
+        key = ("affine", c, h, w, din, dout, a["lo"], a["hi"])
+        return k._result(n, k._call(key, lambda: cpu_ops.affine_func(ceil_div(c, 16), h, w, din, dout, a["lo"],
+                                                                     a["hi"]),
+                                    [k.values[t], *map(_c64, consts)], k._pshape(n.output), dout))
     if n.op == "qmul":
         vs = _operands(k, n, xs)
         if vs is None:
@@ -145,3 +151,25 @@ def mean(k, n: Node):
     shape = [k.L.batch, c, 1, 1] if keep else [k.L.batch, c]
     return k._call(key, lambda: cpu_ops.mean_func(c, h, w, din, dout, a["lo"], a["hi"], keep),
                    [k.values[t], _c64(q)], shape, dout)
+
+
+def concat(k, n: Node):
+    """Channel concat of packed inputs, each a whole number of 16-channel blocks (`cpu_ops.concat_func`),
+    in one vectorized copy; generic Relax concat there was a scalar loop."""
+    _, _, h, w = k.g.shapes[n.output]
+    blocks = tuple(k.g.shapes[t][1] // 16 for t in n.inputs)
+    dt = k.g.dtypes[n.output]
+    y = k._call(("concat", blocks, h, w, dt), lambda: cpu_ops.concat_func(blocks, h, w, dt),
+                [k.values[t] for t in n.inputs], k._pshape(n.output), dt)
+    return k._result(n, y)
+
+
+def requant(k, n: Node):
+    """A per-tensor `requant` of a packed tensor (`cpu_ops.requant_func`, M and S baked in)."""
+    t, a = n.inputs[0], n.attrs
+    m, s = int(n.params["M"]), int(n.params["S"])
+    din, dout = k.g.dtypes[t], k.g.dtypes[n.output]
+    shape = (None, *k._pshape(n.output)[1:])
+    key = ("requant", tuple(shape), din, dout, m, s, a["lo"], a["hi"])
+    return k._result(n, k._call(key, lambda: cpu_ops.requant_func(shape, din, dout, m, s, a["lo"], a["hi"]),
+                                [k.values[t]], k._pshape(n.output), dout))
