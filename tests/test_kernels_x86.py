@@ -51,7 +51,7 @@ def _unpacked(y: np.ndarray, c: int) -> np.ndarray:
 
 def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
               dout="uint8", clip=(0, 255), residual=None, shifts=(34, 40), isa="vnni", target=None,
-              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False):
+              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False, groups=1):
     """Build one kernel, run it on random data, return (got, want) in NCHW (extreme: every input and
     weight at a bound of its type, the largest products and sums; tile: force the register tile)."""
     rng = np.random.default_rng(seed)
@@ -60,20 +60,22 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
     info = np.iinfo("int16" if din == "int32" else din)  # int32 storage holds 16-bit codes
     x = rng.integers(info.min, info.max + 1, (batch, c, h, w)).astype(din)
     wmax = 8 if w4 else 128
-    wt = rng.integers(-wmax, wmax, (o, 1 if depthwise else c, k, k)).astype(np.int8)
+    wt = rng.integers(-wmax, wmax, (o, 1 if depthwise else c // groups, k, k)).astype(np.int8)
+    gcb = max(16, c // groups) // 16 if groups > 1 else 0  # `ConvSpec.gcb`: square super-groups
     if extreme:
         x = np.where(rng.random(x.shape) < 0.5, info.min, info.max).astype(din)
         wt = np.where(rng.random(wt.shape) < 0.5, -wmax, wmax - 1).astype(np.int8)
     b = rng.integers(-3000, 3000, o).astype(np.int32)
     m = rng.integers(2 ** 30, 2 ** 31, o).astype(np.int64)
     s = rng.integers(*shifts, o).astype(np.int64)
-    attrs = {"strides": stride, "pads": pads, "dilations": dil, "group": c if depthwise else 1,
+    attrs = {"strides": stride, "pads": pads, "dilations": dil, "group": c if depthwise else groups,
              "lo": clip[0], "hi": clip[1]}
     want = run_int_node(Node("qconv", "c", ("x",), ("y",), attrs, {"W": wt, "B": b, "M": m, "S": s}), [x], None)
     hi32 = packing.hi32_ok(s)
     if tile is None:
         pm = isa in ("avx2", "vnni16") and not depthwise and not w4  # the int16 step: the lowering's tile
-        tile = choose_tile(16 if depthwise else o, oh, ow, isa=isa) if isa == "vnni" or pm else (1, 1, 4)
+        to = 16 if depthwise else 16 * gcb if gcb else o
+        tile = choose_tile(to, oh, ow, isa=isa) if isa == "vnni" or pm else (1, 1, 4)
     res_spec, extra = None, []
     if residual is not None:
         rdt, lo2, hi2, s2 = residual
@@ -87,7 +89,7 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
         want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
                                  {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
     sp = ConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec, hi32, isa,
-                  tile, depthwise, w4)
+                  tile, depthwise, w4, gcb=gcb)
     lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(target or HOST))
     op = sp.ocb * 16
     wp = packing.weight(wt, sp)
@@ -116,6 +118,12 @@ CONV_CASES = {
                                 clip=(-128, 127), residual=("int8", -128, 127, 30)),
     "dense_as_1x1": dict(c=37, h=1, w=1, o=10, k=1, pads=(0, 0, 0, 0), dout="int32", clip=(-32768, 32767),
                          batch=3),
+    "grouped_4ch_packed": dict(c=64, h=7, w=9, o=64, k=3, packed=True, din="uint8", groups=16),  # ResNeXt's 4-wide
+    "grouped_8ch_stride2_signed": dict(c=48, h=9, w=8, o=48, k=3, stride=(2, 2), packed=True, groups=6),  # RegNet's 8
+    "grouped_8ch_part_block": dict(c=40, h=6, w=7, o=40, k=3, packed=True, din="uint8", groups=5),  # RegNet's 104, 440
+    "grouped_32ch_residual": dict(c=64, h=6, w=7, o=64, k=3, packed=True, din="uint8", groups=2,
+                                  residual=("uint8", 0, 255, 31)),
+    "grouped_16ch_nchw_1x1": dict(c=32, h=5, w=5, o=32, k=1, pads=(0, 0, 0, 0), groups=2),
     "depthwise_packed": dict(c=40, h=11, w=9, o=40, k=3, packed=True, din="uint8", depthwise=True),
     "depthwise_stride2_signed": dict(c=24, h=12, w=12, o=24, k=3, stride=(2, 2), packed=True, dout="int8",
                                      clip=(-128, 127), depthwise=True),

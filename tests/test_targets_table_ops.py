@@ -123,3 +123,59 @@ def test_encoder_block_with_chain_barriers_bit_exact_on_host(tmp_path, monkeypat
     ig = res.int_graph
     q = quantize_inputs(ig, {"ids": rng.integers(0, 50, (3, 8)).astype(np.int64)})
     np.testing.assert_array_equal(dyadic.load(str(tmp_path)).run_int(q)[0], run_reference(ig, q)[ig.outputs[0]])
+
+
+def _dense_block():
+    """ResNeXt/RegNet/DenseNet patterns: a grouped 3x3 conv (4-channel and 16-channel groups), a concat
+    of the block input with the new features (nested twice, DenseNet-style), a pre-activation BN +
+    ReLU before the 1x1 conv, a global-pool head."""
+    rng = np.random.default_rng(11)
+    c = 32
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Relu", ["c0"], "r0"),
+             node("Conv", ["r0", "Wg4"], "g4", pads=[1, 1, 1, 1], group=8), node("Relu", ["g4"], "rg4"),
+             node("Concat", ["r0", "rg4"], "cat1", axis=1),
+             node("BatchNormalization", ["cat1", "bg", "bb", "bm", "bv"], "bn"), node("Relu", ["bn"], "rb"),
+             node("Conv", ["rb", "W1"], "f1"),
+             node("Conv", ["f1", "Wg16"], "g16", pads=[1, 1, 1, 1], group=2),
+             node("Concat", ["r0", "rg4", "g16"], "cat2", axis=1),
+             node("GlobalAveragePool", ["cat2"], "gp"), node("Flatten", ["gp"], "fl"),
+             node("Gemm", ["fl", "Wd", "Bd"], "out", transB=1)]
+    inits = {"W0": conv_w(rng, c, 3), "B0": bias(rng, c), "Wg4": conv_w(rng, c, 4), "W1": conv_w(rng, c, 2 * c, 1),
+             "Wg16": conv_w(rng, c, 16), "bg": f32(rng.uniform(0.5, 1.5, 2 * c)),
+             "bb": f32(rng.normal(0, 0.2, 2 * c)), "bm": f32(rng.normal(0, 0.2, 2 * c)),
+             "bv": f32(rng.uniform(0.5, 2, 2 * c)), "Wd": f32(rng.normal(0, 1, (5, 3 * c))), "Bd": bias(rng, 5)}
+    model = make_model(nodes, inits, in_shape=("N", 3, 10, 10))
+    calib = {"input": rng.normal(size=(16, 3, 10, 10)).astype(np.float32)}
+    return model, calib, rng
+
+
+@pytest.mark.parametrize("target", [
+    "host", pytest.param("arm:cortex-a76", marks=pytest.mark.skipif(
+        shutil.which(toolchain.AARCH64_CXX) is None or not bundle.can_run_bundle(),
+        reason=f"aarch64 g++ / qemu-aarch64-static not installed ({toolchain.APT_ARM})"))])
+def test_grouped_conv_and_concat_block_bit_exact(target, tmp_path):
+    """The block on the host and on an arm dotprod core (under qemu): bit-exact on fresh inputs; no
+    aligning requant is left, the BN's ReLU is fused, and on x86 every conv (grouped ones included)
+    runs on a dot-product kernel."""
+    import platform
+
+    model, calib, rng = _dense_block()
+    try:
+        res = dyadic.compile(model, str(tmp_path), calib, CompileConfig(target=target, quiet=True))
+    except ToolchainError as e:
+        pytest.skip(f"toolchain unavailable: {e}")
+    assert res.plan["self_check"].startswith("bit-exact")
+    ig = res.int_graph
+    ops = [n.op for n in ig.nodes]
+    assert "requant" not in ops and ops.count("concat") == 2 and ops.count("qaffine") == 1
+    q = quantize_inputs(ig, {"input": rng.normal(size=(3, 3, 10, 10)).astype(np.float32)})
+    want = run_reference(ig, q)[ig.outputs[0]]
+    if target == "host":
+        got = dyadic.load(str(tmp_path)).run_int(q)[0]
+        if platform.machine() == "x86_64":
+            generic = res.plan["target"]["kernel_coverage"].get("generic_ops", {})
+            assert not {"qconv", "concat", "qaffine"} & set(generic), generic
+    else:
+        got = bundle.run_bundle(str(tmp_path), res.plan, q)[0][0]
+        assert res.plan["target"]["dot_macs"]["fraction"] > 0.9
+    np.testing.assert_array_equal(got, want)

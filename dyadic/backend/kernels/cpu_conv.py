@@ -19,6 +19,11 @@ Signed int8 input x is fed as u = x + 128 (pad value 128, the offset image of 0)
 correction is folded into the bias: sum u*w = sum x*w + 128 * sum w, B' = B - 128 * sum_k w. No
 intermediate wraps: |acc| <= 255 * 127 * K < 2^31 for K < 66,000.
 
+Grouped convs with square groups (`ConvSpec.gcb`, ResNeXt, RegNet): the output blocks of one
+super-group of max(16, C/g) channels reduce over that super-group's gcb input blocks only, with the
+weights widened to it (`packing.group_weight`: block-diagonal where groups are narrower than 16, so
+4- and 8-channel groups do 4x / 2x the MACs, still on the dot-product step).
+
 Schedule (direct convolution, register-blocked implicit GEMM). Loops n, O/16/ocbi, OH/ohi are fused
 and run in parallel; per tile of ocbi x 16 channels x ohi x owi pixels, the reduction loops wrap a
 fully unrolled block of `vpdpbusd`s whose int32 accumulators stay in registers (`spec.choose_tile`).
@@ -99,6 +104,8 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         dp = te.compute((n, icb, hp, wp, cb), pad_pack, name="pad")
     ry = te.reduce_axis((0, sp.kh), "ry")
     rx = te.reduce_axis((0, sp.kw), "rx")
+    # the input block of output block o's reduction step rk: its super-group's for a grouped conv
+    gin = (lambda o, rk: (o // sp.gcb) * sp.gcb + rk) if sp.gcb else (lambda o, rk: rk)  # noqa: E731
     if sp.rowtaps and sp.pmadd:  # 4 taps of a step as (pair r2, tap r1), the layout of `intrin_avx2`
         rc, rg = te.reduce_axis((0, sp.c), "rc"), te.reduce_axis((0, sp.kwp // 4), "rg")
         r2, r1 = te.reduce_axis((0, 2), "r2"), te.reduce_axis((0, 2), "r1")
@@ -128,18 +135,18 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: accp[b, o, y, z // 2, j // 2, (z % 2) * 2 + j % 2],
                          name="unperm")
     elif sp.pmadd:  # the 4 inputs of a step as (pair r2, input r1): the layout of `intrin_avx2`
-        rk, r4 = te.reduce_axis((0, icb), "rk"), te.reduce_axis((0, cb // 4), "r4")
+        rk, r4 = te.reduce_axis((0, sp.rcb), "rk"), te.reduce_axis((0, cb // 4), "r4")
         r2, r1 = te.reduce_axis((0, 2), "r2"), te.reduce_axis((0, 2), "r1")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
-            dp[b, rk, y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + r2 * 2 + r1].astype("int32")
+            dp[b, gin(o, rk), y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + r2 * 2 + r1].astype("int32")
             * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, r2, j, r1].astype("int32"), axis=[rk, ry, rx, r4, r2, r1]),
             name="acc")
     else:
-        rk = te.reduce_axis((0, icb), "rk")
+        rk = te.reduce_axis((0, sp.rcb), "rk")
         r4 = te.reduce_axis((0, cb // 4), "r4")
         ri = te.reduce_axis((0, 4), "ri")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
-            dp[b, rk, y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + ri].astype("int32")
+            dp[b, gin(o, rk), y * sh + ry * dh, z * sw + rx * dw, r4 * 4 + ri].astype("int32")
             * wt[o // ocbi, rk, ry, rx, r4, o % ocbi, j, ri].astype("int32"), axis=[rk, ry, rx, r4, ri]),
             name="acc")
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731

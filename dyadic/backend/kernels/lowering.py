@@ -167,10 +167,25 @@ class CpuKernels:
             return len(self.g.shapes[t]) == 4
         if not self._wbits_ok(n) or self._dtype(t) not in _8BIT or len(self.g.shapes[t]) != 4:
             return False
-        if a["group"] == 1:
+        if a["group"] == 1 or self._group_blocks(n):
             return True
         # 4-bit depthwise only on the `vpdpbusd` path (width dilation 1)
         return self._depthwise(n) and (a["w_bits"] == 8 or a["dilations"][1] == 1)
+
+    def _group_blocks(self, n: Node) -> int:
+        """gcb of a grouped conv the dot-product kernels take (`ConvSpec.gcb`), else 0: square groups
+        (C/g == O/g) of 8-bit weights, with C/g dividing 16 or a multiple of it, on an isa with a
+        dot-product or int16 step; the input packed or C % 16 == 0 (blocks of 16 channels, so no group
+        straddles two blocks; a last part block's padded channels have zero weights)."""
+        t, a, o = n.inputs[0], n.attrs, n.params["W"].shape[0]
+        c, g = self.g.shapes[t][1], a["group"]
+        if (g == 1 or c != o or c % g or n.params["W"].shape[1] != c // g or a.get("w_bits") != 8
+                or (c % 16 and t not in self.packed)):
+            return 0
+        cg = c // g
+        if cg < 2 or (16 % cg and cg % 16) or matmul_lowering.step_isa(self, n.inputs[0]) not in DOT_ISAS + INT16_ISAS:
+            return 0
+        return max(16, cg) // 16
 
     def _wide_input(self, n: Node) -> bool:
         """An 8-bit-weight conv on 16-bit codes (int32 storage, `passes/widen_activations`) on an x86
@@ -178,7 +193,8 @@ class CpuKernels:
         (as the linear GEMM does); a depthwise one on the int32 multiply-add fallback."""
         t = n.inputs[0]
         return (self._dtype(t) == "int32" and matmul_lowering.step_isa(self, t) in INT16_ISAS
-                and (n.attrs["group"] == 1 or self._depthwise(n)) and n.attrs.get("w_bits") == 8)
+                and (n.attrs["group"] == 1 or self._depthwise(n) or self._group_blocks(n))
+                and n.attrs.get("w_bits") == 8)
 
     def _depthwise(self, n: Node) -> bool:
         c, o = self.g.shapes[n.inputs[0]][1], n.params["W"].shape[0]
@@ -201,10 +217,11 @@ class CpuKernels:
         dw, w4 = self._depthwise(n), a["w_bits"] == 4
         oh, ow = self.g.shapes[n.output][2:]
         isa = matmul_lowering.step_isa(self, t)
-        tile = kernel_tile(isa, o, oh, ow, dw, w4)
+        gcb = 0 if dw else self._group_blocks(n)
+        tile = kernel_tile(isa, 16 * gcb if gcb else o, oh, ow, dw, w4)  # a tile's blocks in one super-group
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
-                      packing.hi32_ok(p["S"]), isa, tile, dw, w4)
+                      packing.hi32_ok(p["S"]), isa, tile, dw, w4, gcb=gcb)
         if sp.mmla:
             sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16

@@ -7,6 +7,8 @@
   are read as one sequential stream.
 * AVX2 `vpmaddwd` (`ConvSpec.pmadd`): the same blocks, each 16 x 4 operand stored as [2 input pairs,
   16 outputs, 2 inputs] (`intrin_avx2` sign-extends each 16-byte half to int16 next to its use).
+* grouped convs with square groups (`ConvSpec.gcb`): first widened to super-groups of max(16, C/g)
+  channels (`group_weight`), then packed as above with the super-group's blocks as the input blocks.
 * first layers on few-channel NCHW input (`rowtaps`): [O/16, C, KH, KW/4, 16, 4], 4 horizontal taps
   per `vpdpbusd` (zero-padded).
 * depthwise weights W[C, 1, KH, KW] -> [C/16, KH, KW, 16], or for VNNI [C/16, KH, KW/4, 16, 4] (taps
@@ -51,8 +53,22 @@ def rowtaps_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(-1, 16, c, kh, kwp // 4, 4).transpose(0, 2, 3, 4, 1, 5))
 
 
+def group_weight(w: np.ndarray, sg: int) -> np.ndarray:
+    """A grouped conv's W[O, C/g, KH, KW] (square groups of cg = C/g channels) -> W'[O, sg, KH, KW] over
+    super-groups of sg = max(16, cg) channels: output o reads the sg inputs of its super-group, with
+    zeros where they belong to another (original) group (block-diagonal when cg < 16)."""
+    o, cg, kh, kw = w.shape
+    out = np.zeros((o, sg, kh, kw), w.dtype)
+    for oc in range(o):
+        lo = (oc // cg) * cg - (oc // sg) * sg  # the group's first input, local to the super-group
+        out[oc, lo:lo + cg] = w[oc]
+    return out
+
+
 def weight(w: np.ndarray, sp) -> np.ndarray:
     """The packed weights for a `cpu_conv.ConvSpec` (4-bit ones two per byte when `sp.w4`)."""
+    if sp.gcb:
+        w = group_weight(w, 16 * sp.gcb)
     if sp.pmadd:
         return pmadd_weight(rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0]))
     if sp.depthwise:

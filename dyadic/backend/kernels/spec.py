@@ -57,6 +57,7 @@ class ConvSpec(KernelIO):
     w4: bool = False                  # 4-bit weights, stored two per byte, unpacked per operand
     nhwc: bool = False                # input [N, H, W, C] and output [N, H, W, O16] (a linear's rows as W)
     post: tuple | None = None         # (M, S, lo, hi) of a per-tensor requant of the output, fused in
+    gcb: int = 0                      # grouped conv: input blocks of 16 per super-group (0: dense)
 
     @property
     def dot(self) -> bool:
@@ -76,7 +77,7 @@ class ConvSpec(KernelIO):
         """i8mm `usmmla` for a channel-blocked conv (2 pixels x 8 channels x 2 output channels per
         instruction, `arm_intrin.MMLA_INTRIN`; the two pixels must be adjacent: width stride and
         dilation 1); the other variants on such a core use `usdot`."""
-        return (self.isa == "usmmla" and not self.depthwise and not self.rowtaps and self.cb % 8 == 0
+        return (self.isa == "usmmla" and not self.depthwise and not self.rowtaps and not self.gcb and self.cb % 8 == 0
                 and self.stride[1] == 1 and self.dil[1] == 1 and self.out_hw[1] >= 2)
 
     @property
@@ -99,6 +100,11 @@ class ConvSpec(KernelIO):
     @property
     def icb(self) -> int:
         return ceil_div(self.c, self.cb)
+
+    @property
+    def rcb(self) -> int:
+        """Input blocks one output block reduces over: all of them, or its super-group's (`gcb`)."""
+        return self.gcb or self.icb
 
     @property
     def dw_vnni(self) -> bool:
@@ -138,8 +144,8 @@ class ConvSpec(KernelIO):
             return (self.ocb, self.kh, self.kw, 16)
         kg = 8 if self.mmla else 4  # input channels per instruction operand row
         if self.pmadd:  # each 16 x 4 operand as [2 input pairs, 16 outputs, 2 inputs] (`packing`)
-            return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // 4, self.tile[0], 2, 16, 2)
-        return (self.ocb // self.tile[0], self.icb, self.kh, self.kw, self.cb // kg, self.tile[0], 16, kg)
+            return (self.ocb // self.tile[0], self.rcb, self.kh, self.kw, self.cb // 4, self.tile[0], 2, 16, 2)
+        return (self.ocb // self.tile[0], self.rcb, self.kh, self.kw, self.cb // kg, self.tile[0], 16, kg)
 
 
 DOT_ISAS = ("vnni", "sdot", "usdot", "usmmla")
