@@ -122,7 +122,8 @@ def main() -> int:
                  f"Mean-pooled embeddings vs onnxruntime fp32. {100 * stats['fp32_nn_gap_below_0.005']:.1f} % of the "
                  "evaluation sentences have an fp32 nearest neighbour less than 0.005 (cosine) ahead of the "
                  f"second. {wide} of {result['qlinear_total']} linears read a 16-bit input (on x86: dyadic's "
-                 f"`vpmaddwd` GEMM kernel); compile {result['compile_s']} s. Latency: `minilm_speed.py`.\n")
+                 f"int16 GEMM step: `vpdpwssd` on AVX512-VNNI, `vpmaddwd` on AVX2); compile {result['compile_s']} s. "
+                 "Latency: `minilm_speed.py`.\n")
         if args.timing:
             fh.write(f"\nLatency (measured under load, not a benchmark): dyadic {result['dyadic_ms']} ms, "
                      f"onnxruntime fp32 {result['ort_fp32_ms']} ms.\n")

@@ -182,7 +182,7 @@ register_float(OpDef("concat_const", _concat_const_float, _quantize_concat_const
 register_int(IntOpDef("qconcat_const", _qconcat_const_ref, _qconcat_const_lower))
 
 
-@importer("Concat", doc="integer concat (inputs requantized to one scale); constant inputs (a class token) "
+@importer("Concat", doc="integer concat (inputs share the concat's scale, else requantized to it); constant inputs (a class token) "
                         "quantized at the output scale")
 def _import_concat(c):
     from dyadic.core.graph import Node
