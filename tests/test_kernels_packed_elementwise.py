@@ -170,3 +170,24 @@ def test_packed_requant_kernel_bitexact(din, dout, s, m):
                out_shape=x.shape, out_dtype=dout)
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 3, "degenerate case"
+
+
+needs_vbmi = pytest.mark.skipif(not __import__("dyadic.backend.kernels", fromlist=["x86_has"]).x86_has(HOST, "avx512vbmi"),
+                                reason="host CPU has no AVX512-VBMI")
+
+
+@needs_vbmi
+@pytest.mark.parametrize("din,dout", [("uint8", "uint8"), ("int8", "int8"), ("int8", "uint8"), ("uint8", "int8")])
+@pytest.mark.parametrize("m", [188160, 2352, 80, 64])
+def test_vbmi_byte_table_bitexact(din, dout, m):
+    """A whole-range 256-entry table on `vpermt2b` (`intrin_vbmi`): every code of the input type (all 256
+    appear; 3 x 64 = 192 of them at m = 64), whole vectors and a tail, against T[x - min]."""
+    from dyadic.backend.kernels.intrin_vbmi import lut8_func
+
+    rng = np.random.default_rng(m + len(din))
+    info = np.iinfo(din)
+    x = rng.integers(info.min, info.max + 1, (3, m))
+    x.reshape(-1)[:256] = np.arange(info.min, info.max + 1)[:x.size]
+    t = rng.integers(np.iinfo(dout).min, np.iinfo(dout).max + 1, 256)
+    got = _run(lut8_func(m, din, dout), x.astype(din), t.astype(dout), out_shape=(3, m), out_dtype=dout)
+    np.testing.assert_array_equal(got, t[x - info.min])

@@ -68,6 +68,19 @@ def x86_amx(tvm_target: dict) -> bool:
     return bool(codegen.target_has_features("amx-int8", tgt)) and bool(codegen.target_has_features("amx-tile", tgt))
 
 
+def x86_has(tvm_target: dict, feature: str) -> bool:
+    """Whether an x86 TVM target (a dict, as in `dyadic.targets`) has an LLVM feature ("avx512vbmi")."""
+    if x86_isa(tvm_target) is None:
+        return False
+    import tvm
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features(feature, tvm.target.Target(tvm_target)))
+    except Exception:  # a target LLVM cannot describe: no
+        return False
+
+
 def x86_isa(tvm_target: dict) -> str | None:
     """'vnni', 'avx512', 'avx2' or None for a TVM target description (a dict, as in `dyadic.targets`)."""
     if not isinstance(tvm_target, dict) or tvm_target.get("kind") != "llvm":

@@ -26,7 +26,8 @@ import numpy as np
 from tvm import relax
 
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing, row_ops
+from dyadic.backend.kernels import (amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing, row_ops,
+                                    x86_has)
 from dyadic.backend.kernels.family import KernelFamily
 from dyadic.backend.kernels.spec import DOT_ISAS, INT16_ISAS, ConvSpec, ceil_div, kernel_tile, mmla_tile
 from dyadic.backend.kernels.cpu_conv import conv_func
@@ -52,6 +53,8 @@ class CpuKernels:
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
         self.dot_layers: dict[str, str] = {}   # layer -> the dot-product instruction its MACs run on
         self.families: dict[str, KernelFamily] = {}  # conv / dense layer -> the kernel family it ran on
+        tgt = getattr(getattr(lowerer, "target", None), "tvm_target", None)
+        self.vbmi = isa == "vnni" and x86_has(tgt, "avx512vbmi")  # byte tables on `vpermt2b` (`intrin_vbmi`)
 
     # ---------------------------------------------------------------- helpers
     def _call(self, key: tuple, make, args: list, shape: list, dtype: str):

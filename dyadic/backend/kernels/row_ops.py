@@ -1,5 +1,6 @@
 """CPU kernels for ops on tensors of any layout, packed or not (`lowering` dispatches here):
-table lookups (`qlut`, `cpu_ops.lut_func`), the residual add of non-4-D tensors (`qadd`,
+table lookups (`qlut`, `cpu_ops.lut_func`; whole-range byte tables on AVX512-VBMI `vpermt2b`,
+`intrin_vbmi`), the residual add of non-4-D tensors (`qadd`,
 `cpu_ops.add_any_func`) and the last-axis Softmax (`qsoftmax`, `cpu_softmax`),
 with the per-tensor `requant` that is its only reader fused in (`CpuKernels.passthrough`: that
 requant's value is then its input's).
@@ -39,6 +40,15 @@ def lut(k, n: Node, x):
         return None
     dims, values = got
     din, dout = k.g.dtypes[t], k.g.dtypes[n.output]
+    m = int(np.prod(dims[1:])) if all(d is not None for d in dims[1:]) else 0
+    if (k.vbmi and {din, dout} <= {"int8", "uint8"} and tab.size == 256 and m >= 64
+            and n.attrs["in_lo"] == np.iinfo(din).min):  # a whole-range byte table: `intrin_vbmi`
+        from dyadic.backend.kernels.intrin_vbmi import lut8_func
+
+        x2 = k.L.emit(relax.op.reshape(x, [values[0], m]))
+        y2 = k._call(("lut8", m, din, dout), lambda: lut8_func(m, din, dout), [x2, _c(tab, dout)], [values[0], m], dout)
+        y = k.L.emit(relax.op.reshape(y2, values))
+        return k._result(n, y) if t in k.packed else y
     key = ("lut", tuple(dims), din, tab.size, n.attrs["in_lo"], dout)
     y = k._call(key, lambda: cpu_ops.lut_func(tuple(dims), din, tab.size, n.attrs["in_lo"], dout),
                 [x, _c(tab, dout)], values, dout)
