@@ -179,3 +179,24 @@ def test_grouped_conv_and_concat_block_bit_exact(target, tmp_path):
         got = bundle.run_bundle(str(tmp_path), res.plan, q)[0][0]
         assert res.plan["target"]["dot_macs"]["fraction"] > 0.9
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+def test_byte_tables_run_on_vpermt2b_where_the_host_has_vbmi(tmp_path):
+    """On an AVX512-VBMI host the block's 8-bit tables (hard-swish, sigmoids) are `vpermt2b` lookups
+    (`intrin_vbmi`), and the library stays bit-exact; elsewhere no such instruction is emitted."""
+    import subprocess
+
+    import tvm
+
+    from dyadic.backend.kernels import x86_has
+
+    res, rng = _compile("host", tmp_path)
+    assert res.plan["self_check"].startswith("bit-exact")
+    asm = subprocess.run(["objdump", "-d", str(tmp_path / "model.so")], capture_output=True, text=True).stdout
+    host = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+    has = "vpermt2b" in asm or "vpermi2b" in asm
+    assert has == x86_has(host, "avx512vbmi")
+    ig = res.int_graph
+    q = quantize_inputs(ig, {"input": 3 * rng.normal(size=(3, 3, 9, 9)).astype(np.float32)})
+    np.testing.assert_array_equal(dyadic.load(str(tmp_path)).run_int(q)[0], run_reference(ig, q)[ig.outputs[0]])

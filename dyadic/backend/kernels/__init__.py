@@ -128,4 +128,5 @@ def for_lowerer(lowerer):
     from dyadic.backend.kernels.lowering import CpuKernels
 
     amx = lowerer.target.kind != "arm" and x86_amx(lowerer.target.tvm_target)
-    return CpuKernels(lowerer, isa, amx=amx)
+    vbmi = isa == "vnni" and x86_has(lowerer.target.tvm_target, "avx512vbmi")
+    return CpuKernels(lowerer, isa, amx=amx, vbmi=vbmi)

@@ -26,10 +26,10 @@ import numpy as np
 from tvm import relax
 
 from dyadic.core.graph import Node
-from dyadic.backend.kernels import (amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing, row_ops,
-                                    x86_has)
+from dyadic.backend.kernels import amx_lowering, cpu_ops, epilogue, matmul_lowering, packed_ops, packing, row_ops
 from dyadic.backend.kernels.family import KernelFamily
-from dyadic.backend.kernels.spec import DOT_ISAS, INT16_ISAS, ConvSpec, ceil_div, kernel_tile, mmla_tile
+from dyadic.backend.kernels.spec import (DOT_ISAS, INT16_ISAS, ConvSpec, ceil_div, group_blocks, kernel_tile,
+                                         mmla_tile)
 from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
 
@@ -42,8 +42,9 @@ def _c(v: np.ndarray, dtype: str):
 
 
 class CpuKernels:
-    def __init__(self, lowerer, isa: str, amx: bool = False):
+    def __init__(self, lowerer, isa: str, amx: bool = False, vbmi: bool = False):
         self.L, self.g, self.isa, self.amx = lowerer, lowerer.g, isa, amx
+        self.vbmi = vbmi  # byte tables on `vpermt2b` (`intrin_vbmi`)
         self.consumers = self.g.consumers()
         self.packed: set[str] = set()          # tensors whose Relax value is in the packed layout
         self.values: dict[str, object] = {}    # packed Relax value of each packed tensor
@@ -53,8 +54,6 @@ class CpuKernels:
         self.funcs: dict[tuple, object] = {}   # kernel key -> GlobalVar (one PrimFunc per key)
         self.dot_layers: dict[str, str] = {}   # layer -> the dot-product instruction its MACs run on
         self.families: dict[str, KernelFamily] = {}  # conv / dense layer -> the kernel family it ran on
-        tgt = getattr(getattr(lowerer, "target", None), "tvm_target", None)
-        self.vbmi = isa == "vnni" and x86_has(tgt, "avx512vbmi")  # byte tables on `vpermt2b` (`intrin_vbmi`)
 
     # ---------------------------------------------------------------- helpers
     def _call(self, key: tuple, make, args: list, shape: list, dtype: str):
@@ -176,19 +175,10 @@ class CpuKernels:
         return self._depthwise(n) and (a["w_bits"] == 8 or a["dilations"][1] == 1)
 
     def _group_blocks(self, n: Node) -> int:
-        """gcb of a grouped conv the dot-product kernels take (`ConvSpec.gcb`), else 0: square groups
-        (C/g == O/g) of 8-bit weights, with C/g dividing 16 or a multiple of it, on an isa with a
-        dot-product or int16 step; the input packed or C % 16 == 0 (blocks of 16 channels, so no group
-        straddles two blocks; a last part block's padded channels have zero weights)."""
-        t, a, o = n.inputs[0], n.attrs, n.params["W"].shape[0]
-        c, g = self.g.shapes[t][1], a["group"]
-        if (g == 1 or c != o or c % g or n.params["W"].shape[1] != c // g or a.get("w_bits") != 8
-                or (c % 16 and t not in self.packed)):
-            return 0
-        cg = c // g
-        if cg < 2 or (16 % cg and cg % 16) or matmul_lowering.step_isa(self, n.inputs[0]) not in DOT_ISAS + INT16_ISAS:
-            return 0
-        return max(16, cg) // 16
+        """`spec.group_blocks` of grouped conv n on the isa of the step that reads its input."""
+        t, a, w = n.inputs[0], n.attrs, n.params["W"]
+        return group_blocks(self.g.shapes[t][1], w.shape[0], a["group"], w.shape[1], a.get("w_bits"),
+                            t in self.packed, matmul_lowering.step_isa(self, t))
 
     def _wide_input(self, n: Node) -> bool:
         """An 8-bit-weight conv on 16-bit codes (int32 storage, `passes/widen_activations`) on an x86

@@ -201,3 +201,17 @@ def kernel_tile(isa: str, o: int, oh: int, ow: int, depthwise: bool = False, w4:
 def mmla_tile(oh: int, ow: int) -> tuple[int, int, int]:
     """Register tile of the `usmmla` conv: 2 pixel pairs (16 accumulator + 8 weight + 2 input q-registers)."""
     return (1, 2, 2) if ow <= 2 and oh >= 2 else (1, 1, 4)
+
+
+def group_blocks(c: int, o: int, groups: int, w_in: int, w_bits, packed: bool, isa: str | None) -> int:
+    """`ConvSpec.gcb` of a grouped conv the dot-product kernels take, else 0: square groups (C/g == O/g)
+    of 8-bit weights, C/g dividing 16 or a multiple of it, on an isa with a dot-product or int16 step;
+    the input packed or C % 16 == 0 (blocks of 16 channels, so no group straddles two blocks; a last
+    part block's padded channels have zero weights)."""
+    if (groups == 1 or c != o or c % groups or w_in != c // groups or w_bits != 8 or (c % 16 and not packed)
+            or isa not in DOT_ISAS + INT16_ISAS):
+        return 0
+    cg = c // groups
+    if cg < 2 or (16 % cg and cg % 16):
+        return 0
+    return max(16, cg) // 16
