@@ -197,15 +197,19 @@ def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: 
 
     def f(bb, i, y, z, j):
         p = a[bb, i, y, z, j].astype("int32") * (b[bb, i, 0, 0, j] if gate else b[bb, i, y, z, j]).astype("int32")
-        if s >= 33 and m < 1 << 31:
-            v = tirx.shift_right(tirx.Cast("int32", (p.astype("int64") * _i64(m)) >> _i64(32))
-                                 + tirx.const(1 << (s - 33), "int32"), tirx.const(s - 32, "int32"))
-            v = tirx.max(tirx.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32"))
-        else:
-            v = epilogue.requant(p, (m, s, lo, hi))
-        return v.astype(out_dtype)
+        return _requant32(p, m, s, lo, hi).astype(out_dtype)
     out = te.compute((n, cb, h, w, 16), f, name="out")
     return _func([a, b, out], lambda sch: _finish(sch, "out", 3))
+
+
+def _requant32(p, m: int, s: int, lo: int, hi: int):
+    """clip((p M + 2^(S-1)) >> S) of an int32 value p with compile-time M, S: the int32 form of
+    `qmul_func`'s docstring where S >= 33 and M < 2^31, else the int64 one (`epilogue.requant`)."""
+    if s >= 33 and m < 1 << 31:
+        v = tirx.shift_right(tirx.Cast("int32", (p.astype("int64") * _i64(m)) >> _i64(32))
+                             + tirx.const(1 << (s - 33), "int32"), tirx.const(s - 32, "int32"))
+        return tirx.max(tirx.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32"))
+    return epilogue.requant(p, (m, s, lo, hi))
 
 
 def add_any_func(shape: tuple, da: str, db: str, out_dtype: str, ma: int, mb: int, s: int, lo: int,
@@ -263,12 +267,5 @@ def requant_func(shape: tuple, din: str, dout: str, m: int, s: int, lo: int, hi:
     dims = any_dims(shape)
     x = te.placeholder(dims, din, "x")
 
-    def f(*i):
-        v = x[i].astype("int32")
-        if s >= 33 and m < 1 << 31:
-            v = tirx.shift_right(tirx.Cast("int32", (v.astype("int64") * _i64(m)) >> _i64(32))
-                                 + tirx.const(1 << (s - 33), "int32"), tirx.const(s - 32, "int32"))
-            return tirx.max(tirx.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(dout)
-        return epilogue.requant(x[i].astype("int64"), (m, s, lo, hi)).astype(dout)
-    out = te.compute(dims, f, name="out")
+    out = te.compute(dims, lambda *i: _requant32(x[i].astype("int32"), m, s, lo, hi).astype(dout), name="out")
     return _func([x, out], _flat(16, vector=True))
