@@ -19,7 +19,7 @@ from dyadic.core.config import CompileConfig
 from dyadic.core.graph import Graph
 from dyadic.core.verify import verify_float_graph, verify_integer_graph
 from dyadic.core.config import BitMode
-from dyadic.passes import (assign_bitwidths, calibrate_ranges, estimate_sensitivity, fold_batchnorm,
+from dyadic.passes import (assign_bitwidths, calibrate_ranges, choose_wide_activations, estimate_sensitivity, fold_batchnorm,
                            fuse_activations, fuse_layernorm, fuse_softmax_bias, fuse_unary, measure_costs,
                            quantize_graph, round_weights, share_concat_scales, widen_activations, widen_residual)
 
@@ -38,6 +38,8 @@ def float_passes(config: CompileConfig, calib: dict[str, np.ndarray], mixed: boo
         ("widen_activations", partial(widen_activations, kind=config.wide_activations)),
         ("calibrate_ranges", partial(calibrate_ranges, data=calib, batch_size=config.calib_batch,
                                      quiet=config.quiet, method=config.calibration, percentile=config.percentile)),
+        ("choose_wide_activations", partial(choose_wide_activations, kind=config.wide_activations,
+                                            share=config.wide_share, weight_clip=config.weight_clip, quiet=config.quiet)),
         ("share_concat_scales", share_concat_scales),
         *([("estimate_sensitivity", partial(estimate_sensitivity, data=calib, samples=config.hessian_samples,
                                             quiet=config.quiet, weight_clip=config.weight_clip)),

@@ -5,6 +5,7 @@ graph they start from is `dyadic.frontend.import_onnx`.
 """
 from .assign_bitwidths import assign_bitwidths
 from .calibrate_ranges import calibrate_ranges
+from .choose_wide_activations import choose_wide_activations
 from .estimate_sensitivity import estimate_sensitivity
 from .fold_batchnorm import fold_batchnorm
 from .fuse_activations import fuse_activations
@@ -21,6 +22,6 @@ from .widen_residual import widen_residual
 __all__ = [
     "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual",
     "widen_activations",
-    "calibrate_ranges", "share_concat_scales", "estimate_sensitivity",
+    "calibrate_ranges", "choose_wide_activations", "share_concat_scales", "estimate_sensitivity",
     "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
 ]

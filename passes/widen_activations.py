@@ -9,7 +9,9 @@ code noise through with little averaging (isolated SQNR 23-29 dB there, against 
 * `TABLES`: the output of every lookup-table nonlinearity (`unary`/`ew`: hard-swish, hard-sigmoid,
   SiLU, GELU, ...) becomes 16-bit;
 * `ALL`: also every conv, dense, add, Mul, per-channel affine, concat and average-pool output, and
-  the network's input.
+  the network's input;
+* `AUTO`: those of `ALL`'s tensors whose 8-bit rounding the logits feel most, per unit of work
+  (`passes.choose_wide_activations`, after calibration).
 
 A tensor is widened only when all its readers take a 16-bit input (below, through value-preserving
 moves); the logits keep their own rule (16-bit). The readers handle the width:
@@ -44,17 +46,29 @@ _ALL = _TABLES + ("conv", "dense", "linear", "add", "mul", "affine", "concat", "
 _READERS = ("conv", "dense", "linear", "add", "mul", "affine", "unary", "ew", "mean_hw", "avgpool")
 
 
-def widen_activations(graph: Graph, kind: WideActivations = WideActivations.NONE) -> Graph:
+def wide_candidates(graph: Graph, kind: WideActivations) -> set[str]:
+    """The tensors `kind` may widen: outputs of its ops whose readers all take 16-bit codes
+    (`AUTO` chooses among `ALL`'s, after calibration: `passes.choose_wide_activations`)."""
     if kind is WideActivations.NONE:
-        return graph
+        return set()
+    full = kind in (WideActivations.ALL, WideActivations.AUTO)
     users = graph.consumers()
-    readers = _READERS + (("concat",) if kind is WideActivations.ALL else ())
+    readers = _READERS + (("concat",) if full else ())
     ok = lambda t: read_only_by(users, t, readers)  # noqa: E731
-
-    ops = _TABLES if kind is WideActivations.TABLES else _ALL
+    ops = _ALL if full else _TABLES
     wide = {n.output for n in graph.nodes if n.op in ops and n.output not in graph.outputs and ok(n.output)}
-    if kind is WideActivations.ALL:  # the network's float inputs too (not token ids)
+    if full:  # the network's float inputs too (not token ids)
         wide |= {t for t in graph.inputs if t not in graph.meta.get("int_inputs", ()) and ok(t)}
+    return wide
+
+
+def with_wide(graph: Graph, wide: set[str]) -> Graph:
     if not wide:
         return graph
     return graph.replace(meta={**graph.meta, "wide": tuple(sorted(set(graph.meta.get("wide", ())) | wide))})
+
+
+def widen_activations(graph: Graph, kind: WideActivations = WideActivations.NONE) -> Graph:
+    if kind is WideActivations.AUTO:  # chosen after calibration, from measured errors
+        return graph
+    return with_wide(graph, wide_candidates(graph, kind))

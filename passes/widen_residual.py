@@ -33,14 +33,14 @@ _READERS = ("add", "affine", "layernorm", "linear", "unary", "ew")
 _LUT = ("unary", "ew")
 
 
-def _moves(op: str) -> bool:
+def moves(op: str) -> bool:
     return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
 
 
 def read_only_by(users, t: str, ops: tuple[str, ...], depth: int = 0) -> bool:
     """t has readers, and every one of them, through value-preserving moves, is one of `ops`."""
     us = users.get(t, [])
-    return bool(us) and depth < 8 and all(u.op in ops or (_moves(u.op) and read_only_by(users, u.output, ops, depth + 1))
+    return bool(us) and depth < 8 and all(u.op in ops or (moves(u.op) and read_only_by(users, u.output, ops, depth + 1))
                                           for u in us)
 
 

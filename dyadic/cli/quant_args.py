@@ -23,8 +23,12 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wide-activations", choices=[w.value for w in WideActivations], default=None,
                    help="store these activations as 16-bit codes: none (default), tables (lookup-table "
                         "outputs: hard-swish, sigmoid, GELU, ...), all (also the input, convs, adds, Muls, "
-                        "concats, pools); more accurate, a little slower on x86, slower on arm/cuda (16-bit "
+                        "concats, pools), auto (those of all whose 8-bit rounding the logits feel most per unit of work, "
+                        "until activations carry at most --wide-share of the predicted logit error); more accurate, a little slower on x86, slower on arm/cuda (16-bit "
                         "conv inputs take generic code there)")
+    p.add_argument("--wide-share", type=float, default=None,
+                   help="with --wide-activations auto: the share of the predicted logit error left to 8-bit "
+                        "activations (default 0.1; 0 widens every candidate that matters)")
     p.add_argument("--no-bias-correction", action="store_true",
                    help="do not add each layer's expected output shift (on the calibration data) to its bias")
 
@@ -42,6 +46,10 @@ def quant_config(a) -> dict:
         out["adaround_iters"] = a.adaround_iters
     if a.wide_activations:
         out["wide_activations"] = WideActivations(a.wide_activations)
+    if a.wide_share is not None:
+        if not 0.0 <= a.wide_share < 1.0:
+            raise SystemExit(f"dyadic: --wide-share {a.wide_share}: must be in [0, 1)")
+        out["wide_share"] = a.wide_share
     if a.no_bias_correction:
         out["bias_correction"] = False
     return out

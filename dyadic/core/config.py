@@ -19,6 +19,7 @@ class WideActivations(Enum):
     NONE = "none"
     TABLES = "tables"   #: lookup-table outputs (hard-swish, hard-sigmoid, SiLU, GELU, ...)
     ALL = "all"         #: also the input, convs, dense layers, adds, Muls, affines, concats, average pools
+    AUTO = "auto"       #: those of ALL where the predicted logit error is (passes/choose_wide_activations)
 
 
 class BitMode(Enum):
@@ -99,6 +100,7 @@ class CompileConfig:
     hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
     calibration: Calibration = Calibration.MSE   #: activation range calibrator (dyadic.calibrators)
     wide_activations: WideActivations = WideActivations.NONE  #: 16-bit activations (passes/widen_activations)
+    wide_share: float = 0.1       #: AUTO: widen until activations carry at most this share of the predicted logit error
     percentile: float = 99.99     #: for calibration=percentile
     weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths
     rounding: Rounding = Rounding.NEAREST        #: weight rounding (adaround: data-aware, passes/round_weights.py)

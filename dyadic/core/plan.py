@@ -83,7 +83,7 @@ def make_plan(graph: Graph, target: dict, calibration: dict, timings: dict) -> d
         "calibration": {**calibration, **{k: v for k, v in graph.meta.get("act_calibration", {}).items() if k != "tensors"}},
         "weight_quant": {k: v for k, v in graph.meta.get("weight_quant", {}).items() if k != "layers"},
         "target": target,
-        "bit_selection": {k: graph.meta[k] for k in ("ilp", "sensitivity_info", "costs_info") if k in graph.meta},
+        "bit_selection": {k: graph.meta[k] for k in ("ilp", "sensitivity_info", "costs_info", "wide_choice") if k in graph.meta},
         "timings_s": timings,
         "versions": versions(),
     }

@@ -17,6 +17,9 @@ and Σ_n J_{k,n}^T w_n is the gradient of <w, z> — one reverse pass (`dyadic.m
 yields a sample for every block at once, with no cross-block terms and no finite differences. The
 mean trace Tr(H_kk) / n_k is the running mean over probes; probing stops once every block's
 relative standard error (sample std / sqrt(p) / mean) is at most `rel_se`, or after `max_probes`.
+With `logits=True` the probes skip A_n^{1/2} (w_n = u_n / sqrt(N)), so the same estimate is
+(1/N) Σ_n Tr(J_{k,n}^T J_{k,n}): the logit error power per unit of block error, which is what the
+logit cosine sees whatever the softmax's temperature (`passes.choose_wide_activations`).
 `exact_block_traces` (finite differences of gradients along every coordinate) is the check used by
 the tests on tiny models.
 """
@@ -54,22 +57,26 @@ def _sqrt_output_hessians(z: np.ndarray) -> np.ndarray:
 
 def estimate_traces(graph: Graph, x: np.ndarray, blocks: dict[object, np.ndarray], rel_se: float = 0.1,
                     min_probes: int = 8, max_probes: int = 100, seed: int = 0, dtype=np.float32,
-                    quiet: bool = True) -> dict[object, TraceEstimate]:
-    """blocks: {layer name: its weight, or ("act", tensor): zeros shaped like that tensor on x}."""
+                    quiet: bool = True, logits: bool = False,
+                    err2: dict[object, np.ndarray] | None = None) -> dict[object, TraceEstimate]:
+    """blocks: {layer name: its weight, or ("act", tensor): zeros shaped like that tensor on x}.
+    err2 (optional, every block): squared errors e² shaped like the block; each probe's sample is then
+    Σ g² e² (so `mean` is Σ_i (JᵀJ)_ii e_i², the error power e causes), not Σ g² / n_k."""
     rng = np.random.default_rng(seed)
     theta = {k: np.asarray(v, dtype) for k, v in blocks.items()}
     tape = forward(graph, x, theta, dtype)
     z = tape.env[graph.outputs[0]]
     zf = z.reshape(len(z), -1).astype(np.float64)
-    sq = _sqrt_output_hessians(zf)
+    sq = None if logits else _sqrt_output_hessians(zf)
     samples: dict[object, list[float]] = {k: [] for k in blocks}
     with Progress("hessian probes", max_probes, quiet=quiet) as bar:
         for p in range(max_probes):
             u = rng.choice(np.array([-1.0, 1.0]), size=zf.shape)
-            w = np.einsum("nkl,nl->nk", sq, u) / np.sqrt(len(zf))
+            w = (u if sq is None else np.einsum("nkl,nl->nk", sq, u)) / np.sqrt(len(zf))
             grads = backward(graph, tape, w.reshape(z.shape).astype(dtype), theta)
             for k in theta:
-                samples[k].append(float((grads[k].astype(np.float64) ** 2).sum()) / theta[k].size)
+                g2 = grads[k].astype(np.float64) ** 2
+                samples[k].append(float((g2 * err2[k]).sum()) if err2 is not None else float(g2.sum()) / theta[k].size)
             bar.advance()
             if p + 1 >= min_probes and all(_rel_se(s) <= rel_se for s in samples.values()):
                 break

@@ -1,0 +1,123 @@
+"""`--wide-activations auto` (`passes/choose_wide_activations`): 16-bit codes where the logits feel
+the 8-bit rounding most.
+
+* the error-weighted Hutchinson estimate matches the logit error that rounding a tensor actually
+  causes (measured by running the float graph on the rounded tensor);
+* Before/Expected: a tensor whose 8-bit step is coarse (one channel's large bias stretches the
+  per-tensor range) is widened and a fine one is not; share 0 widens every candidate; the
+  predictions are ordered (8-bit <= chosen <= all 16-bit);
+* a graph with two inputs is refused with a message naming the flag;
+* the flag maps to the config and its range is checked. (Bit-exact compiles in every mode, AUTO
+  included: test_widen_activations.)
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from _tiny_onnx import bias, conv_w, make_model, node
+
+from dyadic.core.config import CompileConfig, WideActivations
+from dyadic.frontend import import_onnx
+
+
+def _two_branch(rng, big=40.0):
+    """input -> c0 (one channel biased by `big`: a coarse 8-bit step) -> relu ; input -> c1 -> relu;
+    both -> 1x1 conv each -> add -> global pool -> dense"""
+    b0 = bias(rng, 8)
+    b0[0] = big
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Relu", ["c0"], "r0"),
+             node("Conv", ["input", "W1", "B1"], "c1", pads=[1, 1, 1, 1]), node("Relu", ["c1"], "r1"),
+             node("Conv", ["r0", "W2", "B2"], "p0"), node("Conv", ["r1", "W3", "B3"], "p1"),
+             node("Add", ["p0", "p1"], "s"), node("GlobalAveragePool", ["s"], "g"),
+             node("Flatten", ["g"], "f"), node("Gemm", ["f", "Wd", "Bd"], "out", transB=1)]
+    w2 = conv_w(rng, 8, 8, 1)
+    w2[:, 0] = 0.0  # the big channel itself is not read: only its range hurts
+    inits = {"W0": conv_w(rng, 8, 3), "B0": b0, "W1": conv_w(rng, 8, 3), "B1": bias(rng, 8),
+             "W2": w2, "B2": bias(rng, 8), "W3": conv_w(rng, 8, 8, 1), "B3": bias(rng, 8),
+             "Wd": rng.normal(size=(10, 8)).astype(np.float32), "Bd": bias(rng, 10)}
+    return make_model(nodes, inits, in_shape=("N", 3, 8, 8))
+
+
+def _calibrated(model, calib, kind=WideActivations.AUTO, share=0.1):
+    from dyadic.pipeline import float_passes, run_passes
+
+    cfg = CompileConfig(quiet=True, wide_activations=kind, wide_share=share)
+    return run_passes(import_onnx(model), float_passes(cfg, calib))
+
+
+def test_estimate_matches_the_measured_logit_error():
+    from dyadic.core.calibrators import act_range
+    from dyadic.core.float_exec import execute
+    from dyadic.mixed.hessian import estimate_traces
+    from dyadic.passes.quantize_graph import activation_qparams
+
+    rng = np.random.default_rng(0)
+    model = _two_branch(rng)
+    x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    g = _calibrated(model, {"input": x}, kind=WideActivations.NONE)
+    t = "r1"
+    acts = {}
+    z0 = execute(g, {"input": x}, lambda k, v: acts.__setitem__(k, v) if k == t else None)["out"].astype(np.float64)
+    q = activation_qparams(act_range(g, t, 8), 8)
+    e = np.clip(np.rint(acts[t] / q.scale), q.lo, q.hi) * q.scale - acts[t]
+    # the rounded tensor fed back in, the float graph run on: its measured logit error power per sample
+    from dyadic.mixed.autodiff import forward
+
+    tape = forward(g, x, {("act", t): e.astype(np.float64)})
+    measured = float(((tape.env["out"] - z0) ** 2).sum(1).mean())
+    est = estimate_traces(g, x, {("act", t): np.zeros_like(e)}, rel_se=0.05, min_probes=64, max_probes=400,
+                          logits=True, err2={("act", t): e.astype(np.float64) ** 2})[("act", t)]
+    assert measured > 0
+    assert 0.7 < est.mean / measured < 1.4, (est.mean, measured)
+
+
+def test_coarse_tensor_widened_fine_one_not():
+    rng = np.random.default_rng(1)
+    model = _two_branch(rng)
+    g = _calibrated(model, {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}, share=0.5)
+    wide = set(g.meta.get("wide", ()))
+    info = g.meta["wide_choice"]
+    assert "r0" in wide and "r1" not in wide, (wide, info)
+    assert 0 < info["widened"] < info["candidates"]
+    pc = info["predicted_cosine"]
+    assert pc["8bit"] <= pc["chosen"] <= pc["all16"] <= 1.0
+
+
+def test_share_zero_widens_every_candidate():
+    from dyadic.passes.widen_activations import wide_candidates
+
+    rng = np.random.default_rng(2)
+    model = _two_branch(rng)
+    g = _calibrated(model, {"input": rng.normal(size=(8, 3, 8, 8)).astype(np.float32)}, share=0.0)
+    assert set(g.meta["wide"]) == wide_candidates(g, WideActivations.ALL)
+    none = _calibrated(model, {"input": rng.normal(size=(8, 3, 8, 8)).astype(np.float32)}, kind=WideActivations.NONE)
+    assert "wide_choice" not in none.meta and not none.meta.get("wide")
+
+
+def test_two_inputs_refused():
+    from dyadic.core.errors import ModelError
+
+    rng = np.random.default_rng(3)
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Add", ["c0", "other"], "out")]
+    from onnx import TensorProto, helper
+
+    model = make_model(nodes, {"W0": conv_w(rng, 4, 3), "B0": bias(rng, 4)}, in_shape=("N", 3, 8, 8))
+    model.graph.input.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N", 4, 8, 8]))
+    calib = {"input": rng.normal(size=(4, 3, 8, 8)).astype(np.float32),
+             "other": rng.normal(size=(4, 4, 8, 8)).astype(np.float32)}
+    with pytest.raises(ModelError, match="--wide-activations auto"):
+        _calibrated(model, calib)
+
+
+def test_cli_share_flag():
+    from dyadic.cli.quant_args import add_quant_args, quant_config
+
+    p = argparse.ArgumentParser()
+    add_quant_args(p)
+    cfg = quant_config(p.parse_args(["--wide-activations", "auto", "--wide-share", "0.05"]))
+    assert cfg["wide_activations"] is WideActivations.AUTO and cfg["wide_share"] == 0.05
+    with pytest.raises(SystemExit):
+        quant_config(p.parse_args(["--wide-share", "1.5"]))
