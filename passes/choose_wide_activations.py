@@ -38,23 +38,11 @@ from dyadic.core.config import WideActivations
 from dyadic.core.errors import ModelError
 from dyadic.core.float_exec import execute
 from dyadic.core.graph import Graph
-from dyadic.core.weight_quant import WeightClip, fake_quant, weight_scales
+from dyadic.core.weight_quant import WeightClip
 from dyadic.mixed.hessian import estimate_traces
+from dyadic.passes.estimate_sensitivity import activation_rounding_error, weight_rounding_error
 from dyadic.passes.widen_activations import wide_candidates, with_wide
 from dyadic.passes.widen_residual import moves
-
-
-def _act_err2(a: np.ndarray, rng: tuple[float, float]) -> np.ndarray:
-    from dyadic.passes.quantize_graph import activation_qparams
-
-    q = activation_qparams(rng, 8)
-    a = a.astype(np.float64)
-    return (np.clip(np.rint(a / q.scale), q.lo, q.hi) * q.scale - a) ** 2
-
-
-def _weight_err2(w: np.ndarray, clip: WeightClip) -> np.ndarray:
-    w = w.astype(np.float64)
-    return (fake_quant(w, weight_scales(w, 8, clip is WeightClip.ALL), 8) - w) ** 2
 
 
 def _reader_work(graph: Graph, users, t: str, depth: int = 0) -> float:
@@ -89,19 +77,19 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
     x = np.asarray(data[graph.inputs[0]][:samples], np.float32)
     acts: dict[str, np.ndarray] = {}
     want = set(cands)
-    execute(graph, {graph.inputs[0]: x}, lambda t, v: acts.__setitem__(t, v) if t in want else None)
+    z = execute(graph, {graph.inputs[0]: x}, lambda t, v: acts.__setitem__(t, v) if t in want else None)[graph.outputs[0]]
     layers = [n for n in graph.weighted_nodes() if "W" in n.params]
     blocks: dict = {("act", t): np.zeros_like(acts[t]) for t in cands}
     blocks.update({n.name: n.params["W"] for n in layers})
-    err2 = {("act", t): _act_err2(acts[t], act_range(graph, t, 8)) for t in cands}
-    err2.update({n.name: _weight_err2(n.params["W"], weight_clip) for n in layers})
+    err2 = {("act", t): activation_rounding_error(acts[t].astype(np.float64), act_range(graph, t, 8), 8) ** 2
+            for t in cands}
+    err2.update({n.name: weight_rounding_error(n.params["W"], 8, weight_clip) ** 2 for n in layers})
     traces = estimate_traces(graph, x, blocks, rel_se=0.2, min_probes=16, max_probes=32,
                             quiet=quiet, logits=True, err2=err2)
     n = len(x)
     p_act = {t: traces[("act", t)].mean for t in cands}
     p_w = sum(traces[l.name].mean for l in layers)
-    z = execute(graph, {graph.inputs[0]: x})[graph.outputs[0]].reshape(n, -1).astype(np.float64)
-    signal = float((z ** 2).sum(1).mean())
+    signal = float((z.reshape(n, -1).astype(np.float64) ** 2).sum(1).mean())
     users = graph.consumers()
     work = {t: max(_reader_work(graph, users, t), 1.0) for t in cands}
     order = sorted(cands, key=lambda t: p_act[t] / work[t], reverse=True)

@@ -29,17 +29,26 @@ from dyadic.core.weight_quant import WeightClip, fake_quant, weight_scales
 CANDIDATE_NAMES = {(8, 8): "W8A8", (4, 8): "W4A8", (4, 4): "W4A4"}
 
 
-def weight_error(w: np.ndarray, bits: int, clip: WeightClip = WeightClip.NONE) -> float:
+def weight_rounding_error(w: np.ndarray, bits: int, clip: WeightClip = WeightClip.NONE) -> np.ndarray:
+    """Q_b(W) − W, elementwise (float64)."""
     s = weight_scales(w, bits, clip is WeightClip.ALL or (clip is WeightClip.W4 and bits == 4))
-    return float(((fake_quant(w.astype(np.float64), s, bits) - w.astype(np.float64)) ** 2).sum())
+    return fake_quant(w.astype(np.float64), s, bits) - w.astype(np.float64)
 
 
-def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> float:
+def activation_rounding_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> np.ndarray:
+    """Q_b(a) − a at the calibrated range `rng`, elementwise."""
     from dyadic.passes.quantize_graph import activation_qparams
 
     q = activation_qparams(rng, bits)
-    deq = np.clip(np.rint(a / q.scale), q.lo, q.hi) * q.scale
-    return float(((deq - a) ** 2).sum())
+    return np.clip(np.rint(a / q.scale), q.lo, q.hi) * q.scale - a
+
+
+def weight_error(w: np.ndarray, bits: int, clip: WeightClip = WeightClip.NONE) -> float:
+    return float((weight_rounding_error(w, bits, clip) ** 2).sum())
+
+
+def activation_error(a: np.ndarray, rng: tuple[float, float], bits: int) -> float:
+    return float((activation_rounding_error(a, rng, bits) ** 2).sum())
 
 
 def estimate_sensitivity(graph: Graph, data: dict[str, np.ndarray], samples: int = 32, rel_se: float = 0.1, max_probes: int = 100,
