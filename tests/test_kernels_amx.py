@@ -55,6 +55,10 @@ CASES = {
     "residual_int64_form": dict(c=16, h=7, w=9, o=32, k=3, packed=True, din="uint8", residual=("int32", 0, 255, 40)),
     "residual_signed_out": dict(c=24, h=5, w=6, o=24, k=1, pads=(0, 0, 0, 0), packed=True, dout="int8",
                                 clip=(-128, 127), residual=("int8", -128, 127, 30)),
+    "residual_pairs": dict(c=16, h=7, w=9, o=32, k=3, packed=True, din="uint8", residual=("uint8", 0, 255, 31),
+                           pairs=True, clip=(-128, 127)),
+    "residual_pairs_signed": dict(c=24, h=5, w=6, o=24, k=1, pads=(0, 0, 0, 0), packed=True, dout="int8",
+                                  clip=(-128, 127), residual=("int8", -128, 127, 32), pairs=True),
     "w4_packed": dict(c=40, h=7, w=6, o=48, k=3, w4=True, packed=True),
     "w4_rows_stride2": dict(c=33, h=9, w=9, o=16, k=3, stride=(2, 2), w4=True),
     "dense_odd": dict(c=37, h=1, w=1, o=10, k=1, pads=(0, 0, 0, 0), dout="int32", clip=(-32768, 32767), batch=19,
@@ -67,7 +71,7 @@ CASES = {
 
 def _spec_and_data(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
                    dout="uint8", clip=(0, 255), shifts=(34, 40), batch=2, w4=False, dense=False, residual=None,
-                   mb=None, nb=2, seed=0):
+                   mb=None, nb=2, seed=0, pairs=False):
     rng = np.random.default_rng(seed)
     oh, ow = _out_hw(h, w, k, stride, pads, dil)
     info = np.iinfo(din)
@@ -84,15 +88,19 @@ def _spec_and_data(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), 
         rdt, lo2, hi2, s2 = residual
         lo_r, hi_r = (-32768, 32767) if rdt == "int32" else (np.iinfo(rdt).min, np.iinfo(rdt).max)
         r = rng.integers(lo_r, hi_r + 1, (batch, o, oh, ow)).astype(rdt)
-        mab = rng.integers(2 ** 29, 2 ** 31, 2).astype(np.int64)
+        # pairs: one multiplier at the largest value the signed split takes (2^31 - 2^15 - 1)
+        mab = (np.array([2 ** 31 - 2 ** 15 - 1, rng.integers(2 ** 29, 2 ** 31 - 2 ** 15)]) if pairs
+               else rng.integers(2 ** 29, 2 ** 31, 2)).astype(np.int64)
         r32 = epilogue.int32_ok(clip, rdt, s2)
-        res_spec, extra = (rdt, lo2, hi2, r32), [_packed(r), epilogue.consts(mab, s2, r32)]
+        assert not pairs or (r32 and epilogue.pairs_ok(mab))
+        q = epilogue.pair_consts(mab, s2) if pairs else epilogue.consts(mab, s2, r32)
+        res_spec, extra = (rdt, lo2, hi2, r32), [_packed(r), q]
         want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
                                  {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
     ocb = -(-o // 16)
     mb = (1 if dense else 2) if mb is None else mb
     sp = AmxConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec,
-                     packing.hi32_ok(s), w4, mb, nb if ocb % nb == 0 else 1, dense)
+                     packing.hi32_ok(s), w4, mb, nb if ocb % nb == 0 else 1, dense, res_pairs=pairs)
     op = ocb * 16
     consts = [v.astype("int32" if sp.hi32 else "int64") for v in packing.requant_consts(m, s, op, sp.hi32)]
     args = [_packed(x) if packed else x, weight(wt, sp), packing.bias(b, wt, sp.offset, op), *consts, *extra]
@@ -364,15 +372,22 @@ def test_cpu_presets():
         preset_name("cuda", "sapphirerapids")
 
 
-def test_native_target_drops_features_the_os_does_not_report(monkeypatch):
+def test_native_target_follows_what_the_os_reports(monkeypatch):
     """A VM whose CPU model implies AMX but whose /proc/cpuinfo has no amx_int8 (hidden by the
-    hypervisor) gets a native target without AMX (-mattr), so its default build needs no flag it lacks."""
+    hypervisor) gets a native target without AMX (-mattr), so its default build needs no flag it lacks;
+    a VM that shows a generic model LLVM takes for an older core (a Sapphire Rapids guest seen as
+    rocketlake) but reports amx_int8 gets AMX added, so its default build uses the tiles it has."""
     import dyadic.runtime.cpu as cpu
     from dyadic.backend.kernels import x86_amx
-    from dyadic.targets.host import _mask_unreported
+    from dyadic.targets.host import _match_cpuinfo
 
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512_vnni"})
-    tgt = _mask_unreported({"kind": "llvm", "mcpu": "sapphirerapids"})
+    base = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"}
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: base)
+    tgt = _match_cpuinfo({"kind": "llvm", "mcpu": "sapphirerapids"})
     assert tgt["mattr"] == ["-amx-int8", "-amx-tile"] and not x86_amx(tgt)
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"})
-    assert "mattr" not in _mask_unreported({"kind": "llvm", "mcpu": "sapphirerapids"})
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: base | {"amx_int8", "amx_tile"})
+    assert "mattr" not in _match_cpuinfo({"kind": "llvm", "mcpu": "sapphirerapids"})
+    tgt = _match_cpuinfo({"kind": "llvm", "mcpu": "rocketlake"})
+    assert tgt["mattr"] == ["+amx-int8", "+amx-tile"] and x86_amx(tgt)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512_vnni"})
+    assert _match_cpuinfo({"kind": "llvm", "mcpu": "rocketlake"})["mattr"] == ["-avx512vbmi"]

@@ -93,7 +93,7 @@ def host_target(cpu: str | None = None) -> HostTarget:
     cores = os.cpu_count() or 1
     if cpu is None:
         tgt = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores}
-        return HostTarget("host", _mask_unreported(tgt))
+        return HostTarget("host", _match_cpuinfo(tgt))
     if cpu not in X86_CPUS:
         from dyadic.targets.arm import ARM_CPUS
 
@@ -102,16 +102,23 @@ def host_target(cpu: str | None = None) -> HostTarget:
     return HostTarget(f"host:{cpu}", {"kind": "llvm", "mcpu": cpu, "num-cores": cores}, cpu=X86_CPUS[cpu])
 
 
-def _mask_unreported(tgt: dict) -> dict:
-    """This CPU's target without the gating features its model name implies but /proc/cpuinfo does not
-    report (a VM that hides AMX or AVX-512: LLVM knows the CPU by its name, the OS by what it enabled),
-    so a native build never needs a flag this machine lacks."""
+def _match_cpuinfo(tgt: dict) -> dict:
+    """This CPU's target with the gating features (`x86.GATING_FEATURES`) set as /proc/cpuinfo reports
+    them, whatever LLVM's name for the CPU implies. A VM may hide features the model name implies (AMX,
+    AVX-512: LLVM knows the CPU by its name, the OS by what it enabled), so a native build never needs a
+    flag this machine lacks; and a VM may show a generic model that LLVM maps to an older core (a
+    Sapphire Rapids guest seen as "rocketlake"), so a native build still gets the AMX tiles it has."""
+    import tvm
+    from tvm.target import codegen
+
     from dyadic.runtime.cpu import cpu_flags
-    from dyadic.targets.x86 import GATING_FEATURES, required_flags
+    from dyadic.targets.x86 import GATING_FEATURES
 
     flags = cpu_flags()
     if flags is None:
         return tgt
-    feats = dict((flag, feat) for feat, flag in GATING_FEATURES)
-    off = [f"-{feats[f]}" for f in required_flags(tgt) if f not in flags]
-    return {**tgt, "mattr": off} if off else tgt
+    t = tvm.target.Target(tgt)
+    has = {feat: bool(codegen.target_has_features(feat, t)) for feat, _ in GATING_FEATURES}
+    attrs = [f"-{feat}" for feat, flag in GATING_FEATURES if has[feat] and flag not in flags]
+    attrs += [f"+{feat}" for feat, flag in GATING_FEATURES if not has[feat] and flag in flags]
+    return {**tgt, "mattr": attrs} if attrs else tgt

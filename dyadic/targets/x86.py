@@ -32,7 +32,8 @@ X86_CPUS = {c.name: c for c in (
 #: (LLVM feature, /proc/cpuinfo flag) of the instruction sets dyadic's x86 kernels use: a library built
 #: for a target with the feature needs the flag where it runs. AMX first: the most likely to be missing.
 GATING_FEATURES = (("amx-int8", "amx_int8"), ("amx-tile", "amx_tile"), ("avx512vnni", "avx512_vnni"),
-                   ("avx512bw", "avx512bw"), ("avx512f", "avx512f"), ("avx2", "avx2"))
+                   ("avx512vbmi", "avx512vbmi"), ("avx512bw", "avx512bw"), ("avx512f", "avx512f"),
+                   ("avx2", "avx2"))
 
 
 def required_flags(tvm_target: dict) -> list[str]:

@@ -29,6 +29,7 @@ from tvm.tirx.script.builder import ir as T
 
 from dyadic.backend.kernels import epilogue
 from dyadic.backend.kernels.amx_layout import B_TILE, ROW_BYTES, ROWS_MAX, AmxConvSpec
+from dyadic.backend.kernels.intrin import requant_hi32_x16
 from dyadic.backend.kernels.intrin_amx import TileOps
 from dyadic.backend.kernels.spec import ceil_div
 
@@ -59,13 +60,15 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
             mul, rnd, shf = (T.match_buffer(hs[k], (ocb * 16,), cdt) for k in "mrs")
             if sp.residual:
                 res = T.match_buffer(hs["res"], (n, ocb, oh, ow, 16), sp.residual[0])
-                q = T.match_buffer(hs["q"], (6,) if sp.residual[3] else (4,), "int32" if sp.residual[3] else "int64")
+                q = T.match_buffer(hs["q"], (6,) if sp.residual[3] and not sp.res_pairs else (4,),
+                                   "int32" if sp.residual[3] else "int64")
             out = T.match_buffer(hs["out"], (n, ocb, oh, ow, 16), sp.out_dtype)
             img = sp.hx * sp.ws * cp
             xa = T.alloc_buffer(((n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX * cp,) if sp.dense else (n * img,), "uint8")
             _stage(sp, n, x, xa)
 
-            def epilogue_rows(i, j, t, ob, b, scratch):
+            def epilogue_rows(t, ob, b, scratch, base, rq):
+                """C tile rows (int32 [M, 16] at scratch[base:]) -> out: + bias, requant, clip, residual."""
                 with T.serial(0, sp.m) as r:
                     if sp.dense:
                         bb, y, z = t * ROWS_MAX + r, 0, 0
@@ -75,22 +78,36 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                         ok = tirx.all(y < oh, z < ow)
                     with T.If(ok):
                         with T.Then():
-                            with T.vectorized(0, 16) as jj:
-                                ch = ob * 16 + jj
-                                acc = scratch[r * 16 + jj] + bias[ch]
-                                if sp.hi32:
-                                    v = tirx.shift_right(tirx.Cast("int32", (acc.astype("int64") * mul[ch].astype(
-                                        "int64")) >> _i64(32)) + rnd[ch], shf[ch])
-                                    v = tirx.max(tirx.min(v, sp.hi), sp.lo)
-                                else:
-                                    v = acc.astype("int64") * mul[ch] + rnd[ch]
-                                    v = tirx.max(tirx.min(v >> shf[ch], _i64(sp.hi)), _i64(sp.lo))
-                                if sp.residual:
-                                    v = epilogue.add(v, res[bb, ob, y, z, jj], q, sp.residual[1], sp.residual[2],
-                                                     sp.residual[3])
-                                T.buffer_store(out, v.astype(sp.out_dtype), [bb, ob, y, z, jj])
+                            if sp.hi32 and (not sp.residual or sp.res_pairs):  # one vector expression
+                                v = _row_vector(sp, scratch, base + r * 16, ob, consts, res_row(bb, ob, y, z))
+                                T.buffer_store(out, v, [bb, ob, y, z, tirx.Ramp(0, 1, 16)])
+                            else:
+                                _row_scalar(r, ob, bb, y, z, scratch, base, rq)
 
-            def macro_tile(t0, ob0, b, scratch, wsc):
+            def _row_scalar(r, ob, bb, y, z, scratch, base, rq):
+                if sp.hi32:
+                    acc = scratch.vload([base + r * 16], "int32x16") + bias.vload([ob * 16], "int32x16")
+                    T.buffer_store(rq, requant_hi32_x16(
+                        acc, mul.vload([ob * 16], "int32x16"), rnd.vload([ob * 16], "int32x16"),
+                        shf.vload([ob * 16], "int32x16")), [tirx.Ramp(0, 1, 16)])
+                with T.vectorized(0, 16) as jj:
+                    ch = ob * 16 + jj
+                    if sp.hi32:
+                        v = tirx.max(tirx.min(rq[jj], sp.hi), sp.lo)
+                    else:
+                        v = (scratch[base + r * 16 + jj] + bias[ch]).astype("int64") * mul[ch] + rnd[ch]
+                        v = tirx.max(tirx.min(v >> shf[ch], _i64(sp.hi)), _i64(sp.lo))
+                    if sp.residual:
+                        v = epilogue.add(v, res[bb, ob, y, z, jj], q, sp.residual[1], sp.residual[2],
+                                         sp.residual[3])
+                    T.buffer_store(out, v.astype(sp.out_dtype), [bb, ob, y, z, jj])
+
+            consts = (bias, mul, rnd, shf, q if sp.residual else None)
+
+            def res_row(bb, ob, y, z):
+                return res.vload([bb, ob, y, z, 0], f"{sp.residual[0]}x16") if sp.residual else None
+
+            def macro_tile(t0, ob0, b, scratch, wsc, rq):
                 for i in range(sp.mb):
                     for j in range(sp.nb):
                         ops.zero(ops.c(i, j))
@@ -109,18 +126,21 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     for i in range(sp.mb):
                         for j in range(sp.nb):
                             ops.dot(ops.c(i, j), ops.a(i), ops.b(j))
+                for i in range(sp.mb):  # every C tile stored before any is read: the stores overlap
+                    for j in range(sp.nb):
+                        ops.store(ops.c(i, j), scratch, ops.c(i, j) * 256)
                 for i in range(sp.mb):
                     for j in range(sp.nb):
-                        ops.store(ops.c(i, j), scratch)
-                        epilogue_rows(i, j, t0 + i, ob0 + j, b, scratch)
+                        epilogue_rows(t0 + i, ob0 + j, b, scratch, ops.c(i, j) * 256, rq)
 
             og = ocb // sp.nb
             if sp.dense:  # one task per (16 samples, channel group)
                 with T.parallel(0, (n + ROWS_MAX - 1) // ROWS_MAX * og) as task:
                     ops.begin()
-                    scratch = T.alloc_buffer((256,), "int32", scope="local")
+                    scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
+                    rq = T.alloc_buffer((16,), "int32", scope="local")
                     wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
-                    macro_tile(task // og, (task % og) * sp.nb, 0, scratch, wsc)
+                    macro_tile(task // og, (task % og) * sp.nb, 0, scratch, wsc, rq)
                     ops.end()
             else:
                 mt = sp.tiles // sp.mb
@@ -130,14 +150,29 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     b, rest = task // (og * pg), task % (og * pg)
                     ob0, g = (rest // pg) * sp.nb, rest % pg
                     ops.begin()
-                    scratch = T.alloc_buffer((256,), "int32", scope="local")
+                    scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
+                    rq = T.alloc_buffer((16,), "int32", scope="local")
                     wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
                     with T.serial(0, gs) as gi:
                         with T.If(g * gs + gi < mt):
                             with T.Then():
-                                macro_tile((g * gs + gi) * sp.mb, ob0, b, scratch, wsc)
+                                macro_tile((g * gs + gi) * sp.mb, ob0, b, scratch, wsc, rq)
                     ops.end()
     return ib.get().with_attr("op_pattern", 8)
+
+
+def _row_vector(sp: AmxConvSpec, scratch, at, ob, consts, res_row):
+    """One row of a C tile (16 int32 at scratch[at]) -> its 16 output codes, as one vector expression:
+    + bias, requant on `vpmuldq` (`intrin.requant_hi32_x16`), clip, the residual add on `vpdpwssd`
+    (`epilogue.add_pairs`)."""
+    bias, mul, rnd, shf, q = consts
+    ld = lambda buf: buf.vload([ob * 16], "int32x16")  # noqa: E731
+    v = requant_hi32_x16(scratch.vload([at], "int32x16") + ld(bias), ld(mul), ld(rnd), ld(shf))
+    v = tirx.max(tirx.min(v, tirx.Broadcast(tirx.const(sp.hi, "int32"), 16)),
+                 tirx.Broadcast(tirx.const(sp.lo, "int32"), 16))
+    if sp.residual:
+        v = epilogue.add_pairs(v, res_row.astype("int32x16"), q, sp.residual[1], sp.residual[2])
+    return v.astype(f"{sp.out_dtype}x16")
 
 
 def _unpack4(wq, off, wsc, dst) -> None:

@@ -51,6 +51,7 @@ class AmxConvSpec(KernelIO):
     mb: int = 2                       # A (pixel) tiles per macro tile
     nb: int = 2                       # B (output-channel) tiles per macro tile
     dense: bool = False               # x [N, K, 1, 1]: the batch is the pixel axis
+    res_pairs: bool = False           # the fused residual add on `vpdpwssd` (`epilogue.add_pairs`)
 
     @property
     def ocb(self) -> int:

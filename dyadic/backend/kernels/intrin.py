@@ -16,6 +16,7 @@ registers once the tile is unrolled; larger ones stay in memory.
 """
 from __future__ import annotations
 
+from tvm import tirx
 from tvm.script import tirx as T
 
 VNNI_INTRIN = "dyadic_dot_16x4_vnni"
@@ -85,6 +86,19 @@ def _requant_desc(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,
                     T.Cast("int64", A[vj] + B[vj]) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
 
 
+def requant_hi32_x16(acc, mul, rnd, shf):
+    """The int32x16 expression ((int64(acc) * mul) >> 32 + rnd) >> shf of int32x16 operands, with the
+    products on even and odd lanes (`vpmuldq`) as above; also used directly by the AMX epilogue."""
+    c32 = tirx.Broadcast(tirx.const(32, "int64"), 8)
+    a64, m64 = tirx.reinterpret("int64x8", acc), tirx.reinterpret("int64x8", mul)
+    even = ((a64 << c32) >> c32) * ((m64 << c32) >> c32)  # sign-extended low halves
+    odd = (a64 >> c32) * (m64 >> c32)
+    hi = tirx.reinterpret("int32x16", tirx.bitwise_or(
+        tirx.bitwise_and(even >> c32, tirx.Broadcast(tirx.const(0xFFFFFFFF, "int64"), 8)),
+        tirx.bitwise_and(odd, tirx.Broadcast(tirx.const(-4294967296, "int64"), 8))))
+    return tirx.shift_right(hi + rnd, shf)
+
+
 @T.prim_func(s_tir=True)
 def _requant_impl(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
                   M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
@@ -92,21 +106,9 @@ def _requant_impl(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,
     with T.sblock("root"):
         T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
         T.writes(V[0:16])
-        # (written as one expression, see _vnni_impl)
-        V[T.ramp(T.int32(0), 1, 16)] = T.shift_right(T.reinterpret(T.bitwise_or(
-            T.bitwise_and(T.shift_right(
-                T.shift_right(T.shift_left(T.reinterpret(A.vload([0], "int32x16") + B.vload([0], "int32x16"),
-                                                         dtype="int64x8"), T.broadcast(T.int64(32), 8)),
-                              T.broadcast(T.int64(32), 8))
-                * T.shift_right(T.shift_left(T.reinterpret(M.vload([0], "int32x16"), dtype="int64x8"),
-                                             T.broadcast(T.int64(32), 8)), T.broadcast(T.int64(32), 8)),
-                T.broadcast(T.int64(32), 8)), T.broadcast(T.int64(0xFFFFFFFF), 8)),
-            T.bitwise_and(
-                T.shift_right(T.reinterpret(A.vload([0], "int32x16") + B.vload([0], "int32x16"), dtype="int64x8"),
-                              T.broadcast(T.int64(32), 8))
-                * T.shift_right(T.reinterpret(M.vload([0], "int32x16"), dtype="int64x8"), T.broadcast(T.int64(32), 8)),
-                T.broadcast(T.int64(-4294967296), 8))), dtype="int32x16") + R.vload([0], "int32x16"),
-            S.vload([0], "int32x16"))
+        V[T.ramp(T.int32(0), 1, 16)] = requant_hi32_x16(A.vload([0], "int32x16") + B.vload([0], "int32x16"),
+                                                        M.vload([0], "int32x16"), R.vload([0], "int32x16"),
+                                                        S.vload([0], "int32x16"))
 
 
 def register_requant() -> None:

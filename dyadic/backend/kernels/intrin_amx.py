@@ -107,9 +107,9 @@ class TileOps:
                     T.buffer_store(self.tc, self.tc[idx] + self.ta[ao + r * 64 + k].astype("int32")
                                    * self.tb[bo + (k // 4) * 64 + n * 4 + k % 4].astype("int32"), [idx])
 
-    def store(self, t: int, scratch) -> None:
-        """tilestored: C tile t -> the int32 scratch [16, 16] (rows 64 bytes apart)."""
+    def store(self, t: int, scratch, offset: int = 0) -> None:
+        """tilestored: C tile t -> the int32 scratch [16, 16] from element `offset` (rows 64 bytes apart)."""
         if not self.emulate:
-            return _call("llvm.x86.tilestored64", _i8(t), tirx.address_of(scratch[0]), tirx.const(64, "int64"))
+            return _call("llvm.x86.tilestored64", _i8(t), tirx.address_of(scratch[offset]), tirx.const(64, "int64"))
         with T.serial(0, self.rows * 16) as e:
-            T.buffer_store(scratch, self.tc[t * 256 + e], [e])
+            T.buffer_store(scratch, self.tc[t * 256 + e], [offset + e])

@@ -202,7 +202,8 @@ class CpuKernels:
             rt, add, first = res
             r32 = epilogue.int32_ok((a["lo"], a["hi"]), self._dtype(rt), add.params["S"])
             residual, out_dtype = (self._dtype(rt), add.attrs["lo"], add.attrs["hi"], r32), self._dtype(add.output)
-        amx = amx_lowering.conv_spec(self, n, residual, out_dtype) if self.amx and not self._wide_input(n) else None
+        amx = (amx_lowering.conv_spec(self, n, residual, out_dtype, res and res[1].params["M"])
+               if self.amx and not self._wide_input(n) else None)
         if amx is not None:
             return self._amx_call(n, x, amx, p["W"], res)
         _, c, h, w = self.g.shapes[t]
@@ -247,7 +248,9 @@ class CpuKernels:
         if res is not None:
             rt, add, first = res
             mm = np.asarray(add.params["M"]).reshape(-1)
-            q = epilogue.consts(mm if first else mm[::-1], add.params["S"], sp.residual[3])
+            mm = mm if first else mm[::-1]
+            q = (epilogue.pair_consts(mm, add.params["S"]) if sp.res_pairs
+                 else epilogue.consts(mm, add.params["S"], sp.residual[3]))
             args += [self.values[rt], _c(q, str(q.dtype))]
         self.families[n.name], self.dot_layers[n.name] = KernelFamily.AMX, "tdpbusd"
         shape = [self.L.batch, sp.ocb, *((1, 1) if sp.dense else sp.out_hw), 16]
