@@ -78,9 +78,13 @@ def requantize(acc: np.ndarray, m, s, lo: int, hi: int) -> np.ndarray:
     return np.clip((acc * m + rounding_term(s)) >> s, lo, hi)
 
 
-def quantize_float(x: np.ndarray, scale: float, lo: int, hi: int) -> np.ndarray:
-    """Real -> integer at the graph boundary: clip(round_half_even(x / scale), lo, hi)."""
-    return np.clip(np.rint(np.asarray(x, np.float64) / scale), lo, hi).astype(np.int64)
+def quantize_float(x: np.ndarray, scale: float, lo: int, hi: int, dtype=np.int64) -> np.ndarray:
+    """Real -> integer at the graph boundary: clip(round_half_even(x / scale), lo, hi), in float64 (one
+    temporary, rounded and clipped in place: this runs on every input of every `run`)."""
+    y = np.divide(x, np.float64(scale), dtype=np.float64)
+    np.rint(y, out=y)
+    np.clip(y, lo, hi, out=y)
+    return y.astype(dtype)
 
 
 # A channel whose largest weight is this far below the layer's largest gets the floor's scale: its

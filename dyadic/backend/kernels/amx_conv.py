@@ -33,7 +33,9 @@ from dyadic.backend.kernels.intrin import requant_hi32_x16
 from dyadic.backend.kernels.intrin_amx import TileOps
 from dyadic.backend.kernels.spec import ceil_div
 
-TASKS_PER_IMAGE = 32  #: parallel tasks per (image, channel group) at most: each runs ldtilecfg once
+#: parallel tasks per image (channel groups x pixel groups), at least: each runs ldtilecfg once, and the
+#: pixel tiles of one task reuse its channel group's B tiles from L1
+TASKS_PER_IMAGE = 8
 
 
 def _i64(v):
@@ -107,7 +109,8 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
             def res_row(bb, ob, y, z):
                 return res.vload([bb, ob, y, z, 0], f"{sp.residual[0]}x16") if sp.residual else None
 
-            def macro_tile(t0, ob0, b, scratch, wsc, rq):
+            def compute(t0, ob0, b, wsc):
+                """The macro tile's C tiles (mb x 16 pixels x nb x 16 channels) over every reduction step."""
                 for i in range(sp.mb):
                     for j in range(sp.nb):
                         ops.zero(ops.c(i, j))
@@ -126,9 +129,13 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     for i in range(sp.mb):
                         for j in range(sp.nb):
                             ops.dot(ops.c(i, j), ops.a(i), ops.b(j))
-                for i in range(sp.mb):  # every C tile stored before any is read: the stores overlap
+
+            def store(scratch):  # every C tile stored before any is read: the stores overlap
+                for i in range(sp.mb):
                     for j in range(sp.nb):
                         ops.store(ops.c(i, j), scratch, ops.c(i, j) * 256)
+
+            def finish(t0, ob0, b, scratch, rq):
                 for i in range(sp.mb):
                     for j in range(sp.nb):
                         epilogue_rows(t0 + i, ob0 + j, b, scratch, ops.c(i, j) * 256, rq)
@@ -140,11 +147,13 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
                     rq = T.alloc_buffer((16,), "int32", scope="local")
                     wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
-                    macro_tile(task // og, (task % og) * sp.nb, 0, scratch, wsc, rq)
+                    compute(task // og, (task % og) * sp.nb, 0, wsc)
+                    store(scratch)
+                    finish(task // og, (task % og) * sp.nb, 0, scratch, rq)
                     ops.end()
             else:
                 mt = sp.tiles // sp.mb
-                gs = ceil_div(mt, TASKS_PER_IMAGE)
+                gs = ceil_div(mt, ceil_div(TASKS_PER_IMAGE, og))
                 pg = ceil_div(mt, gs)
                 with T.parallel(0, n * og * pg) as task:
                     b, rest = task // (og * pg), task % (og * pg)
@@ -153,10 +162,16 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
                     rq = T.alloc_buffer((16,), "int32", scope="local")
                     wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
-                    with T.serial(0, gs) as gi:
-                        with T.If(g * gs + gi < mt):
-                            with T.Then():
-                                macro_tile((g * gs + gi) * sp.mb, ob0, b, scratch, wsc, rq)
+                    # software pipelined: the tiles of macro tile gi multiply (on the AMX unit) while the
+                    # vector units run the epilogue of gi - 1 from the scratch
+                    t0 = g * gs * sp.mb
+                    compute(t0, ob0, b, wsc)
+                    store(scratch)
+                    with T.serial(1, tirx.min(gs, mt - g * gs)) as gi:
+                        compute(t0 + gi * sp.mb, ob0, b, wsc)
+                        finish(t0 + (gi - 1) * sp.mb, ob0, b, scratch, rq)
+                        store(scratch)
+                    finish(t0 + (tirx.min(gs, mt - g * gs) - 1) * sp.mb, ob0, b, scratch, rq)
                     ops.end()
     return ib.get().with_attr("op_pattern", 8)
 
