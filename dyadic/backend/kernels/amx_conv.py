@@ -157,7 +157,8 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                 pg = ceil_div(mt, gs)
                 with T.parallel(0, n * og * pg) as task:
                     b, rest = task // (og * pg), task % (og * pg)
-                    ob0, g = (rest // pg) * sp.nb, rest % pg
+                    # pixel-group major: a thread's run of tasks reads the rows it staged, from its own L2
+                    g, ob0 = rest // og, (rest % og) * sp.nb
                     ops.begin()
                     scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
                     rq = T.alloc_buffer((16,), "int32", scope="local")
