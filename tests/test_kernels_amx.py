@@ -64,6 +64,10 @@ CASES = {
     "dense_odd": dict(c=37, h=1, w=1, o=10, k=1, pads=(0, 0, 0, 0), dout="int32", clip=(-32768, 32767), batch=19,
                       dense=True),
     "dense_w4": dict(c=130, h=1, w=1, o=40, k=1, pads=(0, 0, 0, 0), batch=3, dense=True, w4=True),
+    "taps_stem_7x7_s2": dict(c=3, h=19, w=23, o=20, k=7, stride=(2, 2), pads=(3, 3, 3, 3), taps=True),
+    "taps_3x3_packed_unsigned": dict(c=16, h=9, w=10, o=33, k=3, packed=True, din="uint8", taps=True),
+    "taps_w4_residual": dict(c=5, h=8, w=7, o=32, k=3, w4=True, taps=True, packed=True, din="uint8",
+                             residual=("uint8", 0, 255, 31), pairs=True, clip=(-128, 127)),
     "blocking_1x1": dict(c=20, h=8, w=10, o=40, k=3, packed=True, mb=1, nb=1),
     "batch1_tiny_map": dict(c=64, h=2, w=2, o=32, k=3, batch=1),
 }
@@ -71,7 +75,7 @@ CASES = {
 
 def _spec_and_data(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
                    dout="uint8", clip=(0, 255), shifts=(34, 40), batch=2, w4=False, dense=False, residual=None,
-                   mb=None, nb=2, seed=0, pairs=False):
+                   mb=None, nb=2, seed=0, pairs=False, taps=False):
     rng = np.random.default_rng(seed)
     oh, ow = _out_hw(h, w, k, stride, pads, dil)
     info = np.iinfo(din)
@@ -100,7 +104,7 @@ def _spec_and_data(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), 
     ocb = -(-o // 16)
     mb = (1 if dense else 2) if mb is None else mb
     sp = AmxConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec,
-                     packing.hi32_ok(s), w4, mb, nb if ocb % nb == 0 else 1, dense, res_pairs=pairs)
+                     packing.hi32_ok(s), w4, mb, nb if ocb % nb == 0 else 1, dense, res_pairs=pairs, taps=taps)
     op = ocb * 16
     consts = [v.astype("int32" if sp.hi32 else "int64") for v in packing.requant_consts(m, s, op, sp.hi32)]
     args = [_packed(x) if packed else x, weight(wt, sp), packing.bias(b, wt, sp.offset, op), *consts, *extra]
@@ -224,7 +228,7 @@ def test_amx_kernel_bitexact_on_amx(name):
 
 # ------------------------------------------------------------------ whole models
 def _model(rng):
-    """conv 3->48 (few channels: VNNI), conv 48->64, conv 64->64 stride 2, 1x1 conv + residual add, global
+    """conv 3->48 (few channels: AMX in TAPS mode), conv 48->64, conv 64->64 stride 2, 1x1 conv + residual add, global
     mean, dense 64->10."""
     inits = {"w1": conv_w(rng, 48, 3), "b1": bias(rng, 48), "w2": conv_w(rng, 64, 48), "b2": bias(rng, 64),
              "w3": conv_w(rng, 64, 64), "b3": bias(rng, 64), "w4": conv_w(rng, 64, 64, 1), "b4": bias(rng, 64),
@@ -258,7 +262,7 @@ def test_sapphirerapids_build_records_kernels_and_requirements(spr_build):
     d, plan = spr_build
     t = plan["target"]
     assert t["preset"] == "host:sapphirerapids" and t["tvm"]["mcpu"] == "sapphirerapids"
-    assert t["kernel_coverage"]["layer_kernels"] == {"c1": "vnni", "c2": "amx", "c3": "amx", "c4": "amx", "mm": "amx"}
+    assert t["kernel_coverage"]["layer_kernels"] == {"c1": "amx", "c2": "amx", "c3": "amx", "c4": "amx", "mm": "amx"}
     assert t["requires"]["amx_tile_data"] is True
     assert {"amx_int8", "amx_tile", "avx512_vnni"} <= set(t["requires"]["cpu_flags"])
     assert t["dot_macs"]["by_instruction"]["tdpbusd"] > 0
@@ -320,14 +324,14 @@ def test_whole_model_on_emulated_tiles_is_bitexact(monkeypatch, tmp_path):
     plan = _compile(tmp_path / "b", target="host").plan
     assert plan["self_check"].startswith("bit-exact")
     assert [k for k, v in plan["target"]["kernel_coverage"]["layer_kernels"].items() if v == "amx"] == \
-        ["c2", "c3", "c4", "mm"]
+        ["c1", "c2", "c3", "c4", "mm"]
 
 
 @needs_amx
 def test_default_compile_uses_amx_on_amx_host(tmp_path):
     plan = _compile(tmp_path / "b", target="host").plan
     assert plan["self_check"].startswith("bit-exact")
-    assert plan["target"]["kernel_coverage"]["families"]["amx"] == 4
+    assert plan["target"]["kernel_coverage"]["families"]["amx"] == 5
 
 
 # ------------------------------------------------------------------ deploy runner, peak, presets

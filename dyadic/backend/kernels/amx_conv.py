@@ -47,7 +47,7 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
     oh, ow = (1, 1) if sp.dense else sp.out_hw
     ocb, cp = sp.ocb, sp.cp
     ops = TileOps(sp.m, sp.mb, sp.nb, emulate)
-    wlen = ocb * sp.kh * sp.kw * sp.kb * sp.b_bytes
+    wlen = ocb * sp.kh * sp.kws * sp.kb * sp.b_bytes
     cdt = "int32" if sp.hi32 else "int64"
     with IRBuilder() as ib:
         with T.prim_func():
@@ -65,8 +65,9 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                 q = T.match_buffer(hs["q"], (6,) if sp.residual[3] and not sp.res_pairs else (4,),
                                    "int32" if sp.residual[3] else "int64")
             out = T.match_buffer(hs["out"], (n, ocb, oh, ow, 16), sp.out_dtype)
-            img = sp.hx * sp.ws * cp
-            xa = T.alloc_buffer(((n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX * cp,) if sp.dense else (n * img,), "uint8")
+            img = sp.img_bytes
+            xa = T.alloc_buffer(((n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX * cp,) if sp.dense else (sp.staged_bytes(n),),
+                                "uint8")
             _stage(sp, n, x, xa)
 
             def epilogue_rows(t, ob, b, scratch, base, rq):
@@ -114,11 +115,11 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                 for i in range(sp.mb):
                     for j in range(sp.nb):
                         ops.zero(ops.c(i, j))
-                with T.serial(0, sp.kh) as ry, T.serial(0, sp.kw) as rx, T.serial(0, sp.kb) as kb:
+                with T.serial(0, sp.kh) as ry, T.serial(0, sp.kws) as rx, T.serial(0, sp.kb) as kb:
                     for i in range(sp.mb):
-                        pix = (t0 + i) * ROWS_MAX if sp.dense else sp.tile_base(t0 + i) + sp.tap(ry, rx)
-                        base = pix * cp + kb * ROW_BYTES if sp.dense else b * img + pix * cp + kb * ROW_BYTES
-                        ops.load(ops.a(i), xa, base, sp.row_step * cp)
+                        base = ((t0 + i) * ROWS_MAX * cp + kb * ROW_BYTES if sp.dense
+                                else b * img + sp.a_offset(t0 + i, ry, rx, kb))
+                        ops.load(ops.a(i), xa, base, sp.a_stride)
                     for j in range(sp.nb):
                         off = sp.b_tile(ob0 + j, ry, rx, kb) * sp.b_bytes
                         if sp.w4:
@@ -216,6 +217,27 @@ def _stage(sp: AmxConvSpec, n, x, xa) -> None:
                 T.buffer_store(xa, tirx.if_then_else(tirx.all(p < n, c < sp.c), v, pad), [p * sp.cp + c])
         return
     t, l, _, _ = sp.pads
+    if sp.taps:  # plain NHWC, c bytes per pixel, then the slack; the padding columns and rows apart
+        cc = sp.c
+        with T.parallel(0, n * sp.hx) as by:
+            b, yy = by // sp.hx, by % sp.hx
+            row, iy = by * sp.ws * cc, yy - t
+            with T.If(tirx.all(iy >= 0, iy < sp.h)):
+                with T.Then():
+                    with T.serial(0, l * cc) as e:
+                        T.buffer_store(xa, pad, [row + e])
+                    with T.serial(0, sp.w) as ix:
+                        for c in range(cc):
+                            v = x[b, c // 16, iy, ix, c % 16] if sp.packed_in else x[b, c, iy, ix]
+                            T.buffer_store(xa, val(v), [row + (l + ix) * cc + c])
+                    with T.serial(0, (sp.ws - l - sp.w) * cc) as e:
+                        T.buffer_store(xa, pad, [row + (l + sp.w) * cc + e])
+                with T.Else():
+                    with T.serial(0, sp.ws * cc) as e:
+                        T.buffer_store(xa, pad, [row + e])
+        with T.serial(0, ROW_BYTES) as e:
+            T.buffer_store(xa, pad, [n * sp.img_bytes + e])
+        return
     with T.parallel(0, n * sp.hx) as by:
         b, yy = by // sp.hx, by % sp.hx
         with T.serial(0, sp.ws) as xx, T.serial(0, sp.cp // 16) as cb:

@@ -19,9 +19,17 @@ pixels. Reduction steps: (ry, rx, kb) = kernel row, kernel column, 64-channel bl
     subsampled (xa[Y, X] = x[Y sh - t, X sw - l]) and runs as a 1x1 stride-1 conv.
   * ROWS (strided k x k): a tile is M <= 16 consecutive output pixels of one output row (M splits OW
     evenly), row stride sw pixels.
+  * TAPS (few input channels: a network's first conv, c kw <= 64): the input is staged as plain
+    NHWC, c bytes per pixel (no channel padding), and one A row is the 64 bytes from output pixel
+    (y, z)'s top-left tap in kernel row ry: its kw taps x c channels are contiguous (stride 1 dilation
+    in x), so one reduction step per kernel row, K = kw c of the 64 (a 7x7 RGB stem: 21). The rest of
+    the row is the next pixels' bytes, multiplied by zero weight rows. Rows of a tile are M output
+    pixels of one output row (as ROWS), sw c bytes apart: overlapping rows, which `tileloadd` allows.
+    The staged buffer ends with 64 bytes of slack, for the last row's tail.
 Dense: the batch is the pixel axis (16 samples per tile), K = the input features.
 Weights [O/16, KH, KW, KB, 16 (k), 16 (n), 4 (i)]: one B tile = 1024 contiguous bytes per (output
 block, ry, rx, kb), element [.., k, n, i] = W[16 ob + n, 64 kb + 4 k + i, ry, rx] (zero padding);
+TAPS: [O/16, KH, 16, 16, 4] with element [.., k, n, i] = W[16 ob + n, ci, ry, rx] at 4 k + i = rx c + ci;
 4-bit weights: each 64-byte row as 32 bytes (`packing.nibbles`), unpacked into an int8 tile next
 to its use. Accumulators: |sum| <= 255 * 128 * K < 2^31 for K < 65,000 (as VNNI).
 Register blocking: `mb` A tiles x `nb` B tiles -> mb nb C tiles (2 x 2: tiles 0-3 C, 4-5 A, 6-7 B).
@@ -41,6 +49,7 @@ ROWS_MAX, ROW_BYTES, B_TILE = 16, 64, 1024
 class AmxMode(enum.Enum):
     FLAT = "flat"
     ROWS = "rows"
+    TAPS = "taps"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,12 @@ class AmxConvSpec(KernelIO):
     nb: int = 2                       # B (output-channel) tiles per macro tile
     dense: bool = False               # x [N, K, 1, 1]: the batch is the pixel axis
     res_pairs: bool = False           # the fused residual add on `vpdpwssd` (`epilogue.add_pairs`)
+    taps: bool = False                # TAPS mode (module docstring): kw x c input bytes per A row
+
+    @staticmethod
+    def taps_fit(c: int, kw: int, dil_w: int) -> bool:
+        """Whether a kernel row's taps x channels fit one 64-byte A row contiguously (TAPS mode)."""
+        return dil_w == 1 and kw * c <= ROW_BYTES
 
     @property
     def ocb(self) -> int:
@@ -59,7 +74,17 @@ class AmxConvSpec(KernelIO):
 
     @property
     def kb(self) -> int:
-        return ceil_div(self.c, ROW_BYTES)
+        return 1 if self.taps else ceil_div(self.c, ROW_BYTES)
+
+    @property
+    def kws(self) -> int:
+        """Reduction steps over the kernel's columns (TAPS: all in one A row)."""
+        return 1 if self.taps else self.kw
+
+    @property
+    def pix_bytes(self) -> int:
+        """Bytes per staged pixel: the padded channels, or (TAPS) the channels as they are."""
+        return self.c if self.taps else self.cp
 
     @property
     def cp(self) -> int:
@@ -75,12 +100,14 @@ class AmxConvSpec(KernelIO):
 
     @property
     def mode(self) -> AmxMode:
+        if self.taps:
+            return AmxMode.TAPS
         return AmxMode.FLAT if self.dense or self.stride == (1, 1) or self.one_by_one else AmxMode.ROWS
 
     @property
     def sub(self) -> tuple[int, int]:
         """Staging subsampling: a strided 1x1 conv is staged at its output grid."""
-        return self.stride if self.one_by_one and not self.dense else (1, 1)
+        return self.stride if self.one_by_one and not self.dense and not self.taps else (1, 1)
 
     @property
     def m(self) -> int:
@@ -100,7 +127,7 @@ class AmxConvSpec(KernelIO):
         """Staged width (pixels)."""
         oh, ow = self.out_hw
         t, l, b, r = self.pads
-        if self.one_by_one:
+        if self.one_by_one and not self.taps:
             return ow
         if self.mode is AmxMode.FLAT:
             return self.w + l + r
@@ -129,9 +156,27 @@ class AmxConvSpec(KernelIO):
         """Pixels between two rows of an A tile."""
         return 1 if self.mode is AmxMode.FLAT else self.stride[1]
 
+    @property
+    def a_stride(self) -> int:
+        """Bytes between two rows of an A tile."""
+        return self.row_step * self.pix_bytes
+
+    @property
+    def img_bytes(self) -> int:
+        """Staged bytes per image."""
+        return self.hx * self.ws * self.pix_bytes
+
+    def staged_bytes(self, n):
+        """The staged buffer (n images; TAPS: + 64 bytes of slack for the last A row's tail)."""
+        return n * self.img_bytes + (ROW_BYTES if self.taps else 0)
+
+    def a_offset(self, t, ry, rx, kb):
+        """Byte offset (in its image) of row 0 of pixel tile t's A tile at reduction step (ry, rx, kb)."""
+        return (self.tile_base(t) + self.tap(ry, rx)) * self.pix_bytes + kb * ROW_BYTES
+
     def tap(self, ry, rx):
         """Staged-pixel offset of kernel tap (ry, rx)."""
-        if self.one_by_one:
+        if self.one_by_one and not self.taps:
             return 0
         return ry * self.dil[0] * self.ws + rx * self.dil[1]
 
@@ -150,11 +195,11 @@ class AmxConvSpec(KernelIO):
 
     @property
     def ksteps(self) -> int:
-        return self.kh * self.kw * self.kb
+        return self.kh * self.kws * self.kb
 
     def b_tile(self, ob, ry, rx, kb):
         """Index of the B tile of output block ob at reduction step (ry, rx, kb)."""
-        return ((ob * self.kh + ry) * self.kw + rx) * self.kb + kb
+        return ((ob * self.kh + ry) * self.kws + rx) * self.kb + kb
 
     @property
     def b_bytes(self) -> int:
@@ -167,6 +212,11 @@ def weight(w: np.ndarray, sp: AmxConvSpec) -> np.ndarray:
     from dyadic.backend.kernels.packing import nibbles
 
     o, c, kh, kw = w.shape
+    if sp.taps:  # [o, ry, rx c + ci] -> [ob, ry, k, n, i]
+        full = np.zeros((sp.ocb * 16, kh, ROW_BYTES), np.int8)
+        full[:o, :, :kw * c] = w.transpose(0, 2, 3, 1).reshape(o, kh, kw * c)
+        t = np.ascontiguousarray(full.reshape(sp.ocb, 16, kh, 16, 4).transpose(0, 2, 3, 1, 4))
+        return (nibbles(t) if sp.w4 else t).reshape(-1)
     full = np.zeros((sp.ocb * 16, sp.cp, kh, kw), np.int8)
     full[:o, :c] = w
     t = full.reshape(sp.ocb, 16, sp.kb, 16, 4, kh, kw).transpose(0, 5, 6, 2, 3, 1, 4)  # [ob, y, x, kb, k, n, i]
@@ -182,12 +232,14 @@ def stage(sp: AmxConvSpec, x: np.ndarray) -> np.ndarray:
         xa[:n, :sp.c] = (x.reshape(n, -1).astype(np.int32) + sp.offset).astype(np.uint8)
         return xa
     t, l, _, _ = sp.pads
-    xa = np.full((n, sp.hx, sp.ws, sp.cp), sp.offset, np.uint8)
+    xa = np.full((n, sp.hx, sp.ws, sp.pix_bytes), sp.offset, np.uint8)
     ys = np.arange(sp.hx) * sp.sub[0] - t
     xs = np.arange(sp.ws) * sp.sub[1] - l
     yi, xi = (ys >= 0) & (ys < sp.h), (xs >= 0) & (xs < sp.w)
     v = (x.astype(np.int32) + sp.offset).astype(np.uint8).transpose(0, 2, 3, 1)  # NHWC
     xa[:, np.flatnonzero(yi)[:, None], np.flatnonzero(xi)[None, :], :sp.c] = v[:, ys[yi]][:, :, xs[xi]]
+    if sp.taps:  # the slack after the last image (its bytes meet zero weights: any value)
+        return np.concatenate([xa.reshape(-1), np.full(ROW_BYTES, sp.offset, np.uint8)])
     return xa
 
 
@@ -212,17 +264,17 @@ def run_program(sp: AmxConvSpec, x: np.ndarray, wflat: np.ndarray) -> np.ndarray
     oh, ow = (1, 1) if sp.dense else sp.out_hw
     xa = stage(sp, x).reshape(-1)
     acc = np.zeros((n, sp.ocb * 16, oh, ow), np.int32)
-    img = sp.hx * sp.ws * sp.cp
+    img = sp.img_bytes
     images, tiles = (1, ceil_div(n, ROWS_MAX)) if sp.dense else (n, sp.tiles)
     for b in range(images):
         for t in range(tiles):
             for ob in range(sp.ocb):
                 c = np.zeros((sp.m, 16), np.int32)
                 for ry in range(sp.kh):
-                    for rx in range(sp.kw):
+                    for rx in range(sp.kws):
                         for kb in range(sp.kb):
-                            pix = t * ROWS_MAX if sp.dense else sp.tile_base(t) + sp.tap(ry, rx)
-                            a = _tile(xa, b * img + pix * sp.cp + kb * ROW_BYTES, sp.m, sp.row_step * sp.cp)
+                            base = t * ROWS_MAX * sp.cp + kb * ROW_BYTES if sp.dense else sp.a_offset(t, ry, rx, kb)
+                            a = _tile(xa, b * img + base, sp.m, sp.a_stride)
                             off = sp.b_tile(ob, ry, rx, kb) * sp.b_bytes
                             raw = wflat[off: off + sp.b_bytes]
                             bt = unnibble(raw.reshape(16, 32)).reshape(16, 64) if sp.w4 else raw.reshape(16, 64)

@@ -4,8 +4,8 @@
 layer on the VNNI kernels. The policy (`AmxPolicy`) is a first guess, not yet tuned by timings on
 AMX silicon (none was available when it was written):
   * depthwise and grouped convs stay on VNNI (one input channel per output: no K to tile);
-  * fewer than `min_channels` input channels (a first layer): most of each 64-byte A row would be
-    channel padding, while VNNI's `rowtaps` kernel packs 4 taps per instruction;
+  * fewer than `min_channels` input channels (a first layer) run in TAPS mode (`amx_layout`: a kernel
+    row's taps x channels in one A row) where they fit 64 bytes, else on VNNI (`rowtaps`);
   * fewer than `min_pixels` output pixels per image (e.g. 2x2 maps): most of the 16 rows of an A tile
     would be padding;
   * dense layers with fewer than `min_dense_k` inputs.
@@ -51,11 +51,13 @@ def conv_spec(kern, n, residual, out_dtype: str, res_m=None, policy: AmxPolicy =
     oh, ow = kern.g.shapes[n.output][2:]
     if a["group"] != 1 or cg != c or a["w_bits"] not in (4, 8) or kern.g.dtypes[t] not in _8BIT:
         return None
-    if c < policy.min_channels or oh * ow < policy.min_pixels:
+    taps = c < policy.min_channels  # a first layer: its taps fill the A rows instead (TAPS mode), if they fit
+    if taps and not AmxConvSpec.taps_fit(c, kw, a["dilations"][1]) or oh * ow < policy.min_pixels:
         return None
     base = dict(c=c, h=h, w=w, o=o, kh=kh, kw=kw, stride=tuple(a["strides"]), pads=tuple(a["pads"]),
                 dil=tuple(a["dilations"]), packed_in=t in kern.packed, in_dtype=kern.g.dtypes[t], out_dtype=out_dtype,
                 lo=a["lo"], hi=a["hi"], residual=residual, hi32=packing.hi32_ok(p["S"]), w4=a["w_bits"] == 4)
+    base["taps"] = taps
     base["res_pairs"] = bool(residual and residual[3] and base["hi32"] and epilogue.pairs_ok(res_m))
     probe = AmxConvSpec(**base, mb=1, nb=1)
     mb, nb = _blocking(probe.ocb, probe.tiles, False)
