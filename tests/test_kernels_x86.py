@@ -245,10 +245,14 @@ def r20_build(tmp_path_factory):
 @needs_vnni
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
 def test_default_compile_uses_vnni(r20_build):
+    """Every conv of the 20 is a VNNI kernel (several vpdpbusd per tile); on an AMX host an AMX one."""
+    from dyadic.runtime.cpu import cpu_flags
+
+    amx = {"amx_int8", "amx_tile"} <= (cpu_flags() or set())
     asm = subprocess.run(["objdump", "-d", str(r20_build / "build" / "model.so")], capture_output=True,
                          text=True).stdout
-    assert asm.count("vpdpbusd") >= 20  # every conv of the 20 is a VNNI kernel (several per tile)
-    assert "<dyadic_conv" in asm
+    assert asm.count("tdpbusd" if amx else "vpdpbusd") >= 20
+    assert ("<dyadic_amxconv" if amx else "<dyadic_conv") in asm
 
 
 @pytest.mark.skipif(HOST_ISA != "avx2", reason="host CPU is not AVX2-only")
