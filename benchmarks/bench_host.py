@@ -6,7 +6,8 @@ For each model (built-in seeded weights, `dyadic.models`): write the ONNX file, 
 CLI in a fresh process (timed: that is the compile time reported), then run `dyadic.cli.bench.run`
 (each runner in its own subprocess, repeated with the order rotated) and print one table. Default
 set: ResNet-18, ResNet-50, MobileNetV2 at 224x224 and InceptionV3 at 299x299, batch 1; ResNet-20
-(CIFAR) at batch 1 and 64.
+(CIFAR) at batch 1 and 64. `resnet50_b64` (ResNet-50 at batch 64) is asked for by name. With the
+`[peers]` extra installed, OpenVINO fp32 and int8 (NNCF) columns are added.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ CONFIGS = {  # label: (builder name, batch)
     "inception_v3": ("inception_v3", 1),
     "resnet20": ("resnet20", 1),
     "resnet20_b64": ("resnet20", 64),
+    "resnet50_b64": ("resnet50", 64),
 }
 
 
@@ -46,7 +48,7 @@ def compile_model(name: str, work: str) -> tuple[str, str, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
+    ap.add_argument("--models", default=",".join(k for k in CONFIGS if k != "resnet50_b64"), help=f"comma-separated, from {', '.join(CONFIGS)}")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
@@ -71,12 +73,19 @@ def main(argv=None) -> int:
         print(bench.format_table(res), file=sys.stderr)
         for row in res["rows"]:
             results.append({"model": label, "compile_s": compile_s, **row})
-    print("| model | batch | threads | dyadic ms | ORT int8 ms | ORT fp32 ms | ORT int8 / dyadic | "
-          "ORT fp32 / dyadic | GMAC/s | of VNNI peak | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ov = all("ov-int8_ms" in r for r in results)  # OpenVINO peers (the [peers] extra) ran
+    from dyadic.backend.kernels.peak import host_peak
+
+    peak = {"tdpbusd": "AMX", "vpdpbusd": "VNNI", "vpmaddwd": "AVX2"}.get(host_peak()[0], "")
+    print("| model | batch | threads | dyadic ms | " + ("OV int8 ms | OV fp32 ms | " if ov else "")
+          + "ORT int8 ms | ORT fp32 ms | " + ("OV int8 / dyadic | " if ov else "")
+          + f"ORT int8 / dyadic | ORT fp32 / dyadic | GMAC/s | of {peak} peak | compile s |")
+    print("|---" * (13 if ov else 11) + "|")
     for r in results:
-        print(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['dyadic_ms']:.2f} | {r['ort-int8_ms']:.2f} | "
-              f"{r['ort-fp32_ms']:.2f} | {r['vs_ort_int8']:.2f}x | {r['vs_ort_fp32']:.2f}x | {r['gmacs']:.0f} | "
+        ovc = f"{r['ov-int8_ms']:.2f} | {r['ov-fp32_ms']:.2f} | " if ov else ""
+        ovr = f"{r['vs_ov_int8']:.2f}x | " if ov else ""
+        print(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['dyadic_ms']:.2f} | {ovc}{r['ort-int8_ms']:.2f} | "
+              f"{r['ort-fp32_ms']:.2f} | {ovr}{r['vs_ort_int8']:.2f}x | {r['vs_ort_fp32']:.2f}x | {r['gmacs']:.0f} | "
               f"{100 * r.get('peak_fraction', float('nan')):.0f}% | {r['compile_s']:.0f} |")
     if a.out:
         with open(a.out, "w") as f:

@@ -70,7 +70,7 @@ def calib_file(onnx_path: str, work: str, n: int) -> str:
 
 
 def one(name: str, work: str, torch_python: str, threads: list[int], timing: bool, reuse: bool,
-        compile_args: tuple[str, ...] = (), calib: int = 32) -> dict:
+        compile_args: tuple[str, ...] = (), calib: int = 32, openvino: bool = False) -> dict:
     onnx_path = os.path.join(work, f"{name}.onnx")
     row = {"model": name}
     if not os.path.exists(onnx_path):
@@ -93,7 +93,7 @@ def one(name: str, work: str, torch_python: str, threads: list[int], timing: boo
     if timing:
         from dyadic.cli import bench
 
-        res = bench.run(out, onnx_path, threads=tuple(threads), batch=1, repeat=2, iters=10)
+        res = bench.run(out, onnx_path, threads=tuple(threads), batch=1, repeat=2, iters=10, openvino=openvino)
         row["timing"] = res
         row["profile"] = profile(out)
     return row
@@ -150,6 +150,7 @@ def main(argv=None) -> int:
                                                        "(use another --work: builds are kept there)")
     ap.add_argument("--calib", type=int, default=32, help="synthetic N(0,1) calibration inputs per model (default 32: "
                                                           "the compile's own default; the cosines' inputs stay the same 16)")
+    ap.add_argument("--openvino", action="store_true", help="also time OpenVINO fp32 / int8 (the [peers] extra)")
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
     host = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     rows = []
     for name in a.models.split(","):
         rows.append(one(name, a.work, a.torch_python, [int(t) for t in a.threads.split(",")], not a.no_timing, a.reuse,
-                        tuple(a.compile_args.split()), a.calib))
+                        tuple(a.compile_args.split()), a.calib, a.openvino))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "timing"}), flush=True)
         with open(a.out, "w") as f:
             f.write(table(rows, host))
