@@ -37,11 +37,11 @@ def test_profile_splits_the_run(r20):
     if x86_isa(resolve("host").tvm_target) is None:
         assert not ours and p.outside_share == 1.0  # no kernel family on this CPU: all generic
     else:
-        # every weighted layer of the plan is one call of a dyadic_conv/dense kernel per run
+        # every weighted layer of the plan is one call of a dyadic_conv/amxconv/dense kernel per run
         plan = json.load(open(os.path.join(r20, "model.json")))
         weighted = sum(1 for layer in plan["layers"] if layer["op"] in ("qconv", "qdense"))
         assert weighted == 20
-        assert sum(n for name, (n, _) in p.by_function.items() if name.startswith(("dyadic_conv", "dyadic_dense"))) == weighted
+        assert sum(n for name, (n, _) in p.by_function.items() if name.startswith(("dyadic_conv", "dyadic_amxconv", "dyadic_dense"))) == weighted
         assert p.kernel_ms > 0 and p.by_group["kernel"] == pytest.approx(
             sum(ms for name, (_, ms) in p.by_function.items() if name.startswith("dyadic_")))
 

@@ -12,7 +12,8 @@ board. Start a server on the board with either
     python -m dyadic.runtime.remote --host 0.0.0.0 --port 9090  # the same server loop, in-process
 
 The second runs TVM's listen/serve loop directly instead of through TVM's Popen worker, which is
-what needs cloudpickle. Either server executes whatever a client uploads: trusted networks only.
+what needs cloudpickle, and on a CPU with AMX it requests the tile-data permission first (Linux
+grants it per process), so uploaded libraries with AMX kernels run; TVM's own server does not. Either server executes whatever a client uploads: trusted networks only.
 """
 from __future__ import annotations
 
@@ -155,6 +156,10 @@ def serve(host: str = "0.0.0.0", port: int = 9090, port_end: int | None = None) 
     """Serve TVM RPC sessions on host:port (or the first free port below port_end) until killed."""
     from tvm.rpc.server import PopenRPCServerState
 
+    from dyadic.runtime.cpu import cpu_flags, request_amx_tile_data
+
+    if {"amx_int8", "amx_tile"} <= (cpu_flags() or set()):  # libraries with AMX kernels run in this process
+        request_amx_tile_data("this RPC server (it runs uploaded libraries with AMX kernels)")
     try:
         state = PopenRPCServerState(host, port, max(port_end or 0, port + 1), silent=True)
     except (OSError, ValueError) as e:
