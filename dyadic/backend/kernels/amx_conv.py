@@ -93,15 +93,12 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                                 _row_scalar(r, ob, bb, y, z, scratch, base, rq)
 
             def _row_scalar(r, ob, bb, y, z, scratch, base, rq):
-                if sp.hi32:
-                    acc = scratch.vload([base + r * 16], "int32x16") + bias.vload([ob * 16], "int32x16")
-                    T.buffer_store(rq, requant_hi32_x16(
-                        acc, mul.vload([ob * 16], "int32x16"), rnd.vload([ob * 16], "int32x16"),
-                        shf.vload([ob * 16], "int32x16")), [tirx.Ramp(0, 1, 16)])
+                if sp.hi32:  # the requanted row as a vector, the residual add (int32 split) per lane
+                    T.buffer_store(rq, _requant_row(sp, scratch, base + r * 16, ob, consts), [tirx.Ramp(0, 1, 16)])
                 with T.vectorized(0, 16) as jj:
                     ch = ob * 16 + jj
                     if sp.hi32:
-                        v = tirx.max(tirx.min(rq[jj], sp.hi), sp.lo)
+                        v = rq[jj]
                     else:
                         v = (scratch[base + r * 16 + jj] + bias[ch]).astype("int64") * mul[ch] + rnd[ch]
                         v = tirx.max(tirx.min(v >> shf[ch], _i64(sp.hi)), _i64(sp.lo))
@@ -187,14 +184,19 @@ def _row_vector(sp: AmxConvSpec, scratch, at, ob, consts, res_row):
     """One row of a C tile (16 int32 at scratch[at]) -> its 16 output codes, as one vector expression:
     + bias, requant on `vpmuldq` (`intrin.requant_hi32_x16`), clip, the residual add on `vpdpwssd`
     (`epilogue.add_pairs`)."""
-    bias, mul, rnd, shf, q = consts
+    v = _requant_row(sp, scratch, at, ob, consts)
+    if sp.residual:
+        v = epilogue.add_pairs(v, res_row.astype("int32x16"), consts[4], sp.residual[1], sp.residual[2])
+    return v.astype(f"{sp.out_dtype}x16")
+
+
+def _requant_row(sp: AmxConvSpec, scratch, at, ob, consts):
+    """clip(requant(C row + bias)) of 16 channels as an int32x16 expression (every shift >= 33)."""
+    bias, mul, rnd, shf, _ = consts
     ld = lambda buf: buf.vload([ob * 16], "int32x16")  # noqa: E731
     v = requant_hi32_x16(scratch.vload([at], "int32x16") + ld(bias), ld(mul), ld(rnd), ld(shf))
-    v = tirx.max(tirx.min(v, tirx.Broadcast(tirx.const(sp.hi, "int32"), 16)),
-                 tirx.Broadcast(tirx.const(sp.lo, "int32"), 16))
-    if sp.residual:
-        v = epilogue.add_pairs(v, res_row.astype("int32x16"), q, sp.residual[1], sp.residual[2])
-    return v.astype(f"{sp.out_dtype}x16")
+    return tirx.max(tirx.min(v, tirx.Broadcast(tirx.const(sp.hi, "int32"), 16)),
+                    tirx.Broadcast(tirx.const(sp.lo, "int32"), 16))
 
 
 def _unpack4(wq, off, wsc, dst) -> None:

@@ -41,9 +41,7 @@ def _blocking(ocb: int, pixel_tiles: int, dense: bool) -> tuple[int, int]:
 def conv_spec(kern, n, residual, out_dtype: str, res_m=None, policy: AmxPolicy = POLICY) -> AmxConvSpec | None:
     """The AMX spec of conv node n (residual: the fused add's (dtype, lo, hi, int32 form); res_m: its
     multipliers, whose `epilogue.pairs_ok` puts the add on `vpdpwssd`), or None."""
-    from dyadic.backend.kernels import epilogue
-
-    from dyadic.backend.kernels import packing
+    from dyadic.backend.kernels import epilogue, packing
 
     t, p, a = n.inputs[0], n.params, n.attrs
     _, c, h, w = kern.g.shapes[t]
@@ -56,8 +54,8 @@ def conv_spec(kern, n, residual, out_dtype: str, res_m=None, policy: AmxPolicy =
         return None
     base = dict(c=c, h=h, w=w, o=o, kh=kh, kw=kw, stride=tuple(a["strides"]), pads=tuple(a["pads"]),
                 dil=tuple(a["dilations"]), packed_in=t in kern.packed, in_dtype=kern.g.dtypes[t], out_dtype=out_dtype,
-                lo=a["lo"], hi=a["hi"], residual=residual, hi32=packing.hi32_ok(p["S"]), w4=a["w_bits"] == 4)
-    base["taps"] = taps
+                lo=a["lo"], hi=a["hi"], residual=residual, hi32=packing.hi32_ok(p["S"]), w4=a["w_bits"] == 4,
+                taps=taps)
     base["res_pairs"] = bool(residual and residual[3] and base["hi32"] and epilogue.pairs_ok(res_m))
     probe = AmxConvSpec(**base, mb=1, nb=1)
     mb, nb = _blocking(probe.ocb, probe.tiles, False)
