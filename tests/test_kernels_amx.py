@@ -75,11 +75,12 @@ CASES = {
 
 def _spec_and_data(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
                    dout="uint8", clip=(0, 255), shifts=(34, 40), batch=2, w4=False, dense=False, residual=None,
-                   mb=None, nb=2, seed=0, pairs=False, taps=False):
+                   mb=None, nb=2, seed=0, pairs=False, taps=False, wide=False):
     rng = np.random.default_rng(seed)
     oh, ow = _out_hw(h, w, k, stride, pads, dil)
-    info = np.iinfo(din)
-    x = rng.integers(info.min, info.max + 1, (batch, c, h, w)).astype(din)
+    lo, hi = (-32768, 32767) if wide else (np.iinfo(din).min, np.iinfo(din).max)
+    x = rng.integers(lo, hi + 1, (batch, c, h, w)).astype(din)
+    x.reshape(-1)[:2] = lo, hi  # both ends of the range
     wm = 8 if w4 else 128
     wt = rng.integers(-wm, wm, (o, c, k, k)).astype(np.int8)
     b = rng.integers(-3000, 3000, o).astype(np.int32)
@@ -102,9 +103,10 @@ def _spec_and_data(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), 
         want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
                                  {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
     ocb = -(-o // 16)
-    mb = (1 if dense else 2) if mb is None else mb
+    mb = (1 if dense or wide else 2) if mb is None else mb
     sp = AmxConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec,
-                     packing.hi32_ok(s), w4, mb, nb if ocb % nb == 0 else 1, dense, res_pairs=pairs, taps=taps)
+                     packing.hi32_ok(s), w4, mb, nb if ocb % nb == 0 else 1, dense, res_pairs=pairs, taps=taps,
+                     wide=wide)
     op = ocb * 16
     consts = [v.astype("int32" if sp.hi32 else "int64") for v in packing.requant_consts(m, s, op, sp.hi32)]
     args = [_packed(x) if packed else x, weight(wt, sp), packing.bias(b, wt, sp.offset, op), *consts, *extra]

@@ -15,7 +15,7 @@ from dyadic.core.errors import TargetError
 from dyadic.targets.base import Built, Target
 
 #: x86 int8 MAC (and AMX tile) mnemonics counted in the library's disassembly
-X86_MNEMONICS = ("vpdpbusd", "vpdpwssd", "vpmaddwd", "tdpbusd", "tileloadd", "ldtilecfg")
+X86_MNEMONICS = ("vpdpbusd", "vpdpwssd", "vpmaddwd", "tdpbusd", "tdpbssd", "tileloadd", "ldtilecfg")
 
 
 @dataclass(frozen=True)

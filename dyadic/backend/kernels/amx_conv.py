@@ -20,6 +20,9 @@ the register-blocked part is unrolled in Python):
      (`epilogue.add_pairs`), a 16-lane store) where every shift >= 33 and the add's multipliers
      split into signed 16-bit halves; else the int64 formula of `dyadic.arith` / the int32 split of
      `epilogue.add`. `tilerelease` at the end of the task.
+  16-bit input (`wide`, `amx_layout`): the staging splits each code into its lo / hi byte planes,
+  and every step loads both A tiles and runs `tdpbusd` on lo, `tdpbssd` on hi; the epilogue reads
+  256 C_hi + C_lo.
   3. 4-bit weights: each B tile is unpacked (two shifts per byte) into an int8 scratch right before
      its `tileloadd`.
 `emulate=True` builds the identical kernel with `intrin_amx`'s TIR emulation of the instructions
@@ -50,8 +53,8 @@ def _i64(v):
 def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
     n = tirx.Var("n", "int32")
     oh, ow = (1, 1) if sp.dense else sp.out_hw
-    ocb, cp = sp.ocb, sp.cp
-    ops = TileOps(sp.m, sp.mb, sp.nb, emulate)
+    ocb = sp.ocb
+    ops = TileOps(sp.m, sp.mb, sp.nb, emulate, sp.planes)
     wlen = ocb * sp.kh * sp.kws * sp.kb * sp.b_bytes
     cdt = "int32" if sp.hi32 else "int64"
     with IRBuilder() as ib:
@@ -71,8 +74,8 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                                    "int32" if sp.residual[3] else "int64")
             out = T.match_buffer(hs["out"], (n, ocb, oh, ow, 16), sp.out_dtype)
             img = sp.img_bytes
-            xa = T.alloc_buffer(((n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX * cp,) if sp.dense else (sp.staged_bytes(n),),
-                                "uint8")
+            xa = T.alloc_buffer(((n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX * sp.pix_bytes,) if sp.dense
+                                else (sp.staged_bytes(n),), "uint8")
             _stage(sp, n, x, xa)
 
             def epilogue_rows(t, ob, b, scratch, base, rq):
@@ -100,7 +103,7 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     if sp.hi32:
                         v = rq[jj]
                     else:
-                        v = (scratch[base + r * 16 + jj] + bias[ch]).astype("int64") * mul[ch] + rnd[ch]
+                        v = (_acc(sp, scratch, base + r * 16 + jj) + bias[ch]).astype("int64") * mul[ch] + rnd[ch]
                         v = tirx.max(tirx.min(v >> shf[ch], _i64(sp.hi)), _i64(sp.lo))
                     if sp.residual:
                         v = epilogue.add(v, res[bb, ob, y, z, jj], q, sp.residual[1], sp.residual[2],
@@ -117,11 +120,14 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                 for i in range(sp.mb):
                     for j in range(sp.nb):
                         ops.zero(ops.c(i, j))
+                        for p in range(1, sp.planes):
+                            ops.zero(ops.c(i, j, p))
                 with T.serial(0, sp.kh) as ry, T.serial(0, sp.kws) as rx, T.serial(0, sp.kb) as kb:
                     for i in range(sp.mb):
-                        base = ((t0 + i) * ROWS_MAX * cp + kb * ROW_BYTES if sp.dense
-                                else b * img + sp.a_offset(t0 + i, ry, rx, kb))
-                        ops.load(ops.a(i), xa, base, sp.a_stride)
+                        for p in range(sp.planes):
+                            base = (sp.dense_offset(t0 + i, kb, p) if sp.dense
+                                    else b * img + sp.a_offset(t0 + i, ry, rx, kb, p))
+                            ops.load(ops.a(i, p), xa, base, sp.a_stride)
                     for j in range(sp.nb):
                         off = sp.b_tile(ob0 + j, ry, rx, kb) * sp.b_bytes
                         if sp.w4:
@@ -131,12 +137,14 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                             ops.load(ops.b(j), wq, off, ROW_BYTES)
                     for i in range(sp.mb):
                         for j in range(sp.nb):
-                            ops.dot(ops.c(i, j), ops.a(i), ops.b(j))
+                            for p in range(sp.planes):  # the hi plane (wide) is signed: `tdpbssd`
+                                ops.dot(ops.c(i, j, p), ops.a(i, p), ops.b(j), signed=p == 1)
 
             def store(scratch):  # every C tile stored before any is read: the stores overlap
                 for i in range(sp.mb):
                     for j in range(sp.nb):
-                        ops.store(ops.c(i, j), scratch, ops.c(i, j) * 256)
+                        for p in range(sp.planes):
+                            ops.store(ops.c(i, j, p), scratch, ops.c(i, j, p) * 256)
 
             def finish(t0, ob0, b, scratch, rq):
                 for i in range(sp.mb):
@@ -147,7 +155,7 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
             if sp.dense:  # one task per (16 samples, channel group)
                 with T.parallel(0, (n + ROWS_MAX - 1) // ROWS_MAX * og) as task:
                     ops.begin()
-                    scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
+                    scratch = T.alloc_buffer((sp.planes * sp.mb * sp.nb * 256,), "int32", scope="local")
                     rq = T.alloc_buffer((16,), "int32", scope="local")
                     wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
                     compute(task // og, (task % og) * sp.nb, 0, wsc)
@@ -163,7 +171,7 @@ def conv_func(sp: AmxConvSpec, emulate: bool = False) -> tirx.PrimFunc:
                     # pixel-group major: a thread's run of tasks reads the rows it staged, from its own L2
                     g, ob0 = rest // og, (rest % og) * sp.nb
                     ops.begin()
-                    scratch = T.alloc_buffer((sp.mb * sp.nb * 256,), "int32", scope="local")
+                    scratch = T.alloc_buffer((sp.planes * sp.mb * sp.nb * 256,), "int32", scope="local")
                     rq = T.alloc_buffer((16,), "int32", scope="local")
                     wsc = T.alloc_buffer((sp.nb * B_TILE,), "int8", scope="local") if sp.w4 else None
                     # software pipelined: the tiles of macro tile gi multiply (on the AMX unit) while the
@@ -194,9 +202,19 @@ def _requant_row(sp: AmxConvSpec, scratch, at, ob, consts):
     """clip(requant(C row + bias)) of 16 channels as an int32x16 expression (every shift >= 33)."""
     bias, mul, rnd, shf, _ = consts
     ld = lambda buf: buf.vload([ob * 16], "int32x16")  # noqa: E731
-    v = requant_hi32_x16(scratch.vload([at], "int32x16") + ld(bias), ld(mul), ld(rnd), ld(shf))
+    v = requant_hi32_x16(_acc(sp, scratch, at, 16) + ld(bias), ld(mul), ld(rnd), ld(shf))
     return tirx.max(tirx.min(v, tirx.Broadcast(tirx.const(sp.hi, "int32"), 16)),
                     tirx.Broadcast(tirx.const(sp.lo, "int32"), 16))
+
+
+def _acc(sp: AmxConvSpec, scratch, at, lanes: int = 1):
+    """The accumulator(s) at scratch[at] (lanes > 1: a vector): 8-bit input, C; wide, 256 C_hi + C_lo
+    (the hi plane's C tile is stored mb nb tiles later, `TileOps.c`)."""
+    ld = (lambda a: scratch.vload([a], f"int32x{lanes}")) if lanes > 1 else (lambda a: scratch[a])  # noqa: E731
+    if not sp.wide:
+        return ld(at)
+    eight = tirx.const(8, "int32") if lanes == 1 else tirx.Broadcast(tirx.const(8, "int32"), lanes)
+    return (ld(at + sp.mb * sp.nb * 256) << eight) + ld(at)
 
 
 def _unpack4(wq, off, wsc, dst) -> None:
@@ -214,14 +232,19 @@ def _stage(sp: AmxConvSpec, n, x, xa) -> None:
     off = sp.offset
     pad = tirx.const(off, "uint8")
 
-    def val(v):
+    def val(v, plane=0):
+        if sp.wide:  # the code's low byte, or its high byte (signed, as a byte)
+            v = v.astype("int32")
+            return ((v >> tirx.const(8, "int32")) if plane else v).astype("uint8")
         return (v.astype("int32") + off).astype("uint8") if off else v.astype("uint8")
 
     if sp.dense:
         with T.parallel(0, (n + ROWS_MAX - 1) // ROWS_MAX * ROWS_MAX) as p:
             with T.serial(0, sp.cp) as c:
-                v = val(x[tirx.min(p, n - 1), tirx.min(c, sp.c - 1), 0, 0])
-                T.buffer_store(xa, tirx.if_then_else(tirx.all(p < n, c < sp.c), v, pad), [p * sp.cp + c])
+                v = x[tirx.min(p, n - 1), tirx.min(c, sp.c - 1), 0, 0]
+                for pl in range(sp.planes):
+                    T.buffer_store(xa, tirx.if_then_else(tirx.all(p < n, c < sp.c), val(v, pl), pad),
+                                   [p * sp.pix_bytes + pl * sp.cp + c])
         return
     t, l, _, _ = sp.pads
     if sp.taps:  # plain NHWC, c bytes per pixel, then the slack; the padding columns and rows apart
@@ -255,4 +278,6 @@ def _stage(sp: AmxConvSpec, n, x, xa) -> None:
                 cy, cx = tirx.min(tirx.max(iy, 0), sp.h - 1), tirx.min(tirx.max(ix, 0), sp.w - 1)
                 cc = tirx.min(c, sp.c - 1)
                 v = x[b, cc // 16, cy, cx, cc % 16] if sp.packed_in else x[b, cc, cy, cx]
-                T.buffer_store(xa, tirx.if_then_else(inside, val(v), pad), [((b * sp.hx + yy) * sp.ws + xx) * sp.cp + c])
+                for pl in range(sp.planes):
+                    T.buffer_store(xa, tirx.if_then_else(inside, val(v, pl), pad),
+                                   [((b * sp.hx + yy) * sp.ws + xx) * sp.pix_bytes + pl * sp.cp + c])

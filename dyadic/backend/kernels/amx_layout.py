@@ -27,6 +27,13 @@ pixels. Reduction steps: (ry, rx, kb) = kernel row, kernel column, 64-channel bl
     pixels of one output row (as ROWS), sw c bytes apart: overlapping rows, which `tileloadd` allows.
     The staged buffer ends with 64 bytes of slack, for the last row's tail.
 Dense: the batch is the pixel axis (16 samples per tile), K = the input features.
+16-bit input (`wide`: codes |x| < 2^15 in int32 storage, `passes/widen_activations`): AMX has no
+16-bit product, so x = 256 hi + lo is staged as two byte planes per pixel, lo = x & 255 (unsigned)
+then hi = x >> 8 (signed), CP bytes each (pad value 0 in both), and every reduction step runs
+C_lo += `tdpbusd`(A_lo, B), C_hi += `tdpbssd`(A_hi, B) (signed x signed): acc = 256 C_hi + C_lo,
+exactly. The lowering takes a layer only where (max|x| + 255) max_o sum|W[o]| < 2^31, so neither
+256 C_hi nor the sum leaves int32. Twice the tile products of an 8-bit layer; one A tile per plane,
+so the blocking is 1 x nb (2 planes x 1 x 2 C + 2 A + 2 B = 8 tiles). Not in TAPS mode.
 Weights [O/16, KH, KW, KB, 16 (k), 16 (n), 4 (i)]: one B tile = 1024 contiguous bytes per (output
 block, ry, rx, kb), element [.., k, n, i] = W[16 ob + n, 64 kb + 4 k + i, ry, rx] (zero padding);
 TAPS: [O/16, KH, 16, 16, 4] with element [.., k, n, i] = W[16 ob + n, ci, ry, rx] at 4 k + i = rx c + ci;
@@ -36,6 +43,7 @@ Register blocking: `mb` A tiles x `nb` B tiles -> mb nb C tiles (2 x 2: tiles 0-
 """
 from __future__ import annotations
 
+import dataclasses as dc
 import enum
 from dataclasses import dataclass
 
@@ -62,6 +70,14 @@ class AmxConvSpec(KernelIO):
     dense: bool = False               # x [N, K, 1, 1]: the batch is the pixel axis
     res_pairs: bool = False           # the fused residual add on `vpdpwssd` (`epilogue.add_pairs`)
     taps: bool = False                # TAPS mode (module docstring): kw x c input bytes per A row
+    wide: bool = False                # 16-bit codes as two byte planes (module docstring)
+
+    def __post_init__(self):
+        assert not self.wide or (self.mb == 1 and not self.taps and self.in_dtype == "int32"), self
+
+    @property
+    def planes(self) -> int:
+        return 2 if self.wide else 1
 
     @staticmethod
     def taps_fit(c: int, kw: int, dil_w: int) -> bool:
@@ -83,8 +99,8 @@ class AmxConvSpec(KernelIO):
 
     @property
     def pix_bytes(self) -> int:
-        """Bytes per staged pixel: the padded channels, or (TAPS) the channels as they are."""
-        return self.c if self.taps else self.cp
+        """Bytes per staged pixel: the padded channels (per plane), or (TAPS) the channels as they are."""
+        return self.c if self.taps else self.planes * self.cp
 
     @property
     def cp(self) -> int:
@@ -170,9 +186,13 @@ class AmxConvSpec(KernelIO):
         """The staged buffer (n images; TAPS: + 64 bytes of slack for the last A row's tail)."""
         return n * self.img_bytes + (ROW_BYTES if self.taps else 0)
 
-    def a_offset(self, t, ry, rx, kb):
+    def a_offset(self, t, ry, rx, kb, plane: int = 0):
         """Byte offset (in its image) of row 0 of pixel tile t's A tile at reduction step (ry, rx, kb)."""
-        return (self.tile_base(t) + self.tap(ry, rx)) * self.pix_bytes + kb * ROW_BYTES
+        return (self.tile_base(t) + self.tap(ry, rx)) * self.pix_bytes + plane * self.cp + kb * ROW_BYTES
+
+    def dense_offset(self, t, kb, plane: int = 0):
+        """Dense: byte offset of row 0 of sample tile t's A tile at input block kb."""
+        return t * ROWS_MAX * self.pix_bytes + plane * self.cp + kb * ROW_BYTES
 
     def tap(self, ry, rx):
         """Staged-pixel offset of kernel tap (ry, rx)."""
@@ -227,6 +247,11 @@ def weight(w: np.ndarray, sp: AmxConvSpec) -> np.ndarray:
 def stage(sp: AmxConvSpec, x: np.ndarray) -> np.ndarray:
     """The staged operand xa [N, HX, WS, CP] uint8 from NCHW input x (numpy model of the kernel's copy)."""
     n = x.shape[0]
+    if sp.wide:  # the two planes side by side in each pixel: [.., lo (CP bytes), hi (CP bytes)]
+        x = x.astype(np.int64)
+        planes = [stage(dc.replace(sp, wide=False, in_dtype="uint8"), x & 255), None]
+        planes[1] = stage(dc.replace(sp, wide=False, in_dtype="uint8"), (x >> 8) & 255)
+        return np.concatenate(planes, axis=-1)
     if sp.dense:
         xa = np.full((ceil_div(n, ROWS_MAX) * ROWS_MAX, sp.cp), sp.offset, np.uint8)
         xa[:n, :sp.c] = (x.reshape(n, -1).astype(np.int32) + sp.offset).astype(np.uint8)
@@ -243,8 +268,10 @@ def stage(sp: AmxConvSpec, x: np.ndarray) -> np.ndarray:
     return xa
 
 
-def tdpbusd(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """C[M, 16] int32 += A[M, 64] u8 . B[16, 64] s8 in the instruction's own terms (module docstring)."""
+def tdpbusd(c: np.ndarray, a: np.ndarray, b: np.ndarray, signed: bool = False) -> None:
+    """C[M, 16] int32 += A[M, 64] u8 . B[16, 64] s8 in the instruction's own terms (module docstring);
+    signed: `tdpbssd`, A read as s8."""
+    a = a.view(np.int8) if signed else a
     for k in range(b.shape[0]):
         for i in range(4):
             c += a[:, 4 * k + i, None].astype(np.int32) * b[None, k, i::4].astype(np.int32)
@@ -269,16 +296,18 @@ def run_program(sp: AmxConvSpec, x: np.ndarray, wflat: np.ndarray) -> np.ndarray
     for b in range(images):
         for t in range(tiles):
             for ob in range(sp.ocb):
-                c = np.zeros((sp.m, 16), np.int32)
+                cs = [np.zeros((sp.m, 16), np.int32) for _ in range(sp.planes)]
                 for ry in range(sp.kh):
                     for rx in range(sp.kws):
                         for kb in range(sp.kb):
-                            base = t * ROWS_MAX * sp.cp + kb * ROW_BYTES if sp.dense else sp.a_offset(t, ry, rx, kb)
-                            a = _tile(xa, b * img + base, sp.m, sp.a_stride)
                             off = sp.b_tile(ob, ry, rx, kb) * sp.b_bytes
                             raw = wflat[off: off + sp.b_bytes]
                             bt = unnibble(raw.reshape(16, 32)).reshape(16, 64) if sp.w4 else raw.reshape(16, 64)
-                            tdpbusd(c, a, bt)
+                            for pl in range(sp.planes):
+                                a = _tile(xa, b * img + sp.dense_offset(t, kb, pl) if sp.dense
+                                          else b * img + sp.a_offset(t, ry, rx, kb, pl), sp.m, sp.a_stride)
+                                tdpbusd(cs[pl], a, bt, signed=pl == 1)
+                c = cs[0] if sp.planes == 1 else (cs[1] << 8) + cs[0]
                 for r in range(sp.m):
                     if sp.dense:
                         if t * ROWS_MAX + r < n:

@@ -117,8 +117,8 @@ class CpuKernels:
                 self.deferred[n.output] = (n, xs)
                 return DEFERRED
             return self._result(n, self._conv(n, xs))
-        if op == "qdense" and self._wbits_ok(n) and self._dtype(n.inputs[0]) in _8BIT \
-                and len(self.g.shapes[n.inputs[0]]) == 2:
+        if op == "qdense" and self._wbits_ok(n) and len(self.g.shapes[n.inputs[0]]) == 2 and (
+                self._dtype(n.inputs[0]) in _8BIT or self.amx and amx_lowering.wide_ok(self, n.inputs[0], n.params["W"])):
             return self._dense(n, xs[0])
         if op in ("qaffine", "qmul", "qadd", "gather", "qresize", "zero_insert"):  # on the packed layout
             y = packed_ops.lower(self, n, xs)
@@ -202,8 +202,7 @@ class CpuKernels:
             rt, add, first = res
             r32 = epilogue.int32_ok((a["lo"], a["hi"]), self._dtype(rt), add.params["S"])
             residual, out_dtype = (self._dtype(rt), add.attrs["lo"], add.attrs["hi"], r32), self._dtype(add.output)
-        amx = (amx_lowering.conv_spec(self, n, residual, out_dtype, res and res[1].params["M"])
-               if self.amx and not self._wide_input(n) else None)
+        amx = amx_lowering.conv_spec(self, n, residual, out_dtype, res and res[1].params["M"]) if self.amx else None
         if amx is not None:
             return self._amx_call(n, x, amx, p["W"], res)
         _, c, h, w = self.g.shapes[t]
@@ -272,6 +271,8 @@ class CpuKernels:
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
         amx = amx_lowering.dense_spec(self, n) if self.amx else None
+        if amx is None and din not in _8BIT:  # 16-bit codes: only the AMX planes take them here
+            return None
         if amx is not None:
             y = self._amx_call(n, x4, amx, wk)
             y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
