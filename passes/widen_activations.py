@@ -24,7 +24,10 @@ int32. On x86 a conv on them runs on dyadic's int16 step (`intrin_avx2`): `vpmad
 which is also what they do with 8-bit inputs, so the extra cost is the wider loads and stores;
 `vpdpwssd` on AVX512-VNNI hosts, at about half the rate of their 8-bit `vpdpbusd` (ResNet-50's 3x3
 and 1x1 shapes, 1 thread, Zen 4: 84-106 against 183-211 GMAC/s; the AVX2 step there ran 52-62); a
-depthwise conv multiplies in int32. On arm and cuda such a conv takes TVM's generic code.
+depthwise conv runs pairs of taps on `vpdpwssd` on AVX512-VNNI (`ConvSpec.dw_pairs`), multiplies in
+int32 elsewhere. On AMX hosts a conv or dense of 17 or more input channels runs on the tiles, its
+codes split into two byte planes (`amx_layout`, `wide`). On arm and cuda such a conv takes TVM's
+generic code.
 
 Measured (2-core AMD EPYC Zen 3, AVX2 only, 1 thread):
 * PP-OCR text-line classifier (trained), top-1 on its 1,000 test lines: 98.5 % by default, 98.9 %

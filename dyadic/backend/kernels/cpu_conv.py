@@ -14,7 +14,8 @@ a unsigned and b signed 8-bit. Three ways to feed it:
   * `rowtaps` (few-channel NCHW input, a first layer): a = 4 horizontal taps of one channel,
     contiguous in an NCHW row, so the input needs no channel blocking;
   * depthwise (`dw_vnni`): a = 4 horizontal taps x 16 channels (64 contiguous bytes, byte-shuffled
-    to channel-major), b = those taps' weights: one instruction per 4 taps of 16 channels.
+    to channel-major), b = those taps' weights: one instruction per 4 taps of 16 channels; 16-bit
+    codes (`dw_pairs`, AVX512-VNNI): 2 taps x 16 int16 channels word-shuffled, one `vpdpwssd`.
 Signed int8 input x is fed as u = x + 128 (pad value 128, the offset image of 0) and the row-sum
 correction is folded into the bias: sum u*w = sum x*w + 128 * sum w, B' = B - 128 * sum_k w. No
 intermediate wraps: |acc| <= 255 * 127 * K < 2^31 for K < 66,000.
@@ -51,7 +52,7 @@ from tvm import te, tirx
 from dyadic.backend.kernels import arm_intrin, epilogue
 from dyadic.backend.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
-from dyadic.backend.kernels.intrin_avx2 import register_pmadd
+from dyadic.backend.kernels.intrin_avx2 import register_dw_pairs, register_pmadd
 from dyadic.backend.kernels.spec import ConvSpec, ceil_div
 
 
@@ -78,7 +79,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     bias = te.placeholder((ocb * 16,), "int32", "b")
     mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
     off = sp.offset
-    pdt = sp.in_dtype if sp.depthwise and not sp.dw_vnni else sp.operand_dtype
+    pdt = sp.in_dtype if sp.depthwise and not (sp.dw_vnni or sp.dw_pairs) else sp.operand_dtype
     direct = sp.packed_in and not off and (hp, wp) == (sp.h, sp.w) and sp.in_dtype == pdt  # (16-bit codes: narrowed)
 
     if direct:
@@ -117,10 +118,11 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
             dp[b, rc, y * sh + ry * dh, z * sw + rg * 4 + rt].astype("int32")
             * wt[o, rc, ry, rg, j, rt].astype("int32"), axis=[rc, ry, rg, rt]), name="acc")
-    elif sp.dw_vnni:
-        rg, rt = te.reduce_axis((0, sp.kwp // 4), "rg"), te.reduce_axis((0, 4), "rt")
+    elif sp.dw_vnni or sp.dw_pairs:
+        g = sp.taps
+        rg, rt = te.reduce_axis((0, sp.kwp // g), "rg"), te.reduce_axis((0, g), "rt")
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
-            dp[b, o, y * sh + ry * dh, z * sw + rg * 4 + rt, j].astype("int32")
+            dp[b, o, y * sh + ry * dh, z * sw + rg * g + rt, j].astype("int32")
             * wt[o, ry, rg, j, rt].astype("int32"), axis=[ry, rg, rt]), name="acc")
     elif sp.depthwise:
         acc = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: te.sum(
@@ -192,7 +194,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
     oo, oi = sch.split(o, [None, ocbi])
     yo, yi = sch.split(y, [None, ohi])
     zo, zi = sch.split(z, [None, owi // 2 if sp.mmla else owi])
-    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd  # a dot-product step (x86 or arm)
+    vnni = sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd or sp.dw_pairs  # a dot-product step
     nin = 2 if sp.pmadd else 1  # reduction loops inside the step: (pair, input) for `vpmaddwd`
     if vnni:  # (C/cb, KH, KW, cb/4) outside, the 4 input channels (or 4 taps) of one `vpdpbusd` inside
         sch.reorder(b, oo, yo, zo, *red[:-nin], oi, yi, zi, j, *([e] if e is not None else []), *red[-nin:])
@@ -229,7 +231,9 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
         for lp in [jh, *outer]:
             sch.unroll(lp)
     if vnni:
-        if sp.pmadd:
+        if sp.dw_pairs:
+            dot = dwi = register_dw_pairs()
+        elif sp.pmadd:
             dot = dwi = register_pmadd(isa=sp.isa)
         elif sp.isa == "vnni":
             register_vnni()
@@ -237,7 +241,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
             dot, dwi = VNNI_INTRIN, DW_INTRIN
         else:
             dot, dwi = arm_intrin.register("usdot" if sp.isa == "usmmla" else sp.isa)
-        sch.tensorize(j, arm_intrin.register_mmla() if sp.mmla else dwi if sp.dw_vnni else dot)
+        sch.tensorize(j, arm_intrin.register_mmla() if sp.mmla else dwi if sp.dw_vnni or sp.dw_pairs else dot)
     for lp in [oi, yi, zi] + tile[:-1]:
         sch.unroll(lp)
     tl = sch.get_loops(init)[2:]

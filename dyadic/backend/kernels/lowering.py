@@ -232,7 +232,7 @@ class CpuKernels:
 
     def _record_dot(self, n: Node, sp: ConvSpec) -> None:
         self.families[n.name] = KernelFamily(sp.isa)
-        if sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd:  # usmmla cores run some layers on usdot
+        if sp.dot and (sp.dw_vnni or not sp.depthwise) or sp.pmadd or sp.dw_pairs:  # usmmla cores: some on usdot
             names = {"vnni": "vpdpbusd", "usmmla": "usmmla" if sp.mmla else "usdot", "avx2": "vpmaddwd",
                      "vnni16": "vpdpwssd"}
             self.dot_layers[n.name] = names.get(sp.isa, sp.isa)

@@ -72,7 +72,7 @@ def weight(w: np.ndarray, sp) -> np.ndarray:
     if sp.pmadd:
         return pmadd_weight(rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0]))
     if sp.depthwise:
-        wp = depthwise_weight(w, sp.dw_vnni)
+        wp = depthwise_weight(w, sp.taps if sp.dw_vnni or sp.dw_pairs else 1)
     else:
         wp = rowtaps_weight(w) if sp.rowtaps else conv_weight(w, sp.cb, sp.tile[0], 8 if sp.mmla else 4)
     return nibbles(wp) if sp.w4 else wp
@@ -101,14 +101,15 @@ def unnibble(b: np.ndarray) -> np.ndarray:
     return np.concatenate([lo, hi], axis=-1).reshape(*b.shape[:-1], 16, b.shape[-1] // 8)
 
 
-def depthwise_weight(w: np.ndarray, taps4: bool = False) -> np.ndarray:
-    """[C/16, KH, KW, 16]; taps4 (VNNI): [C/16, KH, KW/4, 16, 4], zero taps beyond KW."""
+def depthwise_weight(w: np.ndarray, taps: int = 1) -> np.ndarray:
+    """[C/16, KH, KW, 16]; grouped taps (`vpdpbusd`: 4, `vpdpwssd`: 2): [C/16, KH, KW/taps, 16, taps],
+    zero taps beyond KW."""
     c, _, kh, kw = w.shape
-    kwp = -(-kw // 4) * 4 if taps4 else kw
+    kwp = -(-kw // taps) * taps
     full = np.zeros((-(-c // 16) * 16, kh, kwp), np.int8)
     full[:c, :, :kw] = w[:, 0]
-    if taps4:
-        return np.ascontiguousarray(full.reshape(-1, 16, kh, kwp // 4, 4).transpose(0, 2, 3, 1, 4))
+    if taps > 1:
+        return np.ascontiguousarray(full.reshape(-1, 16, kh, kwp // taps, taps).transpose(0, 2, 3, 1, 4))
     return np.ascontiguousarray(full.reshape(-1, 16, kh, kw).transpose(0, 2, 3, 1))
 
 

@@ -85,7 +85,7 @@ class ConvSpec(KernelIO):
         """The activation operand's type: uint8 (`vpdpbusd`, `usdot`, and the x86 fallbacks), int8 (`sdot`),
         int16 (every `vpmaddwd` kernel: its packing copy widens 8-bit codes, or narrows 16-bit codes from int32
         storage, so the step broadcasts int16 pairs from memory, `intrin_avx2`)."""
-        if self.pmadd:
+        if self.pmadd or self.dw_pairs:
             return "int16"
         return "int8" if self.isa == "sdot" else "uint8"
 
@@ -112,6 +112,12 @@ class ConvSpec(KernelIO):
         return self.depthwise and self.dot and self.dil[1] == 1
 
     @property
+    def dw_pairs(self) -> bool:
+        """Depthwise on 16-bit codes with `vpdpwssd` over pairs of horizontal taps (`intrin_avx2`;
+        AVX512-VNNI, width dilation 1, 8-bit weights)."""
+        return self.depthwise and self.isa == "vnni16" and self.dil[1] == 1 and not self.w4
+
+    @property
     def rowtaps(self) -> bool:
         """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` (or of a `vpmaddwd` step)
         are 4 horizontal taps of one input channel, contiguous in an NCHW row, so the input needs no
@@ -121,8 +127,14 @@ class ConvSpec(KernelIO):
 
     @property
     def kwp(self) -> int:
-        """Kernel width as computed: rounded up to whole groups of 4 taps for `dw_vnni`, `rowtaps`."""
-        return ceil_div(self.kw, 4) * 4 if self.dw_vnni or self.rowtaps else self.kw
+        """Kernel width as computed: rounded up to whole groups of 4 taps for `dw_vnni`, `rowtaps`, of 2
+        for `dw_pairs`."""
+        return ceil_div(self.kw, self.taps) * self.taps
+
+    @property
+    def taps(self) -> int:
+        """Horizontal taps per instruction operand (1 where the kernel is not tap-grouped)."""
+        return 4 if self.dw_vnni or self.rowtaps else 2 if self.dw_pairs else 1
 
     @property
     def offset(self) -> int:
@@ -138,8 +150,8 @@ class ConvSpec(KernelIO):
         if self.rowtaps:  # (`vpmaddwd`: each 16 x 4 operand as [2 tap pairs, 16, 2], as below)
             op = (2, 16, 2) if self.pmadd else (16, 4)
             return (self.ocb, self.c, self.kh, self.kwp // 4, *op)
-        if self.dw_vnni:
-            return (self.ocb, self.kh, self.kwp // 4, 16, 4)
+        if self.dw_vnni or self.dw_pairs:
+            return (self.ocb, self.kh, self.kwp // self.taps, 16, self.taps)
         if self.depthwise:
             return (self.ocb, self.kh, self.kw, 16)
         kg = 8 if self.mmla else 4  # input channels per instruction operand row
@@ -193,7 +205,7 @@ def kernel_tile(isa: str, o: int, oh: int, ow: int, depthwise: bool = False, w4:
     """The register tile of a conv / GEMM kernel on `isa`: `choose_tile` where a dot-product or
     int16 step runs (16-lane vectors: 1 zmm on VNNI, 4 NEON q-registers, AVX2 / vnni16 from `REGFILE`),
     else (1, 1, 4) (the int32-lane fallbacks)."""
-    if isa in DOT_ISAS or (isa in INT16_ISAS and not depthwise):
+    if isa in DOT_ISAS or (isa in INT16_ISAS and not depthwise) or (isa == "vnni16" and depthwise):  # `dw_pairs`
         return choose_tile(16 if depthwise else o, oh, ow, w4, 1 if isa == "vnni" else 4, isa=isa)
     return (1, 1, 4)
 
