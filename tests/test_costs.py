@@ -128,7 +128,7 @@ def test_one_node_graph_is_a_valid_integer_graph(tiny, bits):
         q = g.nodes[0]
         assert np.abs(q.params["W"]).max() <= (1 << (bits[0] - 1)) - 1 and q.params["W"].shape == n.params["W"].shape
         assert g.qparams["x"].bits == bits[1] and g.dtypes["x"] == ("uint8" if n.name == "c2" else "int8")
-        assert g.dtypes["y"] == {"c1": "uint8", "c2": "int8", "out": "int32"}[n.name]  # ReLU / none / logits
+        assert g.dtypes["y"] == {"c1": "uint8", "c2": "int8", "out": "int16"}[n.name]  # ReLU / none / logits
 
 
 def test_depthwise_timed_behind_a_conv(tmp_path):

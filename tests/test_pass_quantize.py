@@ -67,7 +67,7 @@ def test_quantize_graph_ops_and_dtypes(quantized):
     assert ig.dtypes["c3"] == "int8" and ig.dtypes["c4"] == "int8"
     for t in ig.shapes:
         if t in ig.dtypes:
-            assert ig.dtypes[t] in ("int8", "uint8", "int32")
+            assert ig.dtypes[t] in ("int8", "uint8", "int16")
     verify_integer_graph(ig, after="test")
 
 
@@ -146,7 +146,7 @@ def test_quantize_graph_concat_output_aligns_every_input(rng):
     ig = run_passes(import_onnx(m), passes)
     assert [n.op for n in ig.nodes] == ["qconv", "qconv", "requant", "requant", "concat"]
     assert ig.node("out").inputs == ("out/align0", "out/align1")
-    assert ig.qparams["out"].bits == 16 and ig.dtypes["out"] == "int32"
+    assert ig.qparams["out"].bits == 16 and ig.dtypes["out"] == "int16"
     assert ig.dtypes["ra"] == "uint8" and ig.dtypes["b"] == "int8"
     _check_aligned(ig, "out")
 
@@ -163,7 +163,7 @@ def test_quantize_graph_concat_same_scale_not_aligned(rng):
 def test_quantize_graph_outputs_are_16_bit(quantized):
     _, pre, ig, _ = quantized
     q = ig.qparams["out"]
-    assert (q.bits, q.signed, q.dtype) == (16, True, "int32") and ig.dtypes["out"] == "int32"
+    assert (q.bits, q.signed, q.dtype) == (16, True, "int16") and ig.dtypes["out"] == "int16"
     lo, hi = pre.ranges["out"]
     assert q.scale == pytest.approx(max(-lo, hi) / 32767)
     n = ig.node("out")

@@ -71,7 +71,7 @@ def test_cli_run_over_rpc(host_build, rpc_server, tmp_path, capsys):
     assert main(["run", out, "--data", str(data), "--rpc", rpc_server, "--reps", "2"]) == 0
     stdout = capsys.readouterr().out
     assert f"on {rpc_server} over TVM RPC: 4 inputs" in stdout
-    assert "output out: int32 [4, 5]" in stdout and "timing: median" in stdout
+    assert "output out: int16 [4, 5]" in stdout and "timing: median" in stdout
 
 
 @pytest.mark.parametrize("addr", ["localhost", "host:", ":9090", "h:99999", "h:port"])

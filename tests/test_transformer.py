@@ -77,7 +77,7 @@ def test_encoder_block_bitexact_and_faithful(tmp_path, mask, decomposed):
     assert ops.count("qlayernorm") == 3 and ops.count("qmatmul") == 2 and ops.count("qlinear") == 6
     assert "qembed" in ops and "qlut" in ops and "qsoftmax" in ops
     assert ig.dtypes["ids"] == "int32" and ig.qparams["ids"].scale == 1.0  # token ids pass through
-    assert ig.dtypes["x1"] == "int32" and ig.qparams["x1"].bits == 16     # the residual stream is 16-bit
+    assert ig.dtypes["x1"] == "int16" and ig.qparams["x1"].bits == 16     # the residual stream is 16-bit
     assert "BQ" in ig.node("p").params                                     # the mask is added in integers
     if HOST_X86:  # the linears and both attention products on dyadic's kernels, not the generic matmul
         generic = res.plan["target"]["kernel_coverage"]["generic_ops"]

@@ -51,7 +51,9 @@ class QParams:
     def dtype(self) -> str:
         if self.bits <= 8:
             return "int8" if self.signed else "uint8"
-        return "int32"
+        # signed codes up to 16 bits (`--wide-activations`, LayerNorm / GELU outputs) as int16: half the
+        # bytes of int32 for every reader and writer; wider codes (token ids) as int32
+        return "int16" if self.bits <= 16 and self.signed else "int32"
 
 
 @dataclass(frozen=True)

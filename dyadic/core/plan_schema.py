@@ -5,7 +5,8 @@ then `validate_plan`, which checks
 
 * `plan_version` is `PLAN_VERSION`; `library` names `model.so` with its size and sha256;
 * every input/output: a name, a shape of positive dims (the batch may be -1), a finite positive
-  scale, an integer type whose `lo`/`hi`/`dtype` are exactly those its `bits` and `signed` give;
+  scale, an integer type whose `lo`/`hi`/`dtype` are exactly those its `bits` and `signed` give
+  (`QParams.dtype`: 9-16-bit signed codes as int16; int32 accepted there from older builds);
 * every layer: its `in`/`out` quantization as above; dyadic multipliers `0 < m < 2^31` (`0 <= m` for
   the operands of a sum, not all of them), shifts
   `0 <= s <= 62`, as many shifts as multipliers; clip bounds `lo <= hi` inside the output type;
@@ -22,6 +23,7 @@ import os
 
 from dyadic.core.errors import BuildDirError
 from dyadic.core.plan import PLAN_VERSION
+from dyadic.core.graph import QParams
 
 DTYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int32": (-(1 << 31), (1 << 31) - 1)}
 MAX_DIM_PRODUCT = 1 << 28
@@ -56,8 +58,9 @@ def _qparams(d, where: str, problems: list[str]) -> None:
         return
     want_lo = -(1 << (bits - 1)) if signed else 0
     want_hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
-    want_dtype = ("int8" if signed else "uint8") if bits <= 8 else "int32"
-    if dtype != want_dtype:
+    want_dtype = QParams(1.0, bits, bool(signed)).dtype
+    legacy = dtype == "int32" and signed and 8 < bits <= 16  # builds from before 16-bit codes took int16 storage
+    if dtype != want_dtype and not legacy:
         problems.append(f"{where}: dtype {dtype!r} does not match {bits} bits signed={signed} ({want_dtype})")
     if not (_is_int(lo) and _is_int(hi)) or lo != want_lo or hi != want_hi:
         problems.append(f"{where}: range [{lo!r}, {hi!r}] is not [{want_lo}, {want_hi}] of {bits}-bit "

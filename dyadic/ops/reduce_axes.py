@@ -85,7 +85,7 @@ def _arg(node, xs, out_shape=None):
 def _quantize_arg(ctx, node):
     from dyadic.core.graph import Node
 
-    ctx.qp[node.output] = QParams(1.0, 16, True)
+    ctx.qp[node.output] = QParams(1.0, 32, True)  # an index: int32 storage whatever the axis length
     ctx.nodes.append(Node("qarg", node.name, node.inputs, node.outputs, dict(node.attrs)))
 
 

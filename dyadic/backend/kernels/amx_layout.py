@@ -27,7 +27,7 @@ pixels. Reduction steps: (ry, rx, kb) = kernel row, kernel column, 64-channel bl
     pixels of one output row (as ROWS), sw c bytes apart: overlapping rows, which `tileloadd` allows.
     The staged buffer ends with 64 bytes of slack, for the last row's tail.
 Dense: the batch is the pixel axis (16 samples per tile), K = the input features.
-16-bit input (`wide`: codes |x| < 2^15 in int32 storage, `passes/widen_activations`): AMX has no
+16-bit input (`wide`: codes |x| <= 2^15 in int16 (or int32) storage, `passes/widen_activations`): AMX has no
 16-bit product, so x = 256 hi + lo is staged as two byte planes per pixel, lo = x & 255 (unsigned)
 then hi = x >> 8 (signed), CP bytes each (pad value 0 in both), and every reduction step runs
 C_lo += `tdpbusd`(A_lo, B), C_hi += `tdpbssd`(A_hi, B) (signed x signed): acc = 256 C_hi + C_lo,
@@ -73,7 +73,7 @@ class AmxConvSpec(KernelIO):
     wide: bool = False                # 16-bit codes as two byte planes (module docstring)
 
     def __post_init__(self):
-        assert not self.wide or (self.mb == 1 and not self.taps and self.in_dtype == "int32"), self
+        assert not self.wide or (self.mb == 1 and not self.taps and self.in_dtype in ("int16", "int32")), self
 
     @property
     def planes(self) -> int:

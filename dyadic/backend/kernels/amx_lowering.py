@@ -9,7 +9,7 @@ tuned by timings (TAPS mode and the task count were measured on ResNet-50 on a 2
   * fewer than `min_pixels` output pixels per image (e.g. 2x2 maps): most of the 16 rows of an A tile
     would be padding;
   * dense layers with fewer than `min_dense_k` inputs;
-  * 16-bit input (int32 storage) runs as two byte planes (`amx_layout`, `wide`) where its accumulator
+  * 16-bit input (int16 storage) runs as two byte planes (`amx_layout`, `wide`) where its accumulator
     bound holds (`wide_ok`), with its channels padded to 64 even where they are fewer than `min_channels`
     (no TAPS mode), from `min_wide_channels` on: torchvision mobilenet_v2 with `--wide-activations auto`
     (2-core AMX Xeon, 1 thread, `dyadic profile`): its 1x1 16 -> 96 conv at 112x112 took 0.50 ms on
@@ -50,7 +50,7 @@ def _blocking(ocb: int, pixel_tiles: int, one_row: bool) -> tuple[int, int]:
 def wide_ok(kern, t: str, w: np.ndarray) -> bool:
     """Whether 16-bit codes of tensor t can feed weights w as two byte planes: (max|x| + 255) max_o sum|W[o]|
     < 2^31 bounds 256 C_hi and C_lo (`amx_layout`), so no partial sum leaves int32."""
-    if kern.g.dtypes[t] != "int32":
+    if kern.g.dtypes[t] not in ("int16", "int32"):
         return False
     q = kern.g.qparams.get(t)
     amax = max(-q.lo, q.hi) if q is not None else 1 << 31

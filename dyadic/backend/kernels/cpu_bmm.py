@@ -4,7 +4,7 @@ elsewhere (`qmatmul` in `ops/matmul`).
 
     C[g, i, j] = clip((Σ_k A[g, i, k] B[g, k, j]) M + 2^(S-1)) >> S, lo, hi)   (per-tensor M, S)
 
-A holds int8 / uint8 codes or 16-bit codes in int32 storage (attention probabilities, 0..32767;
+A holds int8 / uint8 codes or 16-bit codes (int16 storage, or int32 in older graphs) (attention probabilities, 0..32767;
 16-bit queries), B int8 or 16-bit codes (keys, values); n is the batch (symbolic: one kernel serves any batch),
 g the other leading dims flattened (heads).
 Neither operand is a constant, so both are packed at run time inside the kernel, as the conv

@@ -41,7 +41,7 @@ as many bytes and unpacked in registers right before its instructions (`packing.
 AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` (`intrin_avx2`,
 `ConvSpec.pmadd`; exact: s16 x s8 pair sums fit s32), two ymm per 16-lane accumulator. Their first
 stage always copies: it widens the input to int16 (8-bit codes as they are, no offset; 16-bit codes
-from int32 storage narrowed), so the step broadcasts int16 pairs straight from memory. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
+read as they are, or narrowed from int32 storage), so the step broadcasts int16 pairs straight from memory. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
 channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations

@@ -34,6 +34,7 @@ from dyadic.backend.kernels.cpu_conv import conv_func
 from dyadic.ops import INT
 
 _8BIT = ("uint8", "int8")
+_16BIT = ("int16", "int32")  # 16-bit codes: int16 storage (int32 in kernels' own tests and older graphs)
 DEFERRED = "deferred: emitted fused into the residual add that reads it"
 
 
@@ -181,11 +182,11 @@ class CpuKernels:
                             t in self.packed, matmul_lowering.step_isa(self, t))
 
     def _wide_input(self, n: Node) -> bool:
-        """An 8-bit-weight conv on 16-bit codes (int32 storage, `passes/widen_activations`) on an x86
+        """An 8-bit-weight conv on 16-bit codes (int16 storage, `passes/widen_activations`) on an x86
         isa, on the int16 step (`vpdpwssd` on VNNI, `vpmaddwd` elsewhere), which reads them as int16 pairs
         (as the linear GEMM does); a depthwise one on the int32 multiply-add fallback."""
         t = n.inputs[0]
-        return (self._dtype(t) == "int32" and matmul_lowering.step_isa(self, t) in INT16_ISAS
+        return (self._dtype(t) in _16BIT and matmul_lowering.step_isa(self, t) in INT16_ISAS
                 and (n.attrs["group"] == 1 or self._depthwise(n) or self._group_blocks(n))
                 and n.attrs.get("w_bits") == 8)
 

@@ -2,7 +2,7 @@
 
 `linear`: a linear over [N, ..., K] runs on the conv kernels' 1x1 GEMM (`cpu_conv`) with the rows of
 the inner leading dims as the width of an NHWC input, so each register tile reuses its weight
-operands over `owi` rows. A 16-bit input (int32 storage holding int16 codes: a LayerNorm or GELU
+operands over `owi` rows. A 16-bit input (int16 codes, int16 storage or int32 in older graphs: a LayerNorm or GELU
 output) runs on the AVX2 `vpmaddwd` step on every x86 isa, narrowed to int16 by the kernel's packing
 copy (`ConvSpec.operand_dtype`); an 8-bit input on the isa's own step (VNNI, AVX2, arm dot products).
 A per-tensor `requant` reached from a linear's output through reshapes and transposes only (the
@@ -28,7 +28,7 @@ _X86_ISAS = ("vnni", "avx512", "avx2")
 def linear(kern, node, x):
     """The CPU kernel family's 1x1-conv GEMM (the one `qdense` runs on), with the rows of every leading
     dim but the first as the width of an NHWC input, so the register tile reuses each weight operand
-    over `owi` rows. A 16-bit input (int32 storage, int16 codes) runs on the AVX2 `vpmaddwd` step
+    over `owi` rows. A 16-bit input (int16 codes) runs on the AVX2 `vpmaddwd` step
     (every x86 isa has it), narrowed to int16 by the kernel's packing copy and read as int16 pairs;
     an 8-bit one on the isa's own step."""
     L = kern.L
@@ -84,12 +84,12 @@ def _narrowing_requant(kern, node):
 
 def step_isa(kern, t: str) -> str | None:
     """The isa of the GEMM step that reads tensor t: the kernels' own for 8-bit codes; for 16-bit codes
-    in int32 storage the int16 step, `vpdpwssd` (`vnni16`) on AVX512-VNNI, else AVX2 `vpmaddwd` (every
+    (int16 storage, or int32 holding int16-range codes) the int16 step, `vpdpwssd` (`vnni16`) on AVX512-VNNI, else AVX2 `vpmaddwd` (every
     x86 isa has it); None where no kernel step reads t."""
     d = kern.L.g.dtypes[t]
     if d in ("int8", "uint8"):
         return kern.isa
-    if d == "int32" and kern.isa in _X86_ISAS and _int16_codes(kern.L, t):
+    if d in ("int16", "int32") and kern.isa in _X86_ISAS and _int16_codes(kern.L, t):
         return int16_isa(kern.isa)
     return None
 
@@ -100,7 +100,7 @@ def int16_isa(isa: str) -> str:
 
 
 def _int16_codes(L, t: str) -> bool:
-    """8-bit codes, or wide codes (int32 storage) that fit int16."""
+    """8-bit codes, or wide codes that fit int16."""
     q = L.g.qparams.get(t)
     return L.g.dtypes[t] in ("int8", "uint8") or (q is not None and -(1 << 15) <= q.lo and q.hi < 1 << 15)
 
