@@ -41,9 +41,10 @@ class AmxPolicy:
 POLICY = AmxPolicy()
 
 
-def _blocking(ocb: int, pixel_tiles: int, one_row: bool) -> tuple[int, int]:
+def _blocking(ocb: int, pixel_tiles: int, one_a_tile: bool) -> tuple[int, int]:
+    """(mb, nb); one_a_tile: dense layers (16 samples) and 16-bit input (an A tile per byte plane)."""
     nb = 2 if ocb % 2 == 0 else 1
-    mb = 1 if one_row or pixel_tiles < 2 else 2
+    mb = 1 if one_a_tile or pixel_tiles < 2 else 2
     return mb, nb
 
 
