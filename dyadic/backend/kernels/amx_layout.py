@@ -248,10 +248,8 @@ def stage(sp: AmxConvSpec, x: np.ndarray) -> np.ndarray:
     """The staged operand xa [N, HX, WS, CP] uint8 from NCHW input x (numpy model of the kernel's copy)."""
     n = x.shape[0]
     if sp.wide:  # the two planes side by side in each pixel: [.., lo (CP bytes), hi (CP bytes)]
-        x = x.astype(np.int64)
-        planes = [stage(dc.replace(sp, wide=False, in_dtype="uint8"), x & 255), None]
-        planes[1] = stage(dc.replace(sp, wide=False, in_dtype="uint8"), (x >> 8) & 255)
-        return np.concatenate(planes, axis=-1)
+        x, byte = x.astype(np.int64), dc.replace(sp, wide=False, in_dtype="uint8")
+        return np.concatenate([stage(byte, x & 255), stage(byte, (x >> 8) & 255)], axis=-1)
     if sp.dense:
         xa = np.full((ceil_div(n, ROWS_MAX) * ROWS_MAX, sp.cp), sp.offset, np.uint8)
         xa[:n, :sp.c] = (x.reshape(n, -1).astype(np.int32) + sp.offset).astype(np.uint8)

@@ -130,16 +130,17 @@ _done: set[str] = set()
 DW_INTRIN = "dyadic_dw_4tap_vnni"
 
 
-def dw_desc(a_dtype: str = "uint8"):
-    """C[16] int32 += sum_t A[t, j] * B[j, t] (4 taps x 16 channels); shared with aarch64."""
+def dw_desc(a_dtype: str = "uint8", taps: int = 4):
+    """C[16] int32 += sum_t A[t, j] * B[j, t] (taps x 16 channels); shared with aarch64 and the 2-tap
+    16-bit step (`intrin_avx2.DW_PAIRS_INTRIN`)."""
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4, 16), a_dtype, offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+    def desc(A: T.Buffer((taps, 16), a_dtype, offset_factor=1), B: T.Buffer((16, taps), "int8", offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+            T.reads(C[0:16], A[0:taps, 0:16], B[0:16, 0:taps])
             T.writes(C[0:16])
             for j in T.serial(0, 16):
-                for t in T.serial(0, 4):
+                for t in T.serial(0, taps):
                     with T.sblock("update"):
                         vj, vt = T.axis.remap("SR", [j, t])
                         C[vj] = C[vj] + T.cast(A[vt, vj], "int32") * T.cast(B[vj, vt], "int32")

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from dyadic.backend.kernels.intrin import dw_desc
+
 PMADD_INTRIN = "dyadic_dot_16x4_avx2_pmaddwd_i16"
 DPWSSD_INTRIN = "dyadic_dot_16x4_avx512_vpdpwssd_i16"
 _LLVM = "llvm.x86.avx2.pmadd.wd"
@@ -139,21 +141,6 @@ def register_pmadd(b_dtype: str = "int8", isa: str = "avx2") -> str:
 DW_PAIRS_INTRIN = "dyadic_dw_2tap_vpdpwssd_i16"
 
 
-def _dw_desc():
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2, 16), "int16", offset_factor=1), B: T.Buffer((16, 2), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:2, 0:16], B[0:16, 0:2])
-            T.writes(C[0:16])
-            for j in T.serial(0, 16):
-                for t in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vj, vt = T.axis.remap("SR", [j, t])
-                        C[vj] = C[vj] + T.cast(A[vt, vj], "int32") * T.cast(B[vj, vt], "int32")
-    return desc
-
-
 @T.prim_func(s_tir=True)
 def _dw_impl(A: T.Buffer((2, 16), "int16", offset_factor=1), B: T.Buffer((16, 2), "int8", offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
@@ -170,6 +157,6 @@ def register_dw_pairs() -> str:
     from tvm.s_tir import TensorIntrin
 
     if DW_PAIRS_INTRIN not in _done:
-        TensorIntrin.register(DW_PAIRS_INTRIN, _dw_desc(), _dw_impl, override=True)
+        TensorIntrin.register(DW_PAIRS_INTRIN, dw_desc("int16", taps=2), _dw_impl, override=True)
         _done.add(DW_PAIRS_INTRIN)
     return DW_PAIRS_INTRIN

@@ -118,8 +118,8 @@ class CpuKernels:
                 self.deferred[n.output] = (n, xs)
                 return DEFERRED
             return self._result(n, self._conv(n, xs))
-        if op == "qdense" and self._wbits_ok(n) and len(self.g.shapes[n.inputs[0]]) == 2 and (
-                self._dtype(n.inputs[0]) in _8BIT or self.amx and amx_lowering.wide_ok(self, n.inputs[0], n.params["W"])):
+        if op == "qdense" and self._wbits_ok(n) and len(self.g.shapes[n.inputs[0]]) == 2 \
+                and self._dtype(n.inputs[0]) in _8BIT + _16BIT:
             return self._dense(n, xs[0])
         if op in ("qaffine", "qmul", "qadd", "gather", "qresize", "zero_insert"):  # on the packed layout
             y = packed_ops.lower(self, n, xs)
@@ -266,14 +266,14 @@ class CpuKernels:
         k = self.g.shapes[t][1]
         o = p["W"].shape[0]
         din, dout = self._dtype(t), self._dtype(n.output)
+        amx = amx_lowering.dense_spec(self, n) if self.amx else None
+        if amx is None and din not in _8BIT:  # 16-bit codes: only the AMX planes take them here
+            return None
         sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"],
                       None, packing.hi32_ok(p["S"]), self.isa, (1, 1, 1), w4=a["w_bits"] == 4)
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
-        amx = amx_lowering.dense_spec(self, n) if self.amx else None
-        if amx is None and din not in _8BIT:  # 16-bit codes: only the AMX planes take them here
-            return None
         if amx is not None:
             y = self._amx_call(n, x4, amx, wk)
             y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
