@@ -1,7 +1,7 @@
 """The Intel AMX kernels (`dyadic.backend.kernels.amx_conv`, `amx_layout`, `intrin_amx`) and their plumbing.
 
 On any x86 host (no AMX needed):
-  * the numpy model of the tile program (`amx_layout.run_program`: `tdpbusd` semantics on the staged
+  * the numpy model of the tile program (`amx_model.run_program`: `tdpbusd` semantics on the staged
     activations and packed B tiles) equals the int64 conv, +128 compensation included;
   * the kernels built with the TIR emulation of the tile instructions (`emulate=True`: the same
     staging, addressing, packing and epilogue, only the instruction bodies differ) are bit-exact
@@ -28,7 +28,8 @@ from _tiny_onnx import bias, conv_w, i64, make_model, node
 tvm = pytest.importorskip("tvm")
 
 from dyadic.backend.kernels import amx_conv, epilogue, packing, x86_isa  # noqa: E402
-from dyadic.backend.kernels.amx_layout import AmxConvSpec, AmxMode, run_program, tdpbusd, weight  # noqa: E402
+from dyadic.backend.kernels.amx_layout import AmxConvSpec, AmxMode, weight  # noqa: E402
+from dyadic.backend.kernels.amx_model import run_program, tdpbusd  # noqa: E402
 from dyadic.backend.kernels.intrin_amx import MNEMONICS, TileOps  # noqa: E402
 from dyadic.core.graph import Node  # noqa: E402
 from dyadic.core.reference import run_int_node  # noqa: E402
@@ -142,7 +143,7 @@ def _conv64(x, w, stride, pads, dil):
 
 # ------------------------------------------------------------------ numpy model (any host)
 def test_tdpbusd_model_matches_its_definition():
-    """`amx_layout.tdpbusd` is the instruction's definition: C[m, n] += sum_k,i u8 A[m, 4k+i] * s8 B[k, 4n+i]."""
+    """`amx_model.tdpbusd` is the instruction's definition: C[m, n] += sum_k,i u8 A[m, 4k+i] * s8 B[k, 4n+i]."""
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (7, 64)).astype(np.uint8)
     b = rng.integers(-128, 128, (16, 64)).astype(np.int8)

@@ -17,7 +17,8 @@ from test_kernels_amx import (HAS_AMX, _conv64, _disasm, _spec_and_data, check_e
 
 tvm = pytest.importorskip("tvm")
 
-from dyadic.backend.kernels.amx_layout import AmxConvSpec, run_program  # noqa: E402
+from dyadic.backend.kernels.amx_layout import AmxConvSpec  # noqa: E402
+from dyadic.backend.kernels.amx_model import run_program  # noqa: E402
 from dyadic.backend.kernels.intrin_amx import TileOps  # noqa: E402
 
 W = dict(din="int32", wide=True, shifts=(43, 48))

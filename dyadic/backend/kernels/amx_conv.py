@@ -2,7 +2,7 @@
 
 `conv_func(sp)` is a drop-in for `cpu_conv.conv_func`: the same arguments (x, w, b, m, r, s,
 [res, q], out) and the packed output [N, O/16, OH, OW, 16], so the lowering can choose per layer.
-The tile program, layouts and arithmetic are in `amx_layout`; the instructions in `intrin_amx`.
+The tile program, layouts and arithmetic are in `amx_layout` (its numpy model in `amx_model`); the instructions in `intrin_amx`.
 
 Structure of the PrimFunc (written with TVM's IRBuilder: tile-register numbers are immediates, so
 the register-blocked part is unrolled in Python):
@@ -228,7 +228,7 @@ def _unpack4(wq, off, wsc, dst) -> None:
 
 
 def _stage(sp: AmxConvSpec, n, x, xa) -> None:
-    """xa <- the staged operand (`amx_layout.stage`): padding, channel blocks of 64, + offset."""
+    """xa <- the staged operand (`amx_model.stage`): padding, channel blocks of 64, + offset."""
     off = sp.offset
     pad = tirx.const(off, "uint8")
 
