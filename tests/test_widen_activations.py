@@ -169,3 +169,33 @@ def test_mv3_block_16bit_arm_bit_exact_under_qemu(tmp_path):
     q = quantize_inputs(ig, {"input": rng.normal(size=(3, 3, 12, 12)).astype(np.float32)})
     got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
     np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])
+
+
+def test_classifier_head_on_16bit_codes_runs_on_the_int16_step(tmp_path):
+    """A dense head reading 16-bit codes (MobileNetV3's 960 -> 1280 -> hard-swish -> 1000 classifier, in
+    small) takes the kernels' int16 step on x86 (`vpdpwssd` / `vpmaddwd`), not TVM's generic matmul, and is
+    bit-exact against the int64 reference."""
+    import dyadic
+    from dyadic.core.io import quantize_inputs
+    from dyadic.core.reference import run_reference
+
+    rng = np.random.default_rng(5)
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("HardSwish", ["c0"], "h0"),
+             node("GlobalAveragePool", ["h0"], "g"), node("Flatten", ["g"], "f"),
+             node("Gemm", ["f", "W1", "B1"], "d1", transB=1), node("HardSwish", ["d1"], "h1"),
+             node("Gemm", ["h1", "W2", "B2"], "out", transB=1)]
+    inits = {"W0": conv_w(rng, 24, 3), "B0": bias(rng, 24), "W1": f32(rng.normal(size=(40, 24)) / 5), "B1": bias(rng, 40),
+             "W2": f32(rng.normal(size=(10, 40)) / 6), "B2": bias(rng, 10)}
+    model = make_model(nodes, inits, in_shape=("N", 3, 8, 8))
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    res = dyadic.compile(model, str(tmp_path), calib, CompileConfig(quiet=True, wide_activations=WideActivations.ALL))
+    ig = res.int_graph
+    dense = [n for n in ig.nodes if n.op == "qdense"]
+    assert len(dense) == 2 and ig.qparams[dense[1].inputs[0]].bits == 16  # the first reads the 8-bit mean
+    assert res.plan["self_check"].startswith("bit-exact")
+    x = {"input": rng.normal(size=(4, 3, 8, 8)).astype(np.float32)}
+    q = quantize_inputs(ig, x)
+    np.testing.assert_array_equal(dyadic.load(str(tmp_path)).run_int(q)[0], run_reference(ig, q)[ig.outputs[0]])
+    if platform.machine() == "x86_64":
+        generic = res.plan["target"]["kernel_coverage"].get("generic_ops", {})
+        assert "qdense" not in generic, generic

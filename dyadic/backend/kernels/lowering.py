@@ -267,10 +267,11 @@ class CpuKernels:
         o = p["W"].shape[0]
         din, dout = self._dtype(t), self._dtype(n.output)
         amx = amx_lowering.dense_spec(self, n) if self.amx else None
-        if amx is None and din not in _8BIT:  # 16-bit codes: only the AMX planes take them here
+        isa = matmul_lowering.step_isa(self, t)  # 16-bit codes: the int16 step (as a conv's), or the AMX planes
+        if amx is None and din not in _8BIT and not (isa in INT16_ISAS and a["w_bits"] == 8):
             return None
         sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"],
-                      None, packing.hi32_ok(p["S"]), self.isa, (1, 1, 1), w4=a["w_bits"] == 4)
+                      None, packing.hi32_ok(p["S"]), isa, (1, 1, 1), w4=a["w_bits"] == 4)
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
