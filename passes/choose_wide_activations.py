@@ -20,7 +20,9 @@ The choice: the candidates (`widen_activations.wide_candidates(ALL)`) sorted by 
 where c_t is the work of t's readers that moves to the 16-bit rate (their MACs; elementwise readers
 count their elements), are widened in that order until the activations' share of P is at most
 `share` (default 0.1: the remaining logit error within 0.5 dB of the all-16-bit build's;
-`--wide-share`). On AVX512-VNNI a
+`--wide-share`). A chosen tensor read only by concats that stay 8-bit is then dropped (the concat
+would round it back to 8 bits at once: ShuffleNet's branch outputs), and the predictions count it
+as 8-bit. On AVX512-VNNI a
 16-bit conv runs at about half its 8-bit rate, so the work widened is what the choice saves
 against `ALL`. The result goes to `Graph.meta["wide"]`; the predictions to `meta["wide_choice"]`
 (the compile's plan.json).
@@ -62,6 +64,24 @@ def _reader_work(graph: Graph, users, t: str, depth: int = 0) -> float:
     return work
 
 
+def _narrowed_at_once(users, t: str, wide: set[str], depth: int = 0) -> bool:
+    """Every reader of t (through moves) is a concat whose output stays 8-bit: it would round t's
+    16-bit codes back to 8 bits straight away (a generic requant), so widening t removes no error."""
+    us = users.get(t, [])
+    return bool(us) and depth < 8 and all(
+        (u.op == "concat" and u.output not in wide) or (moves(u.op) and _narrowed_at_once(users, u.output, wide, depth + 1))
+        for u in us)
+
+
+def _useful(users, chosen: list[str]) -> list[str]:
+    wide = set(chosen)
+    while True:  # dropping a concat's output can make its inputs useless too
+        drop = {t for t in wide if _narrowed_at_once(users, t, wide)}
+        if not drop:
+            return [t for t in chosen if t in wide]
+        wide -= drop
+
+
 def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivations.NONE, samples: int = 8,
                             share: float = 0.1, weight_clip: WeightClip = WeightClip.NONE,
                             quiet: bool = False) -> Graph:
@@ -99,6 +119,8 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
             break
         chosen.append(t)
         left -= p_act[t]
+    chosen = _useful(users, chosen)
+    left = sum(p_act.values()) - sum(p_act[t] for t in chosen)
     total_work = sum(work.values())
     cos = lambda p: 1.0 - p / (2 * signal) if signal > 0 else float("nan")  # noqa: E731
     info = {"method": "Hutchinson traces in logit space x measured 8-bit rounding errors", "samples": n,

@@ -8,7 +8,9 @@ squeezenet1_1's 8.7, 175 of densenet121's 184).
 
 This pass runs after `calibrate_ranges`. Tensors are joined into classes through concats (each
 input with the output) and through the ops whose output `quantize_graph` gives its input's
-quantization (`PASSTHROUGH_OPS`: max-pool, pad, slice, reshape, flatten). Every class that contains a
+quantization (`PASSTHROUGH_OPS`: max-pool, pad, slice, reshape, flatten; and the op table's
+passthrough moves: transpose, squeeze, unsqueeze, ...: ShuffleNet's channel shuffle between one block's
+concat and the next block's split). Every class that contains a
 concat output gets, for every member, the union of its concat outputs' calibrated ranges (per
 quantizer width, `Graph.meta["act_calibration"]`, and the plain min/max). The members then quantize
 to the same scale, and the producers' own epilogues (conv, add, pool requants) write at the concat's
@@ -30,9 +32,8 @@ still differ in width (16-bit `--wide-activations` tensors, 4-bit activations) o
 """
 from __future__ import annotations
 
-from dyadic.core.graph import PASSTHROUGH_OPS, Graph
-
-_JOIN = PASSTHROUGH_OPS - {"concat"}
+from dyadic.core.graph import Graph
+from dyadic.passes.widen_residual import moves
 
 
 def share_concat_scales(graph: Graph) -> Graph:
@@ -48,8 +49,8 @@ def share_concat_scales(graph: Graph) -> Graph:
     if not concats:
         return graph
     for n in graph.nodes:
-        if n.op == "concat" or (n.op in _JOIN and n.inputs):
-            for t in n.inputs[:1] if n.op in _JOIN else n.inputs:
+        if n.op == "concat" or (moves(n.op) and n.inputs):
+            for t in n.inputs if n.op == "concat" else n.inputs[:1]:
                 parent[find(t)] = find(n.output)
     ints = set(graph.meta.get("int_inputs", ()))
     bad = {find(t) for t in ints if t in parent}

@@ -97,6 +97,23 @@ def test_share_zero_widens_every_candidate():
     assert "wide_choice" not in none.meta and not none.meta.get("wide")
 
 
+def test_concat_inputs_kept_16bit_only_with_their_concat():
+    """Before: a -> concat c (with b) -> transpose t -> conv; d read by a conv and by c. Expected: with
+    c's output 8-bit, a (read only by c) and b (through a reshape) are dropped from the choice, since c
+    would round them back to 8 bits at once; d keeps its other reader's 16 bits; with c wide they stay."""
+    from dyadic.core.graph import Graph, Node
+    from dyadic.passes.choose_wide_activations import _useful
+
+    nodes = [Node("conv", "a", ("x",), ("a",)), Node("conv", "b0", ("x",), ("b0",)),
+             Node("reshape", "b", ("b0",), ("b",)), Node("conv", "d", ("x",), ("d",)),
+             Node("concat", "c", ("a", "b", "d"), ("c",), {"axis": 1}), Node("transpose", "t", ("c",), ("t",)),
+             Node("conv", "y", ("t",), ("y",)), Node("conv", "z", ("d",), ("z",))]
+    g = Graph(tuple(nodes), ("x",), ("y", "z"), {}, {})
+    users = g.consumers()
+    assert _useful(users, ["a", "b0", "d"]) == ["d"]
+    assert _useful(users, ["c", "a", "b0", "d"]) == ["c", "a", "b0", "d"]
+
+
 def test_two_inputs_refused():
     from dyadic.core.errors import ModelError
 

@@ -48,6 +48,22 @@ def test_nested_concats_and_maxpool_share_one_class():
     assert {g.ranges[t] for t in ("s", "m", "f1", "f2", "c1", "c2")} == {(0.0, 5.0)}
 
 
+def test_channel_shuffle_joins_two_blocks_concats():
+    """ShuffleNet: c1 = concat(a, b) -> reshape -> transpose -> reshape -> slice s (the next block's
+    passthrough half) -> c2 = concat(s, f). Expected: one class through the shuffle's moves, so c1 and c2
+    (and a, b, s, f) share the union of the two concats' ranges, and c2 needs no aligning requant."""
+    nodes = [Node("conv", "a", ("x",), ("a",)), Node("conv", "b", ("x",), ("b",)),
+             Node("concat", "c1", ("a", "b"), ("c1",), {"axis": 1}), Node("reshape", "r1", ("c1",), ("r1",)),
+             Node("transpose", "t", ("r1",), ("t",), {"perm": (0, 2, 1, 3, 4)}), Node("reshape", "r2", ("t",), ("r2",)),
+             Node("slice", "s", ("r2",), ("s",)), Node("conv", "f", ("s",), ("f",)),
+             Node("concat", "c2", ("s", "f"), ("c2",), {"axis": 1})]
+    ranges = {"x": (-1.0, 1.0), "a": (-1.0, 1.0), "b": (-2.0, 2.0), "c1": (-2.0, 2.0), "r1": (-2.0, 2.0),
+              "t": (-2.0, 2.0), "r2": (-2.0, 2.0), "s": (-1.5, 1.5), "f": (-4.0, 3.0), "c2": (-4.0, 3.0)}
+    g = share_concat_scales(_graph(nodes, ranges))
+    assert {g.ranges[t] for t in ("a", "b", "c1", "r1", "t", "r2", "s", "f", "c2")} == {(-4.0, 3.0)}
+    assert g.ranges["x"] == (-1.0, 1.0)
+
+
 def test_token_id_class_and_graphs_without_concat_unchanged():
     nodes = [Node("conv", "a", ("x",), ("a",)), Node("concat", "cat", ("x", "a"), ("cat",), {"axis": 1})]
     ranges = {"x": (0.0, 9.0), "a": (0.0, 1.0), "cat": (0.0, 9.0)}
