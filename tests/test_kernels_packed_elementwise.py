@@ -191,3 +191,29 @@ def test_vbmi_byte_table_bitexact(din, dout, m):
     t = rng.integers(np.iinfo(dout).min, np.iinfo(dout).max + 1, 256)
     got = _run(lut8_func(m, din, dout), x.astype(din), t.astype(dout), out_shape=(3, m), out_dtype=dout)
     np.testing.assert_array_equal(got, t[x - info.min])
+
+
+needs_avx512 = pytest.mark.skipif(not __import__("dyadic.backend.kernels", fromlist=["x86_has"]).x86_has(HOST, "avx512f"),
+                                  reason="host CPU has no AVX-512")
+
+
+@needs_avx512
+@pytest.mark.parametrize("dout", ["int16", "int8", "uint8"])
+@pytest.mark.parametrize("table_len,in_lo", [(65536, -32768), (40001, -20000), (300, 17)])
+@pytest.mark.parametrize("m", [70000, 37, 16])
+def test_gather_table_on_16bit_codes_bitexact(dout, table_len, in_lo, m):
+    """A table on 16-bit codes on `vpgatherdd` (`intrin_gather`): every int16 code (both ends, and the
+    table's own ends, which clamp the codes outside it), whole vectors and a tail, against
+    T[clamp(x - in_lo, 0, len - 1)]; the padding entries never reach the output."""
+    from dyadic.backend.kernels.intrin_gather import lut16_func, padding
+
+    rng = np.random.default_rng(table_len + m)
+    x = rng.integers(-32768, 32768, (3, m))
+    x.reshape(-1)[:min(x.size, 65536)] = np.arange(-32768, 32768)[:x.size]
+    x.reshape(-1)[-4:] = [-32768, 32767, in_lo, in_lo + table_len - 1]
+    info = np.iinfo(dout)
+    t = rng.integers(info.min, info.max + 1, table_len)
+    pad = np.full(padding(dout), info.max, dout)  # a value no in-range lookup should show
+    got = _run(lut16_func(m, "int16", table_len, in_lo, dout), x.astype("int16"), np.concatenate([t.astype(dout), pad]),
+               out_shape=(3, m), out_dtype=dout)
+    np.testing.assert_array_equal(got, t[np.clip(x - in_lo, 0, table_len - 1)])

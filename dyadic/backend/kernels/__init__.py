@@ -129,4 +129,5 @@ def for_lowerer(lowerer):
 
     amx = lowerer.target.kind != "arm" and x86_amx(lowerer.target.tvm_target)
     vbmi = isa == "vnni" and x86_has(lowerer.target.tvm_target, "avx512vbmi")
-    return CpuKernels(lowerer, isa, amx=amx, vbmi=vbmi)
+    gather = lowerer.target.kind != "arm" and x86_has(lowerer.target.tvm_target, "avx512f")
+    return CpuKernels(lowerer, isa, amx=amx, vbmi=vbmi, gather=gather)

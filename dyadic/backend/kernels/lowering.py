@@ -43,9 +43,10 @@ def _c(v: np.ndarray, dtype: str):
 
 
 class CpuKernels:
-    def __init__(self, lowerer, isa: str, amx: bool = False, vbmi: bool = False):
+    def __init__(self, lowerer, isa: str, amx: bool = False, vbmi: bool = False, gather: bool = False):
         self.L, self.g, self.isa, self.amx = lowerer, lowerer.g, isa, amx
         self.vbmi = vbmi  # byte tables on `vpermt2b` (`intrin_vbmi`)
+        self.gather = gather  # tables on 16-bit codes on `vpgatherdd` (`intrin_gather`)
         self.consumers = self.g.consumers()
         self.packed: set[str] = set()          # tensors whose Relax value is in the packed layout
         self.values: dict[str, object] = {}    # packed Relax value of each packed tensor

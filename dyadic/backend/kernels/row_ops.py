@@ -49,6 +49,16 @@ def lut(k, n: Node, x):
         y2 = k._call(("lut8", m, din, dout), lambda: lut8_func(m, din, dout), [x2, _c(tab, dout)], [values[0], m], dout)
         y = k.L.emit(relax.op.reshape(y2, values))
         return k._result(n, y) if t in k.packed else y
+    if k.gather and din == "int16" and dout in ("int8", "uint8", "int16") and m >= 16:  # `intrin_gather`
+        from dyadic.backend.kernels.intrin_gather import lut16_func, padding
+
+        padded = np.concatenate([tab.astype(dout), np.zeros(padding(dout), dout)])
+        x2 = k.L.emit(relax.op.reshape(x, [values[0], m]))
+        y2 = k._call(("lut16", m, tab.size, n.attrs["in_lo"], dout),
+                     lambda: lut16_func(m, din, tab.size, n.attrs["in_lo"], dout), [x2, _c(padded, dout)],
+                     [values[0], m], dout)
+        y = k.L.emit(relax.op.reshape(y2, values))
+        return k._result(n, y) if t in k.packed else y
     key = ("lut", tuple(dims), din, tab.size, n.attrs["in_lo"], dout)
     y = k._call(key, lambda: cpu_ops.lut_func(tuple(dims), din, tab.size, n.attrs["in_lo"], dout),
                 [x, _c(tab, dout)], values, dout)
