@@ -24,7 +24,9 @@ scale directly:
 
 Measured on the random-init torchvision exports (logit cosine vs fp32, 16 N(0,1) inputs): densenet121
 0.99604 -> 0.99619, googlenet 0.98214 -> 0.98231, inception_v3 0.96303 -> 0.96284 (its max-pool
-branches join two blocks' concats into one class), squeezenet1_1 1.0 -> 1.0.
+branches join two blocks' concats into one class), squeezenet1_1 1.0 -> 1.0. Joining through the shuffle's
+moves took shufflenet_v2 (`--wide-activations auto`, Zen 4) from 28 aligning requants to 2, and from
+5.64 to 3.39 ms.
 
 Classes that hold a token-id (integer) input are left alone. Nothing else changes: where members
 still differ in width (16-bit `--wide-activations` tensors, 4-bit activations) or signedness,

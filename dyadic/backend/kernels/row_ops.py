@@ -41,23 +41,22 @@ def lut(k, n: Node, x):
     dims, values = got
     din, dout = k.g.dtypes[t], k.g.dtypes[n.output]
     m = int(np.prod(dims[1:])) if all(d is not None for d in dims[1:]) else 0
+    flat = None  # (kernel key, its PrimFunc maker, the table argument): kernels over [N, m] codes
     if (k.vbmi and {din, dout} <= {"int8", "uint8"} and tab.size == 256 and m >= 64
             and n.attrs["in_lo"] == np.iinfo(din).min):  # a whole-range byte table: `intrin_vbmi`
         from dyadic.backend.kernels.intrin_vbmi import lut8_func
 
-        x2 = k.L.emit(relax.op.reshape(x, [values[0], m]))
-        y2 = k._call(("lut8", m, din, dout), lambda: lut8_func(m, din, dout), [x2, _c(tab, dout)], [values[0], m], dout)
-        y = k.L.emit(relax.op.reshape(y2, values))
-        return k._result(n, y) if t in k.packed else y
-    if k.gather and din == "int16" and dout in ("int8", "uint8", "int16") and m >= 16:  # `intrin_gather`
+        flat = ("lut8", m, din, dout), lambda: lut8_func(m, din, dout), tab
+    elif k.gather and din == "int16" and dout in ("int8", "uint8", "int16") and m >= 16:  # `intrin_gather`
         from dyadic.backend.kernels.intrin_gather import lut16_func, padding
 
-        padded = np.concatenate([tab.astype(dout), np.zeros(padding(dout), dout)])
+        lo = n.attrs["in_lo"]
+        flat = (("lut16", m, tab.size, lo, dout), lambda: lut16_func(m, din, tab.size, lo, dout),
+                np.concatenate([tab.astype(dout), np.zeros(padding(dout), dout)]))
+    if flat is not None:
+        key, make, table = flat
         x2 = k.L.emit(relax.op.reshape(x, [values[0], m]))
-        y2 = k._call(("lut16", m, tab.size, n.attrs["in_lo"], dout),
-                     lambda: lut16_func(m, din, tab.size, n.attrs["in_lo"], dout), [x2, _c(padded, dout)],
-                     [values[0], m], dout)
-        y = k.L.emit(relax.op.reshape(y2, values))
+        y = k.L.emit(relax.op.reshape(k._call(key, make, [x2, _c(table, dout)], [values[0], m], dout), values))
         return k._result(n, y) if t in k.packed else y
     key = ("lut", tuple(dims), din, tab.size, n.attrs["in_lo"], dout)
     y = k._call(key, lambda: cpu_ops.lut_func(tuple(dims), din, tab.size, n.attrs["in_lo"], dout),
