@@ -44,7 +44,7 @@ from dyadic.core.weight_quant import WeightClip
 from dyadic.mixed.hessian import estimate_traces
 from dyadic.passes.estimate_sensitivity import activation_rounding_error, weight_rounding_error
 from dyadic.passes.widen_activations import wide_candidates, with_wide
-from dyadic.passes.widen_residual import moves
+from dyadic.passes.widen_residual import moves, read_only_by
 
 
 def _reader_work(graph: Graph, users, t: str, depth: int = 0) -> float:
@@ -64,19 +64,14 @@ def _reader_work(graph: Graph, users, t: str, depth: int = 0) -> float:
     return work
 
 
-def _narrowed_at_once(users, t: str, wide: set[str], depth: int = 0) -> bool:
-    """Every reader of t (through moves) is a concat whose output stays 8-bit: it would round t's
-    16-bit codes back to 8 bits straight away (a generic requant), so widening t removes no error."""
-    us = users.get(t, [])
-    return bool(us) and depth < 8 and all(
-        (u.op == "concat" and u.output not in wide) or (moves(u.op) and _narrowed_at_once(users, u.output, wide, depth + 1))
-        for u in us)
-
-
 def _useful(users, chosen: list[str]) -> list[str]:
+    """`chosen` less the tensors whose every reader (through moves) is a concat whose output stays
+    8-bit: it would round their 16-bit codes back to 8 bits straight away, so widening them removes
+    no error."""
     wide = set(chosen)
     while True:  # dropping a concat's output can make its inputs useless too
-        drop = {t for t in wide if _narrowed_at_once(users, t, wide)}
+        narrow_concat = lambda u: u.op == "concat" and u.output not in wide  # noqa: E731
+        drop = {t for t in wide if read_only_by(users, t, narrow_concat)}
         if not drop:
             return [t for t in chosen if t in wide]
         wide -= drop

@@ -37,10 +37,12 @@ def moves(op: str) -> bool:
     return (op in PASSTHROUGH_OPS and op != "concat") or (op in FLOAT and FLOAT[op].passthrough)
 
 
-def read_only_by(users, t: str, ops: tuple[str, ...], depth: int = 0) -> bool:
-    """t has readers, and every one of them, through value-preserving moves, is one of `ops`."""
+def read_only_by(users, t: str, ops, depth: int = 0) -> bool:
+    """t has readers, and every one of them, through value-preserving moves, is one of `ops` (a tuple
+    of op names, or a predicate on the reading node)."""
     us = users.get(t, [])
-    return bool(us) and depth < 8 and all(u.op in ops or (moves(u.op) and read_only_by(users, u.output, ops, depth + 1))
+    ok = ops if callable(ops) else (lambda u: u.op in ops)
+    return bool(us) and depth < 8 and all(ok(u) or (moves(u.op) and read_only_by(users, u.output, ok, depth + 1))
                                           for u in us)
 
 

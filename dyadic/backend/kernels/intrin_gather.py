@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from dyadic.backend.kernels.intrin_vbmi import flat_lookup
+
 _GATHER = "llvm.x86.avx512.gather.dpi.512"
-CHUNK = 64  # vectors (1024 codes) per parallel task
 
 
 def padding(dout: str) -> int:
@@ -37,29 +38,18 @@ def _size(dout: str) -> int:
 def lut16_func(m: int, din: str, table_len: int, in_lo: int, dout: str):
     """out[b, i] = T[clamp(x[b, i] - in_lo, 0, table_len - 1)] over [N, m] 16-bit codes (N symbolic);
     the table argument holds table_len + `padding(dout)` entries of dout."""
-    nv, tail = m // 16, m % 16
-    if nv == 0:
+    if m < 16:
         raise ValueError(f"lut16_func needs at least 16 codes per sample, got {m}")
-    size, tl = _size(dout), table_len + padding(dout)
+    size = _size(dout)
+
+    def clamp(i, lanes: int = 0):
+        c = (lambda v: T.broadcast(T.int32(v), lanes)) if lanes else T.int32  # noqa: E731
+        return T.max(T.min(i - c(in_lo), c(table_len - 1)), c(0))
 
     def look(t, xv):
-        i = T.max(T.min(T.Cast("int32x16", xv) - T.broadcast(T.int32(in_lo), 16), T.broadcast(T.int32(table_len - 1), 16)),
-                  T.broadcast(T.int32(0), 16))
         g = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_GATHER), T.broadcast(T.int32(0), 16),
-                                    T.address_of(t[0]), i, T.int16(-1), T.int32(size), dtype="int32x16")
+                                    T.address_of(t[0]), clamp(T.Cast("int32x16", xv), 16), T.int16(-1),
+                                    T.int32(size), dtype="int32x16")
         return T.Cast(dout + "x16", g)
 
-    @T.prim_func(s_tir=True)
-    def f(x_h: T.handle, t_h: T.handle, o_h: T.handle):
-        n = T.int32()
-        X = T.match_buffer(x_h, (n, m), din)
-        t = T.match_buffer(t_h, (tl,), dout)
-        O = T.match_buffer(o_h, (n, m), dout)
-        for c in T.parallel((n * nv + CHUNK - 1) // CHUNK):
-            for v in T.serial(CHUNK):
-                if c * CHUNK + v < n * nv:
-                    O[(c * CHUNK + v) // nv, T.ramp(((c * CHUNK + v) % nv) * 16, 1, 16)] = look(
-                        t, X.vload([(c * CHUNK + v) // nv, ((c * CHUNK + v) % nv) * 16], din + "x16"))
-        for b, j in T.grid(n, tail):
-            O[b, nv * 16 + j] = t[T.max(T.min(T.Cast("int32", X[b, nv * 16 + j]) - in_lo, table_len - 1), 0)]
-    return f.with_attr("op_pattern", 8)
+    return flat_lookup(m, 16, din, dout, table_len + padding(dout), look, lambda t, x: t[clamp(T.Cast("int32", x))])

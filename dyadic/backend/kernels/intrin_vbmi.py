@@ -21,10 +21,31 @@ _PERM = "llvm.x86.avx512.vpermi2var.qi.512"
 CHUNK = 64  # vectors (4 KiB) per parallel task: TVM's parallel loop costs far more than one lookup
 
 
+def flat_lookup(m: int, lanes: int, din: str, dout: str, table_len: int, look, tail):
+    """The PrimFunc (x, t, out) over [N, m] codes (N symbolic): whole vectors of `lanes` codes by
+    look(t, x vector) in parallel chunks of `CHUNK` vectors, then the m % lanes tail codes one by one
+    by tail(t, x code); t has table_len entries of dout. Shared with `intrin_gather`."""
+    nv, rest, vdt = m // lanes, m % lanes, f"{din}x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def f(x_h: T.handle, t_h: T.handle, o_h: T.handle):
+        n = T.int32()
+        X = T.match_buffer(x_h, (n, m), din)
+        t = T.match_buffer(t_h, (table_len,), dout)
+        O = T.match_buffer(o_h, (n, m), dout)
+        for c in T.parallel((n * nv + CHUNK - 1) // CHUNK):
+            for v in T.serial(CHUNK):
+                if c * CHUNK + v < n * nv:
+                    O[(c * CHUNK + v) // nv, T.ramp(((c * CHUNK + v) % nv) * lanes, 1, lanes)] = look(
+                        t, X.vload([(c * CHUNK + v) // nv, ((c * CHUNK + v) % nv) * lanes], vdt))
+        for b, j in T.grid(n, rest):
+            O[b, nv * lanes + j] = tail(t, X[b, nv * lanes + j])
+    return f.with_attr("op_pattern", 8)
+
+
 def lut8_func(m: int, din: str, dout: str):
     """out[b, i] = T[x[b, i] - min(din)] over [N, m] 8-bit codes (N symbolic), T 256 entries of dout."""
-    nv, tail = m // 64, m % 64
-    if nv == 0:
+    if m < 64:
         raise ValueError(f"lut8_func needs at least 64 codes per sample, got {m}")
     lo_first = din == "uint8"  # which half the top index bit selects (module docstring)
     off = 0 if din == "uint8" else 128
@@ -36,22 +57,9 @@ def lut8_func(m: int, din: str, dout: str):
                                        dtype="int8x64")
 
     def look(t, xv):
-        neg = xv < T.broadcast(T.int8(0), 64)
-        hi, lo = half(t, 128, xv), half(t, 0, xv)
+        xb = T.reinterpret(xv, dtype="int8x64")
+        neg = xb < T.broadcast(T.int8(0), 64)
+        hi, lo = half(t, 128, xb), half(t, 0, xb)
         return T.reinterpret(T.Select(neg, hi, lo) if lo_first else T.Select(neg, lo, hi), dtype=dout + "x64")
 
-    @T.prim_func(s_tir=True)
-    def f(x_h: T.handle, t_h: T.handle, o_h: T.handle):
-        n = T.int32()
-        X = T.match_buffer(x_h, (n, m), din)
-        t = T.match_buffer(t_h, (256,), dout)
-        O = T.match_buffer(o_h, (n, m), dout)
-        for c in T.parallel((n * nv + CHUNK - 1) // CHUNK):
-            for v in T.serial(CHUNK):
-                if c * CHUNK + v < n * nv:
-                    O[(c * CHUNK + v) // nv, T.ramp(((c * CHUNK + v) % nv) * 64, 1, 64)] = look(
-                        t, T.reinterpret(X.vload([(c * CHUNK + v) // nv, ((c * CHUNK + v) % nv) * 64], din + "x64"),
-                                         dtype="int8x64"))
-        for b, j in T.grid(n, tail):
-            O[b, nv * 64 + j] = t[T.Cast("int32", X[b, nv * 64 + j]) + off]
-    return f.with_attr("op_pattern", 8)
+    return flat_lookup(m, 64, din, dout, 256, look, lambda t, x: t[T.Cast("int32", x) + off])

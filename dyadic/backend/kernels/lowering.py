@@ -182,14 +182,17 @@ class CpuKernels:
         return group_blocks(self.g.shapes[t][1], w.shape[0], a["group"], w.shape[1], a.get("w_bits"),
                             t in self.packed, matmul_lowering.step_isa(self, t))
 
-    def _wide_input(self, n: Node) -> bool:
-        """An 8-bit-weight conv on 16-bit codes (int16 storage, `passes/widen_activations`) on an x86
-        isa, on the int16 step (`vpdpwssd` on VNNI, `vpmaddwd` elsewhere), which reads them as int16 pairs
-        (as the linear GEMM does); a depthwise one on the int32 multiply-add fallback."""
+    def _int16_step(self, n: Node) -> bool:
+        """An 8-bit-weight layer on 16-bit codes (int16 storage, `passes/widen_activations`) on an x86
+        isa: the int16 step (`vpdpwssd` on VNNI, `vpmaddwd` elsewhere) reads them as int16 pairs (as the
+        linear GEMM does)."""
         t = n.inputs[0]
         return (self._dtype(t) in _16BIT and matmul_lowering.step_isa(self, t) in INT16_ISAS
-                and (n.attrs["group"] == 1 or self._depthwise(n) or self._group_blocks(n))
                 and n.attrs.get("w_bits") == 8)
+
+    def _wide_input(self, n: Node) -> bool:
+        """A conv on the int16 step (a depthwise one on pairs of taps, or the int32 multiply-add fallback)."""
+        return self._int16_step(n) and (n.attrs["group"] == 1 or self._depthwise(n) or self._group_blocks(n))
 
     def _depthwise(self, n: Node) -> bool:
         c, o = self.g.shapes[n.inputs[0]][1], n.params["W"].shape[0]
@@ -268,9 +271,9 @@ class CpuKernels:
         o = p["W"].shape[0]
         din, dout = self._dtype(t), self._dtype(n.output)
         amx = amx_lowering.dense_spec(self, n) if self.amx else None
-        isa = matmul_lowering.step_isa(self, t)  # 16-bit codes: the int16 step (as a conv's), or the AMX planes
-        if amx is None and din not in _8BIT and not (isa in INT16_ISAS and a["w_bits"] == 8):
+        if amx is None and din not in _8BIT and not self._int16_step(n):  # 16-bit codes: the int16 step, or AMX planes
             return None
+        isa = matmul_lowering.step_isa(self, t)
         sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"],
                       None, packing.hi32_ok(p["S"]), isa, (1, 1, 1), w4=a["w_bits"] == 4)
         op = sp.ocb * 16
