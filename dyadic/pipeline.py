@@ -21,7 +21,8 @@ from dyadic.core.verify import verify_float_graph, verify_integer_graph
 from dyadic.core.config import BitMode
 from dyadic.passes import (assign_bitwidths, calibrate_ranges, choose_wide_activations, estimate_sensitivity, fold_batchnorm,
                            fuse_activations, fuse_layernorm, fuse_softmax_bias, fuse_unary, measure_costs,
-                           quantize_graph, round_weights, share_concat_scales, widen_activations, widen_residual)
+                           quantize_graph, round_weights, share_concat_scales, widen_activations, widen_residual,
+                           widen_weights)
 
 Pass = Callable[[Graph], Graph]
 
@@ -52,6 +53,7 @@ def integer_passes(config: CompileConfig) -> list[tuple[str, Pass]]:
     return [
         ("assign_bitwidths", partial(assign_bitwidths, mode=config.bits, pin_first_last=config.pin_first_last,
                                      budgets=config.budgets, layer_bits=config.layer_bits)),
+        ("widen_weights", partial(widen_weights, kind=config.wide_weights)),
         ("round_weights", partial(round_weights, rounding=config.rounding, weight_clip=config.weight_clip,
                                   bias_correction=config.bias_correction, iters=config.adaround_iters,
                                   quiet=config.quiet)),

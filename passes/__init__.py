@@ -18,10 +18,11 @@ from .round_weights import round_weights
 from .share_concat_scales import share_concat_scales
 from .widen_activations import widen_activations
 from .widen_residual import widen_residual
+from .widen_weights import widen_weights
 
 __all__ = [
     "fuse_layernorm", "fold_batchnorm", "fuse_softmax_bias", "fuse_unary", "fuse_activations", "widen_residual",
     "widen_activations",
     "calibrate_ranges", "choose_wide_activations", "share_concat_scales", "estimate_sensitivity",
-    "measure_costs", "assign_bitwidths", "round_weights", "quantize_graph",
+    "measure_costs", "assign_bitwidths", "widen_weights", "round_weights", "quantize_graph",
 ]

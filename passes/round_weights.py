@@ -16,7 +16,7 @@ integer weights and corrected bias, every tensor fake-quantized to the scale and
 AdaRound and GPTQ the Gram matrices A, B, C of x̃, x; GPTQ's rounding uses A) are accumulated, the weights are chosen, and the
 layer's quantized output is computed from them, so later layers see the error of earlier ones
 (AdaRound's asymmetric reconstruction). The reconstruction is of the pre-activation output
-(the fused ReLU is not in the loss). The result: node params `W_int` (int8), `W_scale` (float64
+(the fused ReLU is not in the loss). The result: node params `W_int` (int8; int16 above 8 bits), `W_scale` (float64
 per channel) and the corrected `B`, which `quantize_graph` turns into the usual integer layer, plus
 `Graph.meta["weight_quant"]` (per layer: mean clip ratio, losses, bias shift), recorded in model.json.
 """
@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from dyadic.core import npops, weight_quant as wq
-from dyadic.core.arith import channel_scales
+from dyadic.core.arith import channel_scales, weight_dtype
 from dyadic.core.weight_quant import Rounding, WeightClip
 from dyadic.core.calibrators import act_range
 from dyadic.core.float_exec import run_node
@@ -85,8 +85,9 @@ def sim_qparams(graph: Graph) -> dict[str, QParams]:
 
     wide, a4 = wide_tensors(graph), _a4_tensors(graph)
     out = {}
-    for t in graph.inputs:
-        out[t] = activation_qparams(act_range(graph, t, 8), 8)
+    for t in graph.inputs:  # as `quantize_graph.out_q`
+        out[t] = (activation_qparams(graph.ranges[t], OUTPUT_BITS, True) if t in wide
+                  else activation_qparams(act_range(graph, t, 8), 8))
     for n in graph.nodes:
         t = n.output
         if n.op in PASSTHROUGH_OPS and n.op != "concat":
@@ -213,7 +214,7 @@ def _choose(n: Node, xq, xf, scale, bits, rounding, bias_correction, iters, rec:
                  else wq.gptq(wg, sg, bits, A, B, C))
         rec.update(r)
     else:
-        qg = np.clip(np.rint(wg / sg[..., None]), -wq.qmax(bits), wq.qmax(bits)).astype(np.int8)
+        qg = np.clip(np.rint(wg / sg[..., None]), -wq.qmax(bits), wq.qmax(bits)).astype(weight_dtype(bits))
     b = n.params["B"].astype(np.float64)
     if bias_correction:
         shift = (np.einsum("gok,gk->go", wg, mf) - np.einsum("gok,gk->go", qg * sg[..., None], mq)).ravel()

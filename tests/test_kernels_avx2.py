@@ -218,3 +218,30 @@ def test_batched_matmul_probabilities_by_16bit_values(k, extreme, isa):
         b = np.where(rng.random(b.shape) < 0.5, -32768, 32767)
         b[1, 0, :, 0] = -32768  # against the flat row: the largest sum of one sign
     _check_bmm(a.astype("int32"), b.astype("int32"), int(rng.integers(2 ** 30, 2 ** 31)), 46, isa)
+
+
+# 16-bit codes with 9-16-bit weights (`passes/widen_weights`): int16 weight operands loaded as they are
+WIDE_W_CASES = ["3x3_pad1_signed_nchw_odd", "3x3_packed_unsigned", "1x1_stride2_signed_packed",
+                "7x7_stride2_first_layer", "int64_requant_small_shifts", "residual_int32_form", "dense_as_1x1"]
+
+
+@pytest.mark.parametrize("isa", INT16)
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "bounds"])
+@pytest.mark.parametrize("name", WIDE_W_CASES)
+def test_int16_weights_kernel_bitexact(name, extreme, isa):
+    """int16 codes x int16 weights (up to 12 bits, as wide as each case's int32 bound allows: 9.5 bits
+    for a 3x3 over 20 channels, 12 for a 1x1 over 17) on the int16 step; with `bounds` every code and
+    weight sits at a bound, so the sums reach the int32 limit the verifier allows."""
+    # accumulators near 2^31: shifts that bring them back into the output range (one below 33 keeps
+    # the int64 requant form of the `int64_requant` case)
+    case = {**CONV_CASES[name], "din": "int16", "shifts": (31, 60) if name.startswith("int64") else (50, 60)}
+    got, want = _run_conv(**case, isa=isa, target=TARGET[isa], wbits=12, extreme=extreme)
+    assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+def test_int16_weights_need_the_int16_step():
+    """`w16` is refused on a step that reads int8 weights (the VNNI byte step, depthwise)."""
+    with pytest.raises(ValueError, match="int16 step"):
+        ConvSpec(20, 8, 10, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "uint8", "uint8", 0, 255, None, True,
+                 "vnni", (1, 1, 8), w16=True)

@@ -51,20 +51,26 @@ def _unpacked(y: np.ndarray, c: int) -> np.ndarray:
 
 def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
               dout="uint8", clip=(0, 255), residual=None, shifts=(34, 40), isa="vnni", target=None,
-              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False, groups=1):
+              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False, groups=1, wbits=8):
     """Build one kernel, run it on random data, return (got, want) in NCHW (extreme: every input and
-    weight at a bound of its type, the largest products and sums; tile: force the register tile)."""
+    weight at a bound of its type, the largest products and sums; tile: force the register tile;
+    wbits > 8: int16 weights (`ConvSpec.w16`) as wide as the int32 bound allows over this input, up
+    to wbits)."""
     rng = np.random.default_rng(seed)
     o = c if depthwise else o
     oh, ow = _out_hw(h, w, k, stride, pads, dil)
     info = np.iinfo("int16" if din == "int32" else din)  # int32 storage holds 16-bit codes
     x = rng.integers(info.min, info.max + 1, (batch, c, h, w)).astype(din)
-    wmax = 8 if w4 else 128
-    wt = rng.integers(-wmax, wmax, (o, 1 if depthwise else c // groups, k, k)).astype(np.int8)
+    wmax, wdt = (8 if w4 else 128), np.int8
+    if wbits > 8:  # |x| max_o sum|W[o]| + max|B| < 2^31 at every weight bound
+        wmax = min(1 << (wbits - 1), (2 ** 31 - 3000) // (max(-info.min, info.max) * (c // groups) * k * k))
+        assert wmax > 128, "the case leaves no room for weights wider than 8 bits"
+        wdt = np.int16
+    wt = rng.integers(-wmax, wmax, (o, 1 if depthwise else c // groups, k, k)).astype(wdt)
     gcb = max(16, c // groups) // 16 if groups > 1 else 0  # `ConvSpec.gcb`: square super-groups
     if extreme:
         x = np.where(rng.random(x.shape) < 0.5, info.min, info.max).astype(din)
-        wt = np.where(rng.random(wt.shape) < 0.5, -wmax, wmax - 1).astype(np.int8)
+        wt = np.where(rng.random(wt.shape) < 0.5, -wmax, wmax - 1).astype(wdt)
     b = rng.integers(-3000, 3000, o).astype(np.int32)
     m = rng.integers(2 ** 30, 2 ** 31, o).astype(np.int64)
     s = rng.integers(*shifts, o).astype(np.int64)
@@ -89,7 +95,7 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
         want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
                                  {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
     sp = ConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec, hi32, isa,
-                  tile, depthwise, w4, gcb=gcb)
+                  tile, depthwise, w4, gcb=gcb, w16=wbits > 8)
     lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(target or HOST))
     op = sp.ocb * 16
     wp = packing.weight(wt, sp)

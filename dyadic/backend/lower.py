@@ -108,12 +108,12 @@ class _Lowerer:
             return self.requant(acc, p["M"], p["S"], a["lo"], a["hi"], out_dtype, _BC if op == "qconv" else None)
         if op == "qconv":
             acc = self.emit(relax.op.nn.conv2d(
-                x, _c(p["W"], "int8"), strides=a["strides"], padding=a["pads"], dilation=a["dilations"],
+                x, _c(p["W"], str(p["W"].dtype)), strides=a["strides"], padding=a["pads"], dilation=a["dilations"],
                 groups=a["group"], out_dtype="int32"))
             acc = self.emit(relax.op.add(acc, _c(p["B"].reshape(_BC), "int32")))
             return self.requant(acc, p["M"], p["S"], a["lo"], a["hi"], out_dtype, _BC)
         if op == "qdense":
-            acc = self.emit(relax.op.matmul(x, _c(p["W"].T, "int8"), out_dtype="int32"))
+            acc = self.emit(relax.op.matmul(x, _c(p["W"].T, str(p["W"].dtype)), out_dtype="int32"))
             acc = self.emit(relax.op.add(acc, _c(p["B"], "int32")))
             return self.requant(acc, p["M"], p["S"], a["lo"], a["hi"], out_dtype)
         if op == "qadd":

@@ -114,16 +114,21 @@ def channel_scales(w: np.ndarray, bits: int) -> np.ndarray:
     return np.maximum(absmax, top * CHANNEL_FLOOR) / ((1 << (bits - 1)) - 1)
 
 
+def weight_dtype(bits: int):
+    """The storage of `bits`-bit integer weights: int8 up to 8 bits, int16 above (`passes/widen_weights`)."""
+    return np.int8 if bits <= 8 else np.int16
+
+
 def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-output-channel (axis 0) weight quantization to `bits` bits.
 
-    Returns (q, scale) with q int8 in [-(2^(b-1)-1), 2^(b-1)-1] and w ≈ q * scale[:, None...]
-    (`channel_scales`).
+    Returns (q, scale) with q in [-(2^(b-1)-1), 2^(b-1)-1] (int8, int16 above 8 bits) and
+    w ≈ q * scale[:, None...] (`channel_scales`).
     """
     qmax = (1 << (bits - 1)) - 1
     scale = channel_scales(w, bits)
     bshape = (-1,) + (1,) * (w.ndim - 1)
-    q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(np.int8)
+    q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(weight_dtype(bits))
     return q, scale
 
 

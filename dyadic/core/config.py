@@ -22,6 +22,13 @@ class WideActivations(Enum):
     AUTO = "auto"       #: those of ALL where the predicted logit error is (passes/choose_wide_activations)
 
 
+class WideWeights(Enum):
+    """Whether layers that read 16-bit codes get weights wider than 8 bits (`--wide-weights`,
+    `passes/widen_weights`)."""
+    NONE = "none"       #: 8-bit weights everywhere
+    AUTO = "auto"       #: up to 12 bits where the int32 accumulator bound leaves the input its margin
+
+
 class BitMode(Enum):
     INT8 = "8"          #: every layer W8A8
     INT4 = "4"          #: every free layer W4A4 (first/last pinned to 8 bits)
@@ -100,6 +107,7 @@ class CompileConfig:
     hessian_samples: int = 32     #: calibration images used for the Hessian trace estimates
     calibration: Calibration = Calibration.MSE   #: activation range calibrator (dyadic.calibrators)
     wide_activations: WideActivations = WideActivations.NONE  #: 16-bit activations (passes/widen_activations)
+    wide_weights: WideWeights = WideWeights.NONE  #: >8-bit weights on 16-bit inputs (passes/widen_weights)
     wide_share: float = 0.1       #: AUTO: widen until activations carry at most this share of the predicted logit error
     percentile: float = 99.99     #: for calibration=percentile
     weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths

@@ -117,9 +117,10 @@ def _layer(i: int, layer, problems: list[str]) -> None:
         r = layer["calib_range"]
         if not (isinstance(r, list) and len(r) == 2 and all(_is_num(x) for x in r) and r[0] <= r[1]):
             problems.append(f"{where}: calib_range {r!r} is not a finite [lo, hi] with lo <= hi")
-    for key in ("w_bits", "a_bits"):
-        if key in layer and layer[key] not in (4, 8):
-            problems.append(f"{where}: {key} {layer[key]!r} is not 4 or 8")
+    if "w_bits" in layer and layer["w_bits"] not in (4, *range(8, 17)):
+        problems.append(f"{where}: w_bits {layer['w_bits']!r} is not 4 or 8-16")
+    if "a_bits" in layer and layer["a_bits"] not in (4, 8):
+        problems.append(f"{where}: a_bits {layer['a_bits']!r} is not 4 or 8")
 
 
 def validate_plan(plan, where: str = "model.json") -> None:

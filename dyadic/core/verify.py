@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from dyadic.core.arith import weight_dtype
 from dyadic.core.errors import VerificationError
 from dyadic.core.graph import FLOAT_OPS, INT_DTYPES, INT_OPS, Graph
 from dyadic.ops import FLOAT as TABLE_FLOAT, INT as TABLE_INT
@@ -76,7 +77,7 @@ def verify_integer_graph(graph: Graph, after: str) -> None:
         if n.op in ("qconv", "qdense"):
             w = p["W"].astype(np.int64).reshape(p["W"].shape[0], -1)
             wmax = (1 << (n.attrs["w_bits"] - 1)) - 1
-            if p["W"].dtype != np.int8 or np.abs(w).max() > wmax:
+            if p["W"].dtype != weight_dtype(n.attrs["w_bits"]) or np.abs(w).max() > wmax:
                 problems.append(f"{n.name}: weights exceed {n.attrs['w_bits']} bits")
             if n.attrs["a_bits"] == 4 and graph.qparams[n.inputs[0]].bits != 4:
                 problems.append(f"{n.name}: reads {graph.qparams[n.inputs[0]].bits}-bit activations, "

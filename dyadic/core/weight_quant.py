@@ -45,7 +45,7 @@ from enum import Enum
 
 import numpy as np
 
-from dyadic.core.arith import channel_scales
+from dyadic.core.arith import channel_scales, weight_dtype
 
 
 class Rounding(Enum):
@@ -100,7 +100,7 @@ def weight_scales(w: np.ndarray, bits: int, clip: bool) -> np.ndarray:
 
 def round_nearest(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     L = qmax(bits)
-    return np.clip(np.rint(w / scale.reshape(_bshape(w))), -L, L).astype(np.int8)
+    return np.clip(np.rint(w / scale.reshape(_bshape(w))), -L, L).astype(weight_dtype(bits))
 
 
 def recon_loss(wt: np.ndarray, w: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray) -> float:
@@ -149,14 +149,14 @@ def adaround(w: np.ndarray, scale: np.ndarray, bits: int, A: np.ndarray, B: np.n
         m1 = b1 * m1 + (1 - b1) * g
         m2 = b2 * m2 + (1 - b2) * g * g
         v -= lr * (m1 / (1 - b1 ** (t + 1))) / (np.sqrt(m2 / (1 - b2 ** (t + 1))) + eps)
-    return _versus_nearest("adaround", np.clip(wf + (v >= 0), -L, L), near, r0, s, w, A, B, C)
+    return _versus_nearest("adaround", bits, np.clip(wf + (v >= 0), -L, L), near, r0, s, w, A, B, C)
 
 
-def _versus_nearest(name: str, q, near, r0: float, s, w, A, B, C) -> tuple[np.ndarray, dict]:
+def _versus_nearest(name: str, bits: int, q, near, r0: float, s, w, A, B, C) -> tuple[np.ndarray, dict]:
     """A data-aware rounding's integers q, kept only if they reconstruct no worse than nearest's (loss r0)."""
     r1 = recon_loss(q * s, w, A, B, C)
     kept = r1 <= r0
-    return (q if kept else near).astype(np.int8), {"loss_nearest": r0, f"loss_{name}": r1, "kept": bool(kept),
+    return (q if kept else near).astype(weight_dtype(bits)), {"loss_nearest": r0, f"loss_{name}": r1, "kept": bool(kept),
                                                    "loss": min(r0, r1)}
 
 
@@ -199,4 +199,4 @@ def gptq(w: np.ndarray, scale: np.ndarray, bits: int, A: np.ndarray, B: np.ndarr
     w = w.astype(np.float64)
     near = np.clip(np.rint(w / s), -L, L)
     out = np.stack([_gptq_group(w[g], scale[g], L, A[g]) for g in range(w.shape[0])])
-    return _versus_nearest("gptq", out, near, recon_loss(near * s, w, A, B, C), s, w, A, B, C)
+    return _versus_nearest("gptq", bits, out, near, recon_loss(near * s, w, A, B, C), s, w, A, B, C)

@@ -70,7 +70,7 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     x = te.placeholder(xshape, sp.in_dtype, "x")
     wshape = sp.weight_shape()
     kg = wshape[-1]  # inputs per operand row: 4 (dot products), 8 (usmmla)
-    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, "int8", "w")
+    wt = wq = te.placeholder(wshape[:-2] + (8 * kg,) if sp.w4 else wshape, sp.w_dtype, "w")
     if sp.w4:  # one 16 x kg operand from 8 kg bytes (`packing.nibbles`); scheduled next to its use
         four = tirx.const(4, "int8")
         wt = te.compute(wshape, lambda *ix: tirx.Select(
@@ -234,7 +234,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
         if sp.dw_pairs:
             dot = dwi = register_dw_pairs()
         elif sp.pmadd:
-            dot = dwi = register_pmadd(isa=sp.isa)
+            dot = dwi = register_pmadd(sp.w_dtype, isa=sp.isa)
         elif sp.isa == "vnni":
             register_vnni()
             register_dw()

@@ -183,12 +183,12 @@ class CpuKernels:
                             t in self.packed, matmul_lowering.step_isa(self, t))
 
     def _int16_step(self, n: Node) -> bool:
-        """An 8-bit-weight layer on 16-bit codes (int16 storage, `passes/widen_activations`) on an x86
-        isa: the int16 step (`vpdpwssd` on VNNI, `vpmaddwd` elsewhere) reads them as int16 pairs (as the
-        linear GEMM does)."""
+        """A layer of 8-bit or wider (int16, `passes/widen_weights`) weights on 16-bit codes (int16
+        storage, `passes/widen_activations`) on an x86 isa: the int16 step (`vpdpwssd` on VNNI,
+        `vpmaddwd` elsewhere) reads them as int16 pairs (as the linear GEMM does)."""
         t = n.inputs[0]
         return (self._dtype(t) in _16BIT and matmul_lowering.step_isa(self, t) in INT16_ISAS
-                and n.attrs.get("w_bits") == 8)
+                and n.attrs.get("w_bits", 0) >= 8)
 
     def _wide_input(self, n: Node) -> bool:
         """A conv on the int16 step (a depthwise one on pairs of taps, or the int32 multiply-add fallback)."""
@@ -219,12 +219,12 @@ class CpuKernels:
         tile = kernel_tile(isa, 16 * gcb if gcb else o, oh, ow, dw, w4)  # a tile's blocks in one super-group
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
-                      packing.hi32_ok(p["S"]), isa, tile, dw, w4, gcb=gcb)
+                      packing.hi32_ok(p["S"]), isa, tile, dw, w4, gcb=gcb, w16=a["w_bits"] > 8)
         if sp.mmla:
             sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16
         wp = packing.weight(p["W"], sp)
-        args = [x, _c(wp, "int8"), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
+        args = [x, _c(wp, sp.w_dtype), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
                 *self._rq_consts(p, op, sp.hi32)]
         if res is not None:
             mm = np.asarray(add.params["M"]).reshape(-1)
@@ -275,7 +275,7 @@ class CpuKernels:
             return None
         isa = matmul_lowering.step_isa(self, t)
         sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"],
-                      None, packing.hi32_ok(p["S"]), isa, (1, 1, 1), w4=a["w_bits"] == 4)
+                      None, packing.hi32_ok(p["S"]), isa, (1, 1, 1), w4=a["w_bits"] == 4, w16=a["w_bits"] > 8)
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
@@ -283,7 +283,7 @@ class CpuKernels:
             y = self._amx_call(n, x4, amx, wk)
             y = self.L.emit(relax.op.reshape(y, [self.L.batch, op]))
             return self.L.emit(relax.op.strided_slice(y, [1], [0], [o])) if op != o else y
-        args = [x4, _c(packing.weight(wk, sp), "int8"),
+        args = [x4, _c(packing.weight(wk, sp), sp.w_dtype),
                 _c(packing.bias(p["B"], wk, sp.offset, op), "int32"), *self._rq_consts(p, op, sp.hi32)]
         self._record_dot(n, sp)
         y = self._call(("conv", sp), lambda: conv_func(sp), args, [self.L.batch, sp.ocb, 1, 1, 16], dout)

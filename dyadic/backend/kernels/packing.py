@@ -38,7 +38,7 @@ def conv_weight(w: np.ndarray, cb: int, ocbi: int = 1, kg: int = 4) -> np.ndarra
     """[O/16/t, C/cb, KH, KW, cb/kg, t, 16, kg]: kg = 4 (dot products), 8 (`usmmla`)."""
     o, c, kh, kw = w.shape
     ocb, icb = -(-o // 16), -(-c // cb)
-    full = np.zeros((ocb * 16, icb * cb, kh, kw), np.int8)
+    full = np.zeros((ocb * 16, icb * cb, kh, kw), w.dtype)
     full[:o, :c] = w
     blocks = full.reshape(ocb // ocbi, ocbi, 16, icb, cb // kg, kg, kh, kw)
     return np.ascontiguousarray(blocks.transpose(0, 3, 6, 7, 4, 1, 2, 5))
@@ -48,7 +48,7 @@ def rowtaps_weight(w: np.ndarray) -> np.ndarray:
     """[O/16, C, KH, KW/4, 16, 4]: element [ob, c, y, g, j, t] = W[16 ob + j, c, y, 4 g + t] (zero past KW)."""
     o, c, kh, kw = w.shape
     kwp = -(-kw // 4) * 4
-    full = np.zeros((-(-o // 16) * 16, c, kh, kwp), np.int8)
+    full = np.zeros((-(-o // 16) * 16, c, kh, kwp), w.dtype)
     full[:o, :, :, :kw] = w
     return np.ascontiguousarray(full.reshape(-1, 16, c, kh, kwp // 4, 4).transpose(0, 2, 3, 4, 1, 5))
 

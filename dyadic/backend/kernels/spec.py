@@ -58,6 +58,16 @@ class ConvSpec(KernelIO):
     nhwc: bool = False                # input [N, H, W, C] and output [N, H, W, O16] (a linear's rows as W)
     post: tuple | None = None         # (M, S, lo, hi) of a per-tensor requant of the output, fused in
     gcb: int = 0                      # grouped conv: input blocks of 16 per super-group (0: dense)
+    w16: bool = False                 # 9-16-bit weights stored as int16 (the int16 step only, `pmadd`)
+
+    def __post_init__(self):
+        if self.w16 and not self.pmadd:
+            raise ValueError("int16 weights run on the int16 step only (a plain conv or dense on an x86 isa)")
+
+    @property
+    def w_dtype(self) -> str:
+        """The weight operand's storage: int16 for `w16` (loaded as it is), else int8."""
+        return "int16" if self.w16 else "int8"
 
     @property
     def dot(self) -> bool:
