@@ -105,6 +105,20 @@ def test_compile_with_wide_weights_is_bitexact_with_int16_weights(tmp_path):
     want = run_reference(g, q)[g.outputs[0]]
     assert len(np.unique(want)) > 20
     np.testing.assert_array_equal(np.asarray(m.run_int(q)[0]), want)
+    # model.json records the widths, and its schema takes 9-16-bit weights but names a width outside
+    import copy
+    import json
+
+    from dyadic.core.errors import BuildDirError
+    from dyadic.core.plan_schema import validate_plan
+
+    plan = json.load(open(tmp_path / "b" / "model.json"))
+    assert sorted({l["w_bits"] for l in plan["layers"] if "w_bits" in l})[-1] > 8
+    validate_plan(plan)
+    bad = copy.deepcopy(plan)
+    next(l for l in bad["layers"] if "w_bits" in l)["w_bits"] = 17
+    with pytest.raises(BuildDirError, match="w_bits 17"):
+        validate_plan(bad)
 
 
 def _other_target(target, out):
@@ -141,3 +155,4 @@ def test_wide_weights_cuda_build(tmp_path):
     assert any(n.op == "qconv" and n.params["W"].dtype == np.int16 for n in res.int_graph.nodes)
     assert (tmp_path / "cuda" / "kernels.ptx").is_file()
     assert res.plan["self_check"].startswith(("not run", "bit-exact"))
+

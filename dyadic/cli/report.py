@@ -12,9 +12,11 @@ def summary(plan: dict) -> str:
             n = 1
             for d in l["weight_shape"]:
                 n *= d
-            weights += n * l["w_bits"] // 8
-            bits = f"W{l['w_bits']}A{l['a_bits']}"
-            row = f"{l['name'][:28]:<28} {l['op']:<9} {bits:<6} {l['out']['dtype']:<6} {l['out']['scale']:>11.4g}"
+            weights += n * (l["w_bits"] if l["w_bits"] <= 8 else 16) // 8  # 9-16-bit weights are int16
+            bits = f"W{l['w_bits']}A{l['a_bits']}"  # the planned candidate (mixed precision's keys)
+            ins = l.get("in") or [{}]
+            shown = f"W{l['w_bits']}A{ins[0].get('bits', l['a_bits'])}"  # the input as quantized (16-bit codes narrowed)
+            row = f"{l['name'][:28]:<28} {l['op']:<9} {shown:<6} {l['out']['dtype']:<6} {l['out']['scale']:>11.4g}"
             if "sensitivity" in l:
                 sens, cost = l["sensitivity"], l.get("costs", {}).get(bits, {})
                 row += (f" {sens['trace_w']:>10.3g} ± {sens['trace_w_se']:<7.2g} {sens['omega'][bits]:>10.3g}"
