@@ -53,7 +53,7 @@ def integer_passes(config: CompileConfig) -> list[tuple[str, Pass]]:
     return [
         ("assign_bitwidths", partial(assign_bitwidths, mode=config.bits, pin_first_last=config.pin_first_last,
                                      budgets=config.budgets, layer_bits=config.layer_bits)),
-        ("widen_weights", partial(widen_weights, kind=config.wide_weights)),
+        ("widen_weights", partial(widen_weights, kind=config.wide_weights, quiet=config.quiet)),
         ("round_weights", partial(round_weights, rounding=config.rounding, weight_clip=config.weight_clip,
                                   bias_correction=config.bias_correction, iters=config.adaround_iters,
                                   quiet=config.quiet)),

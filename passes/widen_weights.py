@@ -48,7 +48,7 @@ def wide_weight_bits(graph: Graph, n, x_qparams) -> int:
     return 8
 
 
-def widen_weights(graph: Graph, kind: WideWeights = WideWeights.NONE) -> Graph:
+def widen_weights(graph: Graph, kind: WideWeights = WideWeights.NONE, quiet: bool = True) -> Graph:
     if kind is WideWeights.NONE:
         return graph
     from dyadic.passes.round_weights import sim_qparams
@@ -59,4 +59,8 @@ def widen_weights(graph: Graph, kind: WideWeights = WideWeights.NONE) -> Graph:
         q = qp.get(n.inputs[0])
         if n.op in ("conv", "dense") and q is not None and bits.get(n.name) == (8, 8):
             bits[n.name] = (wide_weight_bits(graph, n, q), 8)
+    if not quiet:
+        wide = sum(b[0] > 8 for b in bits.values())
+        print(f"  wide weights (auto): {wide} of {len(bits)} layers at 9-{MAX_BITS} bits"
+              + ("" if wide else " (none reads 16-bit codes: see --wide-activations)"))
     return graph.replace(bits=bits)

@@ -59,11 +59,13 @@ def test_layers_on_16bit_codes_get_wider_weights():
     assert 31 - _row_sum_bits(n, wb + 1) + 1 < wb + 1 + MARGIN
 
 
-def test_layers_on_8bit_codes_and_the_default_keep_8bit_weights():
+def test_layers_on_8bit_codes_and_the_default_keep_8bit_weights(capsys):
     g0 = _graph(("x", "stem", "dw"))
     assert widen_weights(g0).bits == g0.bits  # kind NONE (the default)
-    g = widen_weights(_graph(()), kind=WideWeights.AUTO)  # nothing 16-bit
+    g = widen_weights(_graph(()), kind=WideWeights.AUTO, quiet=False)  # nothing 16-bit: says so
     assert set(g.bits.values()) == {(8, 8)}
+    out = capsys.readouterr().out
+    assert "0 of 3 layers" in out and "--wide-activations" in out
 
 
 def _model():
