@@ -33,7 +33,7 @@ from zoo_export import MODELS  # noqa: E402
 #: mobilenet_v3_large and efficientnet_b0 met no bar set there: their flags are the most accurate fast build.
 _WW = "--wide-activations auto --wide-weights auto"
 RECIPES = {
-    "mobilenet_v2": "--wide-activations auto", "mnasnet1_0": "--wide-activations auto",
+    "mobilenet_v2": "--wide-activations auto", "mnasnet1_0": f"{_WW} --wide-share 0.3",
     "regnet_y_400mf": "--wide-activations auto", "resnext50_32x4d": "--wide-activations auto --wide-share 0.02",
     "googlenet": f"{_WW} --wide-share 0.3", "shufflenet_v2_x1_0": f"{_WW} --wide-share 0.6",
     "inception_v3": f"{_WW} --wide-share 0.02", "resnet50": _WW,
