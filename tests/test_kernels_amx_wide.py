@@ -75,14 +75,14 @@ def test_two_plane_kernel_bitexact_on_amx(name):
     check_real_tiles(CASES[name])
 
 
-def _wide_build(tmp, target: str):
+def _wide_build(tmp, target: str, **config):
     import dyadic
     from dyadic.core.config import CompileConfig, WideActivations
     from test_kernels_amx import _model
 
     rng = np.random.default_rng(0)
     calib = {"input": rng.standard_normal((8, 3, 12, 10)).astype(np.float32)}
-    cfg = CompileConfig(target=target, quiet=True, wide_activations=WideActivations.ALL)
+    cfg = CompileConfig(target=target, quiet=True, wide_activations=WideActivations.ALL, **config)
     return dyadic.compile(_model(rng), str(tmp), calib, cfg).plan
 
 
@@ -96,5 +96,22 @@ def test_wide_model_puts_16bit_convs_on_amx(tmp_path):
     assert kinds == {"c1": "vnni16", "c2": "amx", "c3": "amx", "c4": "amx", "mm": "amx"}, kinds
     if shutil.which("objdump"):
         assert plan["target"]["instructions"]["tdpbssd"] >= 3  # one per 16-bit AMX kernel
+    if HAS_AMX:
+        assert plan["self_check"].startswith("bit-exact"), plan["self_check"]
+
+
+def test_wide_weights_leave_the_tiles_for_vpdpwssd(tmp_path):
+    """With `--wide-weights auto` the layers that get 9-12-bit weights cannot run on the byte planes
+    (`tdpbusd` / `tdpbssd` read int8 weights): for -mcpu=sapphirerapids they are built on `vpdpwssd`
+    with int16 weight operands, the rest stay on AMX. On an AMX host the self-check runs it, bit-exact."""
+    from dyadic.core.config import WideWeights
+
+    plan = _wide_build(tmp_path / "b", "host:sapphirerapids", wide_weights=WideWeights.AUTO)
+    kinds = plan["target"]["kernel_coverage"]["layer_kernels"]
+    wbits = {l["name"]: l["w_bits"] for l in plan["layers"] if "w_bits" in l}
+    wide = {n for n, b in wbits.items() if b > 8}
+    assert wide, wbits
+    assert all(kinds[n] == "vnni16" for n in wide), (kinds, wbits)
+    assert all(kinds[n] == "amx" for n, b in wbits.items() if b == 8 and n != "c1"), (kinds, wbits)
     if HAS_AMX:
         assert plan["self_check"].startswith("bit-exact"), plan["self_check"]
