@@ -55,13 +55,15 @@ def main() -> int:
     ap.add_argument("--check", type=int, default=2, help="evaluation sentences re-checked bit-exact")
     ap.add_argument("--timing", type=int, default=0, help="also time N runs of each (measured under load)")
     ap.add_argument("--zoo-python", default="/work/zoo-venv/bin/python")
+    ap.add_argument("--wide-weights", choices=["none", "auto"], default="none",
+                    help="`dyadic compile --wide-weights` (auto: 9-12-bit weights on the linears' 16-bit inputs)")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     import onnxruntime as ort
 
     import dyadic
     from dyadic.compiler import quantize_inputs
-    from dyadic.core.config import CompileConfig
+    from dyadic.core.config import CompileConfig, WideWeights
     from dyadic.core.reference import run_reference
 
     subprocess.run([args.zoo_python, os.path.join(HERE, "_export_minilm.py"), args.out, str(args.seq),
@@ -73,7 +75,8 @@ def main() -> int:
     if nev < 500:
         raise SystemExit(f"only {nev} evaluation sentences: ask for more with --sentences")
     cfg = CompileConfig(quiet=True, check_samples=1, input_shapes=(("input_ids", (1, args.seq)),
-                                                                   ("attention_mask", (1, args.seq))))
+                                                                   ("attention_mask", (1, args.seq))),
+                        wide_weights=WideWeights(args.wide_weights))
     build = os.path.join(args.out, "build")
     t0 = time.perf_counter()
     res = dyadic.compile(path, build, calib={"input_ids": ids[:args.calib], "attention_mask": am[:args.calib]},

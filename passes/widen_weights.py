@@ -21,31 +21,18 @@ a >= w + MARGIN bits; else 8 bits. The margin balances the two errors: per-chann
 sit within ~3 standard deviations (max|w| / std is 2.5-3.3 on these nets), a calibrated activation
 range ~10 of its RMS, so an activation needs ~2 more bits for the same relative error. A 16-bit
 input narrowed to a < 16 bits costs one requant (`narrow_input`). The result goes to `Graph.bits`
-(W9..W12); `round_weights` and `quantize_graph` quantize at it.
+(W9..W12); `round_weights` and `quantize_graph` quantize at it. A transformer's `linear` (not in
+`Graph.bits`) makes the same choice in `ops.matmul._quantize_linear`.
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from dyadic.core.arith import quantize_weight
 from dyadic.core.config import WideWeights
 from dyadic.core.graph import Graph
-from dyadic.ops.matmul import widest_input_bits
+from dyadic.ops.matmul import WIDE_WEIGHT_BITS as MAX_BITS, WIDE_WEIGHT_MARGIN as MARGIN, wide_weight_bits
 
-MAX_BITS = 12
-MARGIN = 2
-
-
-def wide_weight_bits(graph: Graph, n, x_qparams) -> int:
-    """The weight width for layer n reading input codes `x_qparams` (8 where nothing wider fits)."""
-    if x_qparams.bits <= 8 or (n.op == "conv" and n.attrs["group"] != 1):
-        return 8
-    ctx = SimpleNamespace(graph=graph, qp={n.inputs[0]: x_qparams})
-    for wb in range(MAX_BITS, 8, -1):
-        w_q, s_w = quantize_weight(n.params["W"], wb)
-        if widest_input_bits(ctx, n.inputs[0], w_q, s_w, n.params["B"]) >= wb + MARGIN:
-            return wb
-    return 8
+__all__ = ["MARGIN", "MAX_BITS", "widen_weights"]
 
 
 def widen_weights(graph: Graph, kind: WideWeights = WideWeights.NONE, quiet: bool = True) -> Graph:
@@ -56,11 +43,14 @@ def widen_weights(graph: Graph, kind: WideWeights = WideWeights.NONE, quiet: boo
     qp = sim_qparams(graph)  # the input widths `quantize_graph` will give
     bits = dict(graph.bits)
     for n in graph.weighted_nodes():
-        q = qp.get(n.inputs[0])
-        if n.op in ("conv", "dense") and q is not None and bits.get(n.name) == (8, 8):
-            bits[n.name] = (wide_weight_bits(graph, n, q), 8)
+        x = n.inputs[0]
+        if n.op in ("conv", "dense") and qp.get(x) is not None and bits.get(n.name) == (8, 8) \
+                and not (n.op == "conv" and n.attrs["group"] != 1):
+            ctx = SimpleNamespace(graph=graph, qp={x: qp[x]})
+            bits[n.name] = (wide_weight_bits(ctx, x, n.params["W"], n.params["B"]), 8)
     if not quiet:
         wide = sum(b[0] > 8 for b in bits.values())
         print(f"  wide weights (auto): {wide} of {len(bits)} layers at 9-{MAX_BITS} bits"
               + ("" if wide else " (none reads 16-bit codes: see --wide-activations)"))
-    return graph.replace(bits=bits)
+    # a transformer's linears choose at quantization (`ops.matmul._quantize_linear`)
+    return graph.replace(bits=bits, meta={**graph.meta, "wide_weights": True})

@@ -158,3 +158,26 @@ def test_wide_weights_cuda_build(tmp_path):
     assert (tmp_path / "cuda" / "kernels.ptx").is_file()
     assert res.plan["self_check"].startswith(("not run", "bit-exact"))
 
+
+
+def test_transformer_linears_on_16bit_codes_get_wider_weights(tmp_path):
+    """A BERT-style block's linears read 16-bit LayerNorm / GELU outputs (`widen_residual`), so with
+    `--wide-weights auto` alone they get int16 weights of 9-12 bits (`ops.matmul.wide_weight_bits`) on
+    the int16 GEMM step, and the library stays bit-exact (self-check, then fresh token ids here)."""
+    import dyadic
+    from _tiny_xfmr import encoder_block
+    from dyadic.core.io import quantize_inputs
+    from dyadic.core.reference import run_reference
+
+    rng = np.random.default_rng(7)
+    calib = {"ids": rng.integers(0, 50, (16, 8)).astype(np.int64)}
+    cfg = CompileConfig(wide_weights=WideWeights.AUTO, quiet=True)
+    res = dyadic.compile(encoder_block(rng), str(tmp_path / "b"), calib, cfg)
+    lin = [n for n in res.int_graph.nodes if n.op == "qlinear"]
+    wide = [n for n in lin if n.params["W"].dtype == np.int16]
+    assert wide and all(int(np.abs(n.params["W"]).max()) > 127 for n in wide), [n.params["W"].dtype for n in lin]
+    assert str(res.plan["self_check"]).startswith("bit-exact")
+    ig = res.int_graph
+    q = quantize_inputs(ig, {"ids": rng.integers(0, 50, (3, 8)).astype(np.int64)})
+    m = dyadic.load(str(tmp_path / "b"))
+    np.testing.assert_array_equal(np.asarray(m.run_int(q)[0]), run_reference(ig, q)[ig.outputs[0]])

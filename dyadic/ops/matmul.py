@@ -14,6 +14,7 @@ levels; at 16 bits every channel keeps ~256x finer steps. On x86, 16-bit inputs 
 int16 GEMM step (`kernels/matmul_lowering`: int16 pairs x int8 weights widened to int16; `vpdpwssd` on
 AVX512-VNNI, AVX2 `vpmaddwd` elsewhere), 8-bit ones on the isa's int8 GEMM;
 elsewhere (arm, cuda) 16-bit inputs take the generic Relax matmul (int32 x int8 -> int32).
+With `--wide-weights auto` a 16-bit input's linear gets 9-12-bit weights (int16; `wide_weight_bits`).
 Verifier: max|x_q| Σ_k |W_q[o, k]| + |B_q[o]| < 2^31 for every o.
 
 `matmul` (float): y = alpha (a @ b) of two activations with numpy batching ([N, H, T, D] x
@@ -98,6 +99,23 @@ def widest_input_bits(ctx, x: str, w_q: np.ndarray, s_w: np.ndarray, bias: np.nd
     return bits
 
 
+WIDE_WEIGHT_BITS = 12  #: the widest weights `--wide-weights auto` gives (`passes/widen_weights`)
+WIDE_WEIGHT_MARGIN = 2  #: the bits an input keeps over its layer's wider weights
+
+
+def wide_weight_bits(ctx, x: str, w: np.ndarray, bias: np.ndarray) -> int:
+    """The widest weight width in (8, WIDE_WEIGHT_BITS] for a layer reading 16-bit codes x at which
+    `widest_input_bits` still leaves x WIDE_WEIGHT_MARGIN more bits; 8 for 8-bit x or where none fits
+    (the choice and its reasons: `passes/widen_weights`)."""
+    if ctx.qp[x].bits <= 8:
+        return 8
+    for wb in range(WIDE_WEIGHT_BITS, 8, -1):
+        w_q, s_w = quantize_weight(w, wb)
+        if widest_input_bits(ctx, x, w_q, s_w, bias) >= wb + WIDE_WEIGHT_MARGIN:
+            return wb
+    return 8
+
+
 # --------------------------------------------------------------------------- linear
 def _linear_float(node, xs):
     x = xs[0]
@@ -111,7 +129,9 @@ def _quantize_linear(ctx, node):
     from dyadic.core.errors import VerificationError
     from dyadic.core.graph import Node
 
-    w_q, s_w = quantize_weight(node.params["W"], 8)
+    wb = (wide_weight_bits(ctx, node.inputs[0], node.params["W"], node.params["B"])
+          if ctx.graph.meta.get("wide_weights") else 8)  # `passes/widen_weights`
+    w_q, s_w = quantize_weight(node.params["W"], wb)
     x = narrow_input(ctx, node, 0, widest_input_bits(ctx, node.inputs[0], w_q, s_w, node.params["B"]))
     q = ctx.qp[node.output] = ctx.out_q(node.output)
     s_acc = ctx.qp[x].scale * s_w
@@ -133,7 +153,7 @@ def _qlinear_lower(L, node, xs):
     from tvm import relax
 
     p, a = node.params, node.attrs
-    w = relax.const(np.ascontiguousarray(p["W"].T.astype(np.int8)), "int8")
+    w = relax.const(np.ascontiguousarray(p["W"].T), str(p["W"].dtype))
     acc = L.emit(relax.op.matmul(xs[0], w, out_dtype="int32"))
     acc = L.emit(relax.op.add(acc, relax.const(np.ascontiguousarray(p["B"].astype(np.int32)), "int32")))
     return L.requant(acc, p["M"], p["S"], a["lo"], a["hi"], L.g.dtypes[node.output])
@@ -143,8 +163,9 @@ def _qlinear_verify(graph, n) -> list[str]:
     p = n.params
     out = []
     w = p["W"].astype(np.int64)
-    if p["W"].dtype != np.int8 or np.abs(w).max(initial=0) > 127:
-        out.append(f"{n.name}: weights exceed 8 bits")
+    limit = {np.dtype(np.int8): 127, np.dtype(np.int16): (1 << (WIDE_WEIGHT_BITS - 1)) - 1}.get(p["W"].dtype, -1)
+    if np.abs(w).max(initial=0) > limit:
+        out.append(f"{n.name}: weights ({p['W'].dtype}) exceed {8 if limit <= 127 else WIDE_WEIGHT_BITS} bits")
     if graph.qparams[n.inputs[0]].bits > WIDE_INPUT_BITS:
         out.append(f"{n.name}: reads a {graph.qparams[n.inputs[0]].bits}-bit input ({WIDE_INPUT_BITS} bits at most)")
     acc = _amax(graph, n.inputs[0]) * np.abs(w).sum(axis=1) + np.abs(p["B"].astype(np.int64))

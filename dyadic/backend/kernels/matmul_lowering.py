@@ -45,7 +45,8 @@ def linear(kern, node, x):
     rq = _narrowing_requant(kern, node)
     post = None if rq is None else epilogue.post_of(rq)
     sp = ConvSpec(k, 1, rows, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"], None,
-                  packing.hi32_ok(p["S"]), isa, kernel_tile(isa, o, 1, rows), nhwc=True, post=post)
+                  packing.hi32_ok(p["S"]), isa, kernel_tile(isa, o, 1, rows), nhwc=True, post=post,
+                  w16=p["W"].dtype == np.int16)  # 9-12-bit weights of a 16-bit input (`--wide-weights`)
     if rq is not None:  # the requant's value is the moved output itself (a per-tensor requant commutes with moves)
         kern.passthrough.add(rq.output)
     if sp.mmla:
@@ -54,7 +55,7 @@ def linear(kern, node, x):
     wk = p["W"].reshape(o, k, 1, 1)
     c = lambda v, dt: relax.const(np.ascontiguousarray(np.asarray(v).astype(dt)), dt)  # noqa: E731
     x4 = L.emit(relax.op.reshape(x, [n, 1, rows, k]))
-    args = [x4, c(packing.weight(wk, sp), "int8"), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
+    args = [x4, c(packing.weight(wk, sp), sp.w_dtype), c(packing.bias(p["B"], wk, sp.offset, op), "int32"),
             *kern._rq_consts(p, op, sp.hi32)]
     kern._record_dot(node, sp)
     y = kern._call(("conv", sp), lambda: conv_func(sp), args, [n, 1, rows, op], dout)  # channels last
