@@ -15,9 +15,9 @@ instead of sign-extended from int8 in the kernel (`ConvSpec.w16`). Elsewhere (ar
 such a layer takes the generic lowering or the `vpdpwssd` step.
 
 The choice, per plain conv (group 1) or dense layer whose input is 16-bit (as `quantize_graph` will
-quantize it: `round_weights.sim_qparams`): the widest w in (8, MAX_BITS] for which `ops.matmul.widest_input_bits` (the int32
-bound 2^(a-1) max_o Σ|W_q[o]| + max|B_q| < 2^31, as `quantize_graph` will apply it) leaves the input
-a >= w + MARGIN bits; else 8 bits. The margin balances the two errors: per-channel max-abs weights
+quantize it: `round_weights.sim_qparams`): the widest w in (8, MAX_BITS] for which
+`ops.matmul.widest_input_bits` (the int32 bound 2^(a-1) max_o Σ|W_q[o]| + max|B_q| < 2^31, as
+`quantize_graph` will apply it) leaves the input a >= w + MARGIN bits; else 8 bits. The margin balances the two errors: per-channel max-abs weights
 sit within ~3 standard deviations (max|w| / std is 2.5-3.3 on these nets), a calibrated activation
 range ~10 of its RMS, so an activation needs ~2 more bits for the same relative error. A 16-bit
 input narrowed to a < 16 bits costs one requant (`narrow_input`). The result goes to `Graph.bits`
@@ -40,14 +40,12 @@ def widen_weights(graph: Graph, kind: WideWeights = WideWeights.NONE, quiet: boo
         return graph
     from dyadic.passes.round_weights import sim_qparams
 
-    qp = sim_qparams(graph)  # the input widths `quantize_graph` will give
+    ctx = SimpleNamespace(graph=graph, qp=sim_qparams(graph))  # the input widths `quantize_graph` will give
     bits = dict(graph.bits)
     for n in graph.weighted_nodes():
-        x = n.inputs[0]
-        if n.op in ("conv", "dense") and qp.get(x) is not None and bits.get(n.name) == (8, 8) \
-                and not (n.op == "conv" and n.attrs["group"] != 1):
-            ctx = SimpleNamespace(graph=graph, qp={x: qp[x]})
-            bits[n.name] = (wide_weight_bits(ctx, x, n.params["W"], n.params["B"]), 8)
+        plain = n.op == "dense" or (n.op == "conv" and n.attrs["group"] == 1)
+        if plain and ctx.qp.get(n.inputs[0]) is not None and bits.get(n.name) == (8, 8):
+            bits[n.name] = (wide_weight_bits(ctx, n.inputs[0], n.params["W"], n.params["B"]), 8)
     if not quiet:
         wide = sum(b[0] > 8 for b in bits.values())
         print(f"  wide weights (auto): {wide} of {len(bits)} layers at 9-{MAX_BITS} bits"

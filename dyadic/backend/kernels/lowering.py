@@ -219,7 +219,7 @@ class CpuKernels:
         tile = kernel_tile(isa, 16 * gcb if gcb else o, oh, ow, dw, w4)  # a tile's blocks in one super-group
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
-                      packing.hi32_ok(p["S"]), isa, tile, dw, w4, gcb=gcb, w16=a["w_bits"] > 8)
+                      packing.hi32_ok(p["S"]), isa, tile, dw, w4, gcb=gcb, w16=p["W"].dtype == np.int16)
         if sp.mmla:
             sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16
@@ -275,7 +275,7 @@ class CpuKernels:
             return None
         isa = matmul_lowering.step_isa(self, t)
         sp = ConvSpec(k, 1, 1, o, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), False, din, dout, a["lo"], a["hi"],
-                      None, packing.hi32_ok(p["S"]), isa, (1, 1, 1), w4=a["w_bits"] == 4, w16=a["w_bits"] > 8)
+                      None, packing.hi32_ok(p["S"]), isa, (1, 1, 1), w4=a["w_bits"] == 4, w16=p["W"].dtype == np.int16)
         op = sp.ocb * 16
         wk = p["W"].reshape(o, k, 1, 1)
         x4 = self.L.emit(relax.op.reshape(x, [self.L.batch, k, 1, 1]))
