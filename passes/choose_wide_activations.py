@@ -16,11 +16,23 @@ mobilenet_v2 about 2.7x (per-channel scales put the large errors where the logit
 its term by 2^16, so a widened tensor's term is taken as 0. For small errors spread over K logits,
 1 − cos(z, z + δ) ≈ ‖δ‖²(1 − 1/K) / (2‖z‖²), so the predicted cosine is 1 − P / (2S), S = mean ‖z‖².
 
-The choice: the candidates (`widen_activations.wide_candidates(ALL)`) sorted by T_t‖e_t‖² / c_t,
-where c_t is the work of t's readers that moves to the 16-bit rate (their MACs; elementwise readers
-count their elements), are widened in that order until the activations' share of P is at most
-`share` (default 0.1: the remaining logit error within 0.5 dB of the all-16-bit build's;
-`--wide-share`). A chosen tensor read only by concats that stay 8-bit is then dropped (the concat
+The choice: the candidates (`widen_activations.wide_candidates(ALL)`) sorted by g_t / c_t, where c_t
+is the work of t's readers that moves to the 16-bit rate (their MACs; elementwise readers count their
+elements) and g_t the error power that widening t removes: its own term T_t‖e_t‖², plus, with
+`--wide-weights auto`, the part of its readers' weight terms that their wider weights remove. A plain
+layer (dense, or conv with group 1) reading t, directly or through single-input moves, gets w = 9..12-bit
+weights (`ops.matmul.wide_weight_bits`, as `widen_weights` will choose them), which keep a 4^-(w-8) share
+of its 8-bit weight term (without it, a tensor whose own rounding is harmless but whose reader's
+8-bit weights are not, such as the input of a stem conv, looks useless to widen). They are widened in that order until one of:
+
+* `share` (default 0.1, `--wide-share`): P - P_all <= share P, with P the predicted error power of the
+  choice and P_all that of widening every candidate (the remaining excess within 10 log10(1/(1-share))
+  dB of the best; 0.46 dB at 0.1). Without `--wide-weights` P_all is the 8-bit weights' term alone;
+  with it, it is much lower, so the same share widens more;
+* `cosine` (`--wide-cosine C`): the predicted cosine 1 - P / (2S) >= C. A network already at C with
+  8 bits widens nothing, which no share does: this is the criterion for "fast unless it needs 16 bits".
+
+A chosen tensor read only by concats that stay 8-bit is then dropped (the concat
 would round it back to 8 bits at once: ShuffleNet's branch outputs), and the predictions count it
 as 8-bit. On AVX512-VNNI a
 16-bit conv runs at about half its 8-bit rate, so the work widened is what the choice saves
@@ -33,15 +45,19 @@ float graph on it); the weights' term ignores AdaRound/GPTQ and bias correction,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import SimpleNamespace
+
 import numpy as np
 
 from dyadic.core.calibrators import act_range
-from dyadic.core.config import WideActivations
+from dyadic.core.config import WideActivations, WideWeights
 from dyadic.core.errors import ModelError
 from dyadic.core.float_exec import execute
 from dyadic.core.graph import Graph
 from dyadic.core.weight_quant import WeightClip
 from dyadic.mixed.hessian import estimate_traces
+from dyadic.ops.matmul import wide_weight_bits
 from dyadic.passes.estimate_sensitivity import activation_rounding_error, weight_rounding_error
 from dyadic.passes.widen_activations import wide_candidates, with_wide
 from dyadic.passes.widen_residual import moves, read_only_by
@@ -77,19 +93,59 @@ def _useful(users, chosen: list[str]) -> list[str]:
         wide -= drop
 
 
-def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivations.NONE, samples: int = 8,
-                            share: float = 0.1, weight_clip: WeightClip = WeightClip.NONE,
-                            quiet: bool = False) -> Graph:
-    if kind is not WideActivations.AUTO:
-        return graph
-    floats = [t for t in graph.inputs if t not in graph.meta.get("int_inputs", ())]
-    if len(graph.inputs) != 1 or len(floats) != 1:
-        raise ModelError("--wide-activations auto: the graph has inputs "
-                         f"{list(graph.inputs)}; the choice runs on graphs with one float input "
-                         "(use --wide-activations all or tables)")
+def _tied_layers(graph: Graph, cands: list[str], layers) -> dict[str, list]:
+    """For each candidate, the plain layers (dense, or conv with group 1) whose input it is, directly or
+    through single-input moves: the layers `--wide-weights auto` widens once that candidate is 16-bit."""
+    prod = graph.producers()
+    cset, out = set(cands), {t: [] for t in cands}
+    for n in layers:
+        if not (n.op == "dense" or (n.op == "conv" and n.attrs.get("group", 1) == 1)):
+            continue
+        t = n.inputs[0]
+        while t not in cset and t in prod and moves(prod[t].op) and len(prod[t].inputs) == 1:
+            t = prod[t].inputs[0]
+        if t in cset:
+            out[t].append(n)
+    return out
+
+
+def _weight_factors(graph: Graph, cands: list[str], tied: dict[str, list]) -> dict[str, float]:
+    """Layer -> the factor its weights' error power keeps once its input is 16-bit: 4^-(w - 8) at the
+    width w `widen_weights` will give it (`ops.matmul.wide_weight_bits`, the int32 bound included)."""
+    from dyadic.passes.round_weights import sim_qparams
+
+    g = with_wide(graph, set(cands))
+    g = g.replace(bits={n.name: (8, 8) for n in g.weighted_nodes()} | dict(g.bits))  # before assign_bitwidths
+    ctx = SimpleNamespace(graph=g, qp=sim_qparams(g))
+    return {n.name: 4.0 ** -(wide_weight_bits(ctx, n.inputs[0], n.params["W"], n.params["B"]) - 8)
+            for ls in tied.values() for n in ls}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the choice is made from: per candidate tensor the error power widening it removes (`gain`:
+    its own term, `own`, plus its readers' weight terms that wider weights remove) and the work it moves
+    to 16 bits; the all-8-bit error power `p8`; the mean logit power `signal`."""
+    gain: dict[str, float]
+    own: dict[str, float]
+    work: dict[str, float]
+    p8: float
+    signal: float
+    samples: int
+    probes: int
+
+    def cosine(self, p: float) -> float:
+        return 1.0 - p / (2 * self.signal) if self.signal > 0 else float("nan")
+
+    @property
+    def floor(self) -> float:
+        return self.p8 - sum(self.gain.values())
+
+
+def predict(graph: Graph, samples: int = 8, weight_clip: WeightClip = WeightClip.NONE,
+            wide_weights: WideWeights = WideWeights.NONE, quiet: bool = True) -> Prediction:
     cands = sorted(wide_candidates(graph, WideActivations.ALL))
-    data = graph.meta["calib_data"]
-    x = np.asarray(data[graph.inputs[0]][:samples], np.float32)
+    x = np.asarray(graph.meta["calib_data"][graph.inputs[0]][:samples], np.float32)
     acts: dict[str, np.ndarray] = {}
     want = set(cands)
     z = execute(graph, {graph.inputs[0]: x}, lambda t, v: acts.__setitem__(t, v) if t in want else None)[graph.outputs[0]]
@@ -101,33 +157,107 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
     err2.update({n.name: weight_rounding_error(n.params["W"], 8, weight_clip) ** 2 for n in layers})
     traces = estimate_traces(graph, x, blocks, rel_se=0.2, min_probes=16, max_probes=32,
                             quiet=quiet, logits=True, err2=err2)
-    n = len(x)
     p_act = {t: traces[("act", t)].mean for t in cands}
-    p_w = sum(traces[l.name].mean for l in layers)
-    signal = float((z.reshape(n, -1).astype(np.float64) ** 2).sum(1).mean())
+    p_w = {l.name: traces[l.name].mean for l in layers}
+    tied = _tied_layers(graph, cands, layers) if wide_weights is WideWeights.AUTO else {}
+    keep = _weight_factors(graph, cands, tied) if tied else {}
+    gain = {t: p_act[t] + sum(p_w[l.name] * (1.0 - keep[l.name]) for l in tied.get(t, ())) for t in cands}
     users = graph.consumers()
-    work = {t: max(_reader_work(graph, users, t), 1.0) for t in cands}
-    order = sorted(cands, key=lambda t: p_act[t] / work[t], reverse=True)
-    left, chosen = sum(p_act.values()), []
-    for t in order:
-        if left <= share * (left + p_w):
+    return Prediction(gain=gain, own=p_act, work={t: max(_reader_work(graph, users, t), 1.0) for t in cands},
+                      p8=sum(p_act.values()) + sum(p_w.values()),
+                      signal=float((z.reshape(len(x), -1).astype(np.float64) ** 2).sum(1).mean()),
+                      samples=len(x), probes=max((tr.probes for tr in traces.values()), default=0))
+
+
+def ranked(pred: Prediction) -> list[str]:
+    """The candidates, most error removed per unit of work first."""
+    return sorted(pred.gain, key=lambda t: pred.gain[t] / pred.work[t], reverse=True)
+
+
+def select(graph: Graph, pred: Prediction, share: float = 0.1) -> list[str]:
+    """The shortest prefix of `ranked` whose predicted error is within `share` of the all-16-bit one."""
+    left, chosen = pred.p8, []
+    for t in ranked(pred):
+        if left - pred.floor <= share * left:
             break
         chosen.append(t)
-        left -= p_act[t]
-    chosen = _useful(users, chosen)
-    left = sum(p_act.values()) - sum(p_act[t] for t in chosen)
-    total_work = sum(work.values())
-    cos = lambda p: 1.0 - p / (2 * signal) if signal > 0 else float("nan")  # noqa: E731
-    info = {"method": "Hutchinson traces in logit space x measured 8-bit rounding errors", "samples": n,
-            "probes": max((tr.probes for tr in traces.values()), default=0), "share": share,
-            "candidates": len(cands), "widened": len(chosen),
-            "work_widened": round(sum(work[t] for t in chosen) / total_work, 4) if total_work else 0.0,
-            "predicted_cosine": {"8bit": cos(sum(p_act.values()) + p_w), "chosen": cos(left + p_w),
-                                 "all16": cos(p_w)}}
+        left -= pred.gain[t]
+    return _useful(graph.consumers(), chosen)
+
+
+def simulated_cosine(graph: Graph, wide: list[str], x: np.ndarray, wide_weights: WideWeights,
+                     weight_clip: WeightClip, bias_correction: bool) -> float:
+    """Mean logit cosine against fp32 on x of the float simulation of the build that widens `wide`:
+    8-bit layers, wider weights where `widen_weights` will give them (`round_weights.simulate`)."""
+    from dyadic.passes.round_weights import simulate
+    from dyadic.passes.widen_weights import widen_weights
+
+    g = with_wide(graph, set(wide))
+    g = widen_weights(g.replace(bits={n.name: (8, 8) for n in g.weighted_nodes()}), wide_weights)
+    zf, zq = (v.reshape(len(x), -1).astype(np.float64) for v in simulate(g, x, weight_clip, bias_correction)[g.outputs[0]])
+    den = np.linalg.norm(zf, axis=1) * np.linalg.norm(zq, axis=1)
+    return float(np.mean(np.where(den > 0, (zf * zq).sum(1) / np.maximum(den, 1e-300), 1.0)))
+
+
+def select_for_cosine(graph: Graph, pred: Prediction, cosine: float, x: np.ndarray, wide_weights: WideWeights,
+                      weight_clip: WeightClip, bias_correction: bool) -> tuple[list[str], float, dict[int, float]]:
+    """The shortest prefix of `ranked` whose simulated cosine reaches `cosine` (bisection: the cosine
+    grows with the prefix, to first order), or all of it when none does; its cosine; and every prefix
+    length measured with its cosine."""
+    users, order = graph.consumers(), ranked(pred)
+    seen: dict[int, float] = {}
+
+    def cos(k: int) -> float:
+        if k not in seen:
+            seen[k] = simulated_cosine(graph, _useful(users, order[:k]), x, wide_weights, weight_clip, bias_correction)
+        return seen[k]
+
+    lo, hi = 0, len(order)
+    if cos(lo) >= cosine or cos(hi) < cosine:
+        k = lo if cos(lo) >= cosine else hi
+        return _useful(users, order[:k]), cos(k), seen
+    while hi - lo > 1:  # cos(lo) < cosine <= cos(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cos(mid) >= cosine else (mid, hi)
+    return _useful(users, order[:hi]), cos(hi), seen
+
+
+def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivations.NONE, samples: int = 8,
+                            share: float = 0.1, weight_clip: WeightClip = WeightClip.NONE,
+                            wide_weights: WideWeights = WideWeights.NONE, cosine: float | None = None,
+                            bias_correction: bool = True, quiet: bool = False) -> Graph:
+    if kind is not WideActivations.AUTO:
+        return graph
+    floats = [t for t in graph.inputs if t not in graph.meta.get("int_inputs", ())]
+    if len(graph.inputs) != 1 or len(floats) != 1:
+        raise ModelError("--wide-activations auto: the graph has inputs "
+                         f"{list(graph.inputs)}; the choice runs on graphs with one float input "
+                         "(use --wide-activations all or tables)")
+    pred = predict(graph, samples, weight_clip, wide_weights, quiet)
+    sims: dict[int, float] = {}
+    if cosine is None:
+        chosen = select(graph, pred, share)
+    else:
+        x = np.asarray(graph.meta["calib_data"][graph.inputs[0]][:samples], np.float32)
+        chosen, sim, sims = select_for_cosine(graph, pred, cosine, x, wide_weights, weight_clip, bias_correction)
+    left = pred.p8 - sum(pred.gain[t] for t in chosen)
+    total_work = sum(pred.work.values())
+    info = {"method": "Hutchinson traces in logit space x measured 8-bit rounding errors",
+            "samples": pred.samples, "probes": pred.probes,
+            "criterion": {"cosine": cosine} if cosine is not None else {"share": share},
+            "wide_weights": wide_weights.value, "candidates": len(pred.gain), "widened": len(chosen),
+            "work_widened": round(sum(pred.work[t] for t in chosen) / total_work, 4) if total_work else 0.0,
+            "predicted_cosine": {"8bit": pred.cosine(pred.p8), "chosen": pred.cosine(left),
+                                 "all16": pred.cosine(pred.floor)}}
+    if sims:
+        info["simulated_cosine"] = {"8bit": sims[0], "all16": sims[len(pred.gain)], "chosen": sim,
+                                    "evaluated": len(sims)}
     if not quiet:
         pc = info["predicted_cosine"]
-        print(f"  wide activations (auto): {len(chosen)} of {len(cands)} tensors, "
+        print(f"  wide activations (auto): {len(chosen)} of {len(pred.gain)} tensors, "
               f"{100 * info['work_widened']:.0f} % of their readers' work; predicted logit cosine "
-              f"{pc['8bit']:.4f} (8-bit) -> {pc['chosen']:.4f} (all 16-bit: {pc['all16']:.4f})")
+              f"{pc['8bit']:.4f} (8-bit) -> {pc['chosen']:.4f} (all 16-bit: {pc['all16']:.4f})"
+              + (f"; simulated {info['simulated_cosine']['chosen']:.4f} for target {cosine}"
+                 f" (8-bit {sims[0]:.4f}, all 16-bit {sims[len(pred.gain)]:.4f})" if sims else ""))
     out = with_wide(graph, set(chosen))
     return out.replace(meta={**out.meta, "wide_choice": info})

@@ -159,7 +159,19 @@ def _stats(n: Node, xq: np.ndarray, xf: np.ndarray, grams: bool) -> dict:
     return st
 
 
-def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet) -> dict:
+def simulate(graph: Graph, x: np.ndarray, weight_clip: WeightClip = WeightClip.W4,
+             bias_correction: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Output -> (float value, its float simulation of the integer graph) on x: the walk below with
+    nearest rounding at `graph.bits`, every tensor fake-quantized as `quantize_graph` will quantize it
+    (`--wide-activations auto --wide-cosine` measures its choice with it)."""
+    scales = {n.name: wq.weight_scales(n.params["W"], graph.bits[n.name][0], _clips(weight_clip, graph.bits[n.name][0]))
+              for n in graph.weighted_nodes()}
+    outs: dict = {}
+    _walk(graph, np.asarray(x, np.float32), scales, Rounding.NEAREST, bias_correction, 0, {}, True, outs)
+    return outs
+
+
+def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet, outputs: dict | None = None) -> dict:
     qp = sim_qparams(graph)
     uses: dict[str, int] = {}
     for n in graph.nodes:
@@ -190,6 +202,8 @@ def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet) -> di
                 yq = _run(graph, n, xq_in)
             ef[n.output] = _run(graph, n, xf_in)
             eq[n.output] = fq(yq, qp.get(n.output)) if n.op not in PASSTHROUGH_OPS or n.op == "concat" else yq
+            if outputs is not None and n.output in graph.outputs:
+                outputs[n.output] = (ef[n.output], eq[n.output])
             for i in n.inputs:
                 uses[i] -= 1
                 if uses[i] == 0:

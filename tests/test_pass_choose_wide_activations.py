@@ -20,6 +20,7 @@ import pytest
 from _tiny_onnx import bias, conv_w, make_model, node
 
 from dyadic.core.config import CompileConfig, WideActivations
+from dyadic.core.weight_quant import WeightClip
 from dyadic.frontend import import_onnx
 
 
@@ -41,10 +42,10 @@ def _two_branch(rng, big=40.0):
     return make_model(nodes, inits, in_shape=("N", 3, 8, 8))
 
 
-def _calibrated(model, calib, kind=WideActivations.AUTO, share=0.1):
+def _calibrated(model, calib, kind=WideActivations.AUTO, share=0.1, cosine=None):
     from dyadic.pipeline import float_passes, run_passes
 
-    cfg = CompileConfig(quiet=True, wide_activations=kind, wide_share=share)
+    cfg = CompileConfig(quiet=True, wide_activations=kind, wide_share=0.1 if share is None else share, wide_cosine=cosine)
     return run_passes(import_onnx(model), float_passes(cfg, calib))
 
 
@@ -138,3 +139,93 @@ def test_cli_share_flag():
     assert cfg["wide_activations"] is WideActivations.AUTO and cfg["wide_share"] == 0.05
     with pytest.raises(SystemExit):
         quant_config(p.parse_args(["--wide-share", "1.5"]))
+
+
+def _coarse_reader(rng):
+    """input -> conv c0 -> relu r0 -> 1x1 conv p0; input -> conv c1 -> relu r1 -> 1x1 conv p1; add ->
+    global pool -> dense. r0's channel 0 is always 0 (bias -50), and p0 reads it with weights 30x its
+    others, which sets p0's per-channel scales: the weights that carry its output round coarsely at 8
+    bits. r0's own 8-bit rounding is harmless; p0's weights are not."""
+    w2 = conv_w(rng, 8, 8, 1)
+    w2[:, 0] = 30.0 * np.abs(w2).max()
+    b0 = bias(rng, 8)
+    b0[0] = -50.0
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Relu", ["c0"], "r0"),
+             node("Conv", ["r0", "W2", "B2"], "p0"),
+             node("Conv", ["input", "W1", "B1"], "c1", pads=[1, 1, 1, 1]), node("Relu", ["c1"], "r1"),
+             node("Conv", ["r1", "W3", "B3"], "p1"), node("Add", ["p0", "p1"], "s"),
+             node("GlobalAveragePool", ["s"], "g"), node("Flatten", ["g"], "f"),
+             node("Gemm", ["f", "Wd", "Bd"], "out", transB=1)]
+    inits = {"W0": conv_w(rng, 8, 3), "B0": b0, "W2": w2, "B2": bias(rng, 8), "W1": conv_w(rng, 8, 3), "B1": bias(rng, 8),
+             "W3": conv_w(rng, 8, 8, 1), "B3": bias(rng, 8),
+             "Wd": rng.normal(size=(10, 8)).astype(np.float32), "Bd": bias(rng, 10)}
+    return make_model(nodes, inits, in_shape=("N", 3, 8, 8))
+
+
+def _calibrated_ww(model, calib, ww, **kw):
+    from dyadic.core.config import WideWeights
+    from dyadic.pipeline import float_passes, run_passes
+
+    cfg = CompileConfig(quiet=True, wide_activations=WideActivations.AUTO, wide_weights=WideWeights(ww), **kw)
+    return run_passes(import_onnx(model), float_passes(cfg, calib))
+
+
+def test_wide_weights_count_in_the_choice():
+    """Before: r0's own rounding is harmless, its reader p0's 8-bit weights are coarse. Expected: without
+    --wide-weights nothing explains widening r0; with it, widening r0 removes p0's weight error (p0 gets
+    9-12-bit weights), so r0 is chosen and the predicted all-16-bit cosine is higher."""
+    rng = np.random.default_rng(4)
+    model = _coarse_reader(rng)
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    plain = _calibrated_ww(model, calib, "none")
+    ww = _calibrated_ww(model, calib, "auto")
+    assert "r0" not in plain.meta.get("wide", ()), plain.meta["wide_choice"]
+    assert "r0" in ww.meta["wide"], ww.meta["wide_choice"]
+    pp, pw = plain.meta["wide_choice"]["predicted_cosine"], ww.meta["wide_choice"]["predicted_cosine"]
+    assert pp["8bit"] == pytest.approx(pw["8bit"])
+    assert pw["all16"] > pp["all16"]
+    assert pw["8bit"] <= pw["chosen"] <= pw["all16"]
+
+
+def test_cosine_target():
+    """--wide-cosine (the simulated build's logit cosine on calibration inputs): a target the 8-bit build
+    already meets widens nothing; one above the all-16-bit build's widens every candidate that matters;
+    one in between is met with less widened; the chosen build's simulated cosine is what the compile
+    records."""
+    from dyadic.core.config import WideWeights
+    from dyadic.passes.choose_wide_activations import predict, select, select_for_cosine
+
+    rng = np.random.default_rng(5)
+    model = _two_branch(rng)
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    g = _calibrated(model, calib, kind=WideActivations.NONE)
+    pred = predict(g)
+    x = calib["input"][:8]
+    args = (x, WideWeights.NONE, WeightClip.W4, True)
+    _, c8, seen = select_for_cosine(g, pred, 0.0, *args)
+    assert seen == {0: c8}
+    every = select(g, pred, share=0.0)
+    chosen, c16, _ = select_for_cosine(g, pred, 1.0, *args)
+    assert set(chosen) == set(every) and c8 < c16 < 1.0
+    mid = c8 + 0.5 * (c16 - c8)
+    some, c, seen = select_for_cosine(g, pred, mid, *args)
+    assert 0 < len(some) <= len(every) and c >= mid
+    assert all(v < mid for k, v in seen.items() if k < len(some))
+    full = _calibrated(model, calib, share=None, cosine=mid)
+    info = full.meta["wide_choice"]
+    assert set(full.meta["wide"]) == set(some) and info["criterion"] == {"cosine": mid}
+    assert info["simulated_cosine"]["chosen"] == pytest.approx(c)
+
+
+def test_cli_cosine_flag():
+    from dyadic.cli.quant_args import add_quant_args, quant_config
+
+    p = argparse.ArgumentParser()
+    add_quant_args(p)
+    cfg = quant_config(p.parse_args(["--wide-activations", "auto", "--wide-cosine", "0.995"]))
+    assert cfg["wide_cosine"] == 0.995 and "wide_share" not in cfg
+    for bad in (["--wide-activations", "auto", "--wide-cosine", "0.99", "--wide-share", "0.1"],
+                ["--wide-activations", "auto", "--wide-cosine", "1.0"], ["--wide-cosine", "0.99"],
+                ["--wide-activations", "all", "--wide-share", "0.1"]):
+        with pytest.raises(SystemExit):
+            quant_config(p.parse_args(bad))

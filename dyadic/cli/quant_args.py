@@ -24,11 +24,15 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="store these activations as 16-bit codes: none (default), tables (lookup-table "
                         "outputs: hard-swish, sigmoid, GELU, ...), all (also the input, convs, adds, Muls, "
                         "concats, pools), auto (those of all whose 8-bit rounding the logits feel most per unit of work, "
-                        "until activations carry at most --wide-share of the predicted logit error); more accurate, a little slower on x86, slower on arm/cuda (16-bit "
+                        "until --wide-share or --wide-cosine is met); more accurate, a little slower on x86, slower on arm/cuda (16-bit "
                         "conv inputs take generic code there)")
     p.add_argument("--wide-share", type=float, default=None,
-                   help="with --wide-activations auto: the share of the predicted logit error left to 8-bit "
-                        "activations (default 0.1; 0 widens every candidate that matters)")
+                   help="with --wide-activations auto: widen until the predicted logit error is within this "
+                        "share of widening every candidate's (default 0.1; 0 widens every candidate that matters)")
+    p.add_argument("--wide-cosine", type=float, default=None,
+                   help="with --wide-activations auto, instead of --wide-share: widen, most error removed per "
+                        "unit of work first, until the predicted logit cosine against fp32 reaches C; a network "
+                        "already there at 8 bits stays 8-bit")
     p.add_argument("--wide-weights", choices=[w.value for w in WideWeights], default=None,
                    help="auto: layers that read 16-bit codes (see --wide-activations) get 9-12-bit weights, as "
                         "wide as the int32 accumulator allows while the input keeps 2 more bits; the same "
@@ -56,6 +60,16 @@ def quant_config(a) -> dict:
         if not 0.0 <= a.wide_share < 1.0:
             raise SystemExit(f"dyadic: --wide-share {a.wide_share}: must be in [0, 1)")
         out["wide_share"] = a.wide_share
+    if a.wide_cosine is not None:
+        if a.wide_share is not None:
+            raise SystemExit("dyadic: --wide-share and --wide-cosine are two criteria for the same choice: give one")
+        if not 0.0 < a.wide_cosine < 1.0:
+            raise SystemExit(f"dyadic: --wide-cosine {a.wide_cosine}: must be in (0, 1)")
+        out["wide_cosine"] = a.wide_cosine
+    given = [f for f, v in (("--wide-share", a.wide_share), ("--wide-cosine", a.wide_cosine)) if v is not None]
+    if given and a.wide_activations != WideActivations.AUTO.value:
+        raise SystemExit(f"dyadic: {given[0]} sets how far --wide-activations auto widens; "
+                         f"it needs --wide-activations auto (got {a.wide_activations or 'none'})")
     if a.no_bias_correction:
         out["bias_correction"] = False
     return out

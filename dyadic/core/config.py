@@ -108,7 +108,8 @@ class CompileConfig:
     calibration: Calibration = Calibration.MSE   #: activation range calibrator (dyadic.calibrators)
     wide_activations: WideActivations = WideActivations.NONE  #: 16-bit activations (passes/widen_activations)
     wide_weights: WideWeights = WideWeights.NONE  #: >8-bit weights on 16-bit inputs (passes/widen_weights)
-    wide_share: float = 0.1       #: AUTO: widen until activations carry at most this share of the predicted logit error
+    wide_share: float = 0.1       #: AUTO: widen until the predicted error is within this share of the all-16-bit one
+    wide_cosine: float | None = None  #: AUTO: instead, widen until the predicted logit cosine reaches this
     percentile: float = 99.99     #: for calibration=percentile
     weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths
     rounding: Rounding = Rounding.NEAREST        #: weight rounding (adaround: data-aware, passes/round_weights.py)
