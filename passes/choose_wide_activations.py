@@ -200,12 +200,13 @@ def simulated_cosine(graph: Graph, wide: list[str], x: np.ndarray, wide_weights:
 
 
 def select_for_cosine(graph: Graph, pred: Prediction, cosine: float, x: np.ndarray, wide_weights: WideWeights,
-                      weight_clip: WeightClip, bias_correction: bool) -> tuple[list[str], float, dict[int, float]]:
+                      weight_clip: WeightClip, bias_correction: bool,
+                      seen: dict[int, float] | None = None) -> tuple[list[str], float, dict[int, float]]:
     """The shortest prefix of `ranked` whose simulated cosine reaches `cosine` (bisection: the cosine
     grows with the prefix, to first order), or all of it when none does; its cosine; and every prefix
     length measured with its cosine."""
     users, order = graph.consumers(), ranked(pred)
-    seen: dict[int, float] = {}
+    seen = dict(seen or {})
 
     def cos(k: int) -> float:
         if k not in seen:
@@ -233,13 +234,22 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
         raise ModelError("--wide-activations auto: the graph has inputs "
                          f"{list(graph.inputs)}; the choice runs on graphs with one float input "
                          "(use --wide-activations all or tables)")
-    pred = predict(graph, samples, weight_clip, wide_weights, quiet)
     sims: dict[int, float] = {}
+    if cosine is not None:
+        x = np.asarray(graph.meta["calib_data"][graph.inputs[0]][:samples], np.float32)
+        sims[0] = simulated_cosine(graph, [], x, wide_weights, weight_clip, bias_correction)
+        if sims[0] >= cosine:  # met with 8 bits: no traces needed
+            if not quiet:
+                print(f"  wide activations (auto): none; simulated logit cosine {sims[0]:.4f} with 8 bits "
+                      f"meets the target {cosine}")
+            return graph.replace(meta={**graph.meta, "wide_choice": {
+                "criterion": {"cosine": cosine}, "widened": 0, "work_widened": 0.0,
+                "simulated_cosine": {"8bit": sims[0], "chosen": sims[0], "evaluated": 1}}})
+    pred = predict(graph, samples, weight_clip, wide_weights, quiet)
     if cosine is None:
         chosen = select(graph, pred, share)
     else:
-        x = np.asarray(graph.meta["calib_data"][graph.inputs[0]][:samples], np.float32)
-        chosen, sim, sims = select_for_cosine(graph, pred, cosine, x, wide_weights, weight_clip, bias_correction)
+        chosen, sim, sims = select_for_cosine(graph, pred, cosine, x, wide_weights, weight_clip, bias_correction, sims)
     left = pred.p8 - sum(pred.gain[t] for t in chosen)
     total_work = sum(pred.work.values())
     info = {"method": "Hutchinson traces in logit space x measured 8-bit rounding errors",
@@ -250,14 +260,13 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
             "predicted_cosine": {"8bit": pred.cosine(pred.p8), "chosen": pred.cosine(left),
                                  "all16": pred.cosine(pred.floor)}}
     if sims:
-        info["simulated_cosine"] = {"8bit": sims[0], "all16": sims[len(pred.gain)], "chosen": sim,
+        info["simulated_cosine"] = {"8bit": sims[0], "all16": sims.get(len(pred.gain)), "chosen": sim,
                                     "evaluated": len(sims)}
     if not quiet:
         pc = info["predicted_cosine"]
         print(f"  wide activations (auto): {len(chosen)} of {len(pred.gain)} tensors, "
               f"{100 * info['work_widened']:.0f} % of their readers' work; predicted logit cosine "
               f"{pc['8bit']:.4f} (8-bit) -> {pc['chosen']:.4f} (all 16-bit: {pc['all16']:.4f})"
-              + (f"; simulated {info['simulated_cosine']['chosen']:.4f} for target {cosine}"
-                 f" (8-bit {sims[0]:.4f}, all 16-bit {sims[len(pred.gain)]:.4f})" if sims else ""))
+              + (f"; simulated {sim:.4f} for target {cosine} (8-bit {sims[0]:.4f})" if sims else ""))
     out = with_wide(graph, set(chosen))
     return out.replace(meta={**out.meta, "wide_choice": info})

@@ -215,6 +215,8 @@ def test_cosine_target():
     info = full.meta["wide_choice"]
     assert set(full.meta["wide"]) == set(some) and info["criterion"] == {"cosine": mid}
     assert info["simulated_cosine"]["chosen"] == pytest.approx(c)
+    met = _calibrated(model, calib, share=None, cosine=c8 - 1e-6)  # already met at 8 bits: nothing widened
+    assert not met.meta.get("wide") and met.meta["wide_choice"]["simulated_cosine"]["chosen"] == pytest.approx(c8)
 
 
 def test_cli_cosine_flag():
