@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from dyadic.core import npops, weight_quant as wq
-from dyadic.core.arith import channel_scales, weight_dtype
+from dyadic.core.arith import channel_scales
 from dyadic.core.weight_quant import Rounding, WeightClip
 from dyadic.core.calibrators import act_range
 from dyadic.core.float_exec import run_node
@@ -228,7 +228,7 @@ def _choose(n: Node, xq, xf, scale, bits, rounding, bias_correction, iters, rec:
                  else wq.gptq(wg, sg, bits, A, B, C))
         rec.update(r)
     else:
-        qg = np.clip(np.rint(wg / sg[..., None]), -wq.qmax(bits), wq.qmax(bits)).astype(weight_dtype(bits))
+        qg = wq.round_nearest(wg.reshape(-1, wg.shape[-1]), sg.reshape(-1), bits).reshape(wg.shape)
     b = n.params["B"].astype(np.float64)
     if bias_correction:
         shift = (np.einsum("gok,gk->go", wg, mf) - np.einsum("gok,gk->go", qg * sg[..., None], mq)).ravel()

@@ -1,6 +1,6 @@
 """The Intel AMX kernels (`dyadic.backend.kernels.amx_conv`, `amx_layout`, `intrin_amx`) and their plumbing.
 
-On any x86 host (no AMX needed):
+On any x86 host (no AMX needed; the emulated runs need AVX-512):
   * the numpy model of the tile program (`amx_model.run_program`: `tdpbusd` semantics on the staged
     activations and packed B tiles) equals the int64 conv, +128 compensation included;
   * the kernels built with the TIR emulation of the tile instructions (`emulate=True`: the same
@@ -40,6 +40,11 @@ SPR = {"kind": "llvm", "mcpu": "sapphirerapids"}
 FLAGS = cpu_flags() or set()
 HAS_AMX = {"amx_int8", "amx_tile"} <= FLAGS
 needs_x86 = pytest.mark.skipif(x86_isa(HOST) is None, reason="host CPU is not x86 with AVX2")
+#: the emulated tile kernels run their 512-bit epilogue (int32x16 requant, the residual add's `vpdpwssd`
+#: pairs) on this host: LLVM cannot lower the pairs for an AVX2-only CPU (it aborts the process), and
+#: every CPU with AMX has AVX-512
+needs_avx512 = pytest.mark.skipif(x86_isa(HOST) not in ("avx512", "vnni"),
+                                  reason="host CPU has no AVX-512: the emulated AMX kernels' epilogue needs it")
 needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX (amx_int8/amx_tile not in /proc/cpuinfo): "
                                "the real-tile runs need Sapphire Rapids or later")
 no_amx = pytest.mark.skipif(HAS_AMX, reason="this CPU has AMX: the refusal path is for CPUs without it")
@@ -194,7 +199,7 @@ def test_modes_and_tile_config():
 
 
 # ------------------------------------------------------------------ TIR kernels, emulated tiles (any x86 host)
-@needs_x86
+@needs_avx512
 @pytest.mark.parametrize("name", list(CASES))
 def test_emulated_kernel_bitexact(name):
     check_emulated(CASES[name])
@@ -324,7 +329,7 @@ def test_vnni_override_keeps_the_previous_path(monkeypatch, tmp_path):
     assert x86_amx(SPR) and not x86_amx({"kind": "llvm", "mcpu": "icelake-server"})
 
 
-@needs_x86
+@needs_avx512
 def test_whole_model_on_emulated_tiles_is_bitexact(monkeypatch, tmp_path):
     """The lowering glue (packed in/out, the residual add fused into the AMX conv, dense on the batch
     axis) on this host: AMX dispatch forced, tiles emulated; the compile's self-check is bit-exact."""

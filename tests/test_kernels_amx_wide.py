@@ -1,7 +1,7 @@
 """16-bit activations on the AMX kernels (`amx_layout`, `wide`): codes split into a low (unsigned) and
 a high (signed) byte plane, `tdpbusd` + `tdpbssd`, acc = 256 C_hi + C_lo.
 
-Any x86 host: the numpy tile program and the kernel on emulated tiles equal the int64 conv at both
+Any x86 host (the emulated kernel: AVX-512 hosts): the numpy tile program and the kernel on emulated tiles equal the int64 conv at both
 ends of the 16-bit range; the cross-compiled kernel holds `tdpbssd`; the lowering takes a 16-bit
 layer only where the two-plane bound holds. AMX hosts: the same kernels on real tiles, and a whole
 `--wide-activations all` model whose 16-bit convs run on AMX, bit-exact. Nothing here times anything."""
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from test_kernels_amx import (HAS_AMX, _conv64, _disasm, _spec_and_data, check_emulated, check_real_tiles,
-                              needs_amx, needs_x86)
+                              needs_amx, needs_avx512)
 
 tvm = pytest.importorskip("tvm")
 
@@ -58,7 +58,7 @@ def test_two_plane_tile_config():
         AmxConvSpec(16, 8, 8, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), False, "int32", "uint8", 0, 255, mb=2, wide=True)
 
 
-@needs_x86
+@needs_avx512
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_plane_emulated_kernel_bitexact(name):
     check_emulated(CASES[name])

@@ -125,11 +125,16 @@ def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     Returns (q, scale) with q in [-(2^(b-1)-1), 2^(b-1)-1] (int8, int16 above 8 bits) and
     w ≈ q * scale[:, None...] (`channel_scales`).
     """
-    qmax = (1 << (bits - 1)) - 1
     scale = channel_scales(w, bits)
+    return round_to_scale(w, scale, bits), scale
+
+
+def round_to_scale(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Nearest integers q = clip(rint(w / scale), ±(2^(b-1) - 1)), one scale per output channel (axis 0),
+    int8 (int16 above 8 bits): the one rounding rule every weight path uses."""
+    qmax = (1 << (bits - 1)) - 1
     bshape = (-1,) + (1,) * (w.ndim - 1)
-    q = np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(weight_dtype(bits))
-    return q, scale
+    return np.clip(np.rint(w / scale.reshape(bshape)), -qmax, qmax).astype(weight_dtype(bits))
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from enum import Enum
 
 import numpy as np
 
-from dyadic.core.arith import channel_scales, weight_dtype
+from dyadic.core.arith import channel_scales, round_to_scale, weight_dtype
 
 
 class Rounding(Enum):
@@ -98,9 +98,7 @@ def weight_scales(w: np.ndarray, bits: int, clip: bool) -> np.ndarray:
     return clip_scales(w, bits) if clip else channel_scales(w, bits)
 
 
-def round_nearest(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
-    L = qmax(bits)
-    return np.clip(np.rint(w / scale.reshape(_bshape(w))), -L, L).astype(weight_dtype(bits))
+round_nearest = round_to_scale
 
 
 def recon_loss(wt: np.ndarray, w: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray) -> float:
