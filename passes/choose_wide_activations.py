@@ -267,6 +267,8 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
         print(f"  wide activations (auto): {len(chosen)} of {len(pred.gain)} tensors, "
               f"{100 * info['work_widened']:.0f} % of their readers' work; predicted logit cosine "
               f"{pc['8bit']:.4f} (8-bit) -> {pc['chosen']:.4f} (all 16-bit: {pc['all16']:.4f})"
-              + (f"; simulated {sim:.4f} for target {cosine} (8-bit {sims[0]:.4f})" if sims else ""))
+              + (f"; simulated {sim:.4f} for target {cosine} (8-bit {sims[0]:.4f})" if sims else "")
+              + (f"; the target is out of reach: every candidate widened gives {sim:.4f} (see --wide-weights "
+                 "auto, or a lower --wide-cosine)" if sims and sim < cosine else ""))
     out = with_wide(graph, set(chosen))
     return out.replace(meta={**out.meta, "wide_choice": info})

@@ -187,9 +187,10 @@ def test_wide_weights_count_in_the_choice():
     assert pw["8bit"] <= pw["chosen"] <= pw["all16"]
 
 
-def test_cosine_target():
+def test_cosine_target(capsys):
     """--wide-cosine (the simulated build's logit cosine on calibration inputs): a target the 8-bit build
-    already meets widens nothing; one above the all-16-bit build's widens every candidate that matters;
+    already meets widens nothing; one above the all-16-bit build's widens every candidate that matters
+    and says the target is out of reach;
     one in between is met with less widened; the chosen build's simulated cosine is what the compile
     records."""
     from dyadic.core.config import WideWeights
@@ -215,6 +216,11 @@ def test_cosine_target():
     info = full.meta["wide_choice"]
     assert set(full.meta["wide"]) == set(some) and info["criterion"] == {"cosine": mid}
     assert info["simulated_cosine"]["chosen"] == pytest.approx(c)
+    from dyadic.pipeline import float_passes, run_passes
+
+    loud = CompileConfig(wide_activations=WideActivations.AUTO, wide_cosine=1.0 - 1e-12)
+    run_passes(import_onnx(model), float_passes(loud, calib))
+    assert "the target is out of reach" in capsys.readouterr().out
     met = _calibrated(model, calib, share=None, cosine=c8 - 1e-6)  # already met at 8 bits: nothing widened
     assert not met.meta.get("wide") and met.meta["wide_choice"]["simulated_cosine"]["chosen"] == pytest.approx(c8)
 
