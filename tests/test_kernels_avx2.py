@@ -245,3 +245,44 @@ def test_int16_weights_need_the_int16_step():
     with pytest.raises(ValueError, match="int16 step"):
         ConvSpec(20, 8, 10, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "uint8", "uint8", 0, 255, None, True,
                  "vnni", (1, 1, 8), w16=True)
+
+
+DW_CASES = [nm for nm in CONV_CASES if nm.startswith("depthwise")]
+W16 = dict(din="int32", shifts=(40, 46))  # 16-bit codes in int32 storage (`passes/widen_activations`)
+DW16_CASES = {
+    "dw16_3x3_packed": dict(c=40, h=11, w=9, o=40, k=3, packed=True, depthwise=True, **W16),
+    "dw16_5x5_nchw_int64_requant": dict(c=5, h=9, w=9, o=5, k=5, pads=(2, 1, 2, 0), depthwise=True,
+                                        **{**W16, "shifts": (31, 46)}),
+    "dw16_dilated_residual": dict(c=32, h=8, w=9, o=32, k=3, pads=(2, 2, 2, 2), dil=(2, 2), packed=True, depthwise=True,
+                                  residual=("int32", -32768, 32767, 40), dout="int32", clip=(-32768, 32767), **W16),
+}
+
+
+@needs_avx2
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "bounds"])
+@pytest.mark.parametrize("name", DW_CASES + list(DW16_CASES))
+def test_avx2_depthwise_pmadd_bitexact(name, extreme):
+    """Depthwise on AVX2 (`ConvSpec.dw_pmadd`): one `vpmaddwd` per tap of 8 channels, the weight zero-extended
+    above its 16 bits, for 8-bit codes and 16-bit codes (narrowed from int32 storage by the copy), with
+    dilation, strides, both requant forms and a fused residual add, also at every operand's bound."""
+    case = {**CONV_CASES, **DW16_CASES}[name]
+    got, want = _run_conv(**case, isa="avx2", target=HASWELL, extreme=extreme)
+    if not extreme:
+        assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_avx2
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+@pytest.mark.parametrize("din", ["uint8", "int32"])
+def test_avx2_depthwise_and_requant_instructions(tmp_path, din):
+    """The AVX2 depthwise kernel multiplies on `vpmaddwd`, not `vpmulld`, and its int32 requant forms each
+    32 x 32 product with one `vpmuldq`: no three-`vpmuludq` emulation of a 64-bit multiply."""
+    sp = ConvSpec(32, 8, 10, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, din, "uint8", 0, 255, None, True,
+                  "avx2", (1, 1, 4), True)
+    assert sp.dw_pmadd
+    lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(HASWELL))
+    lib.export_library(str(tmp_path / "k.so"))
+    asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True).stdout
+    assert asm.count("vpmaddwd") >= 8 and "vpmulld" not in asm
+    assert asm.count("vpmuldq") >= 4 and "vpmuludq" not in asm

@@ -50,9 +50,9 @@ import tvm
 from tvm import te, tirx
 
 from dyadic.backend.kernels import arm_intrin, epilogue
-from dyadic.backend.kernels.intrin import (DW_INTRIN, REQUANT_INTRIN, VNNI_INTRIN, register_dw, register_requant,
+from dyadic.backend.kernels.intrin import (DW_INTRIN, VNNI_INTRIN, register_dw, register_requant,
                                    register_vnni)
-from dyadic.backend.kernels.intrin_avx2 import register_dw_pairs, register_pmadd
+from dyadic.backend.kernels.intrin_avx2 import register_dw_pairs, register_dw_pmadd, register_pmadd
 from dyadic.backend.kernels.spec import ConvSpec, ceil_div
 
 
@@ -80,6 +80,8 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     mul, rnd, shf = (te.placeholder((ocb * 16,), "int32" if sp.hi32 else "int64", nm) for nm in "mrs")
     off = sp.offset
     pdt = sp.in_dtype if sp.depthwise and not (sp.dw_vnni or sp.dw_pairs) else sp.operand_dtype
+    if sp.dw_pmadd and sp.in_dtype == "int32":  # 16-bit codes in int32 storage: narrowed by the copy
+        pdt = "int16"
     direct = sp.packed_in and not off and (hp, wp) == (sp.h, sp.w) and sp.in_dtype == pdt  # (16-bit codes: narrowed)
 
     if direct:
@@ -180,10 +182,10 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
     else:
         out = te.compute((n, ocb, oh, ow, 16), finish, name="out")
     func = te.create_prim_func(args + [out])
-    return _schedule(func, sp, direct).with_attr("op_pattern", 8)
+    return _schedule(func, sp, direct, pdt).with_attr("op_pattern", 8)
 
 
-def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
+def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool, pdt: str) -> tirx.PrimFunc:
     sch = tvm.s_tir.Schedule(func)
     ocbi, ohi, owi = sp.tile
     blk = sch.get_sblock("acc")
@@ -212,15 +214,17 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool) -> tirx.PrimFunc:
     if sp.hi32:  # the store right after each pixel's requant keeps one vector live, not the tile
         sch.reverse_compute_at(sch.get_sblock("out"), tile[-2] if len(tile) > 1 else zo)
         sch.vectorize(sch.get_loops(sch.get_sblock("out"))[-1])
-        register_requant()
-        sch.tensorize(tile[-1], REQUANT_INTRIN)
+        sch.tensorize(tile[-1], register_requant(sp.isa))
     else:
         sch.vectorize(tile[-1])
     if not vnni:
         if not sp.depthwise:
             sch.unroll(red[-1])
-        sch.vectorize(j)
+        if not sp.dw_pmadd:
+            sch.vectorize(j)
     init = sch.decompose_reduction(blk, red[0])
+    if sp.dw_pmadd:
+        sch.tensorize(j, register_dw_pmadd(pdt))
     if sp.w4:  # unpack each reduction step's operands (ocbi x 16 kg bytes) right before their use
         up = sch.get_sblock("unpack4")
         sch.compute_at(up, red[-2])

@@ -86,37 +86,50 @@ def _requant_desc(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,
                     T.Cast("int64", A[vj] + B[vj]) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
 
 
-def requant_hi32_x16(acc, mul, rnd, shf):
+def requant_hi32_x16(acc, mul, rnd, shf, odd_shuffle: bool = False):
     """The int32x16 expression ((int64(acc) * mul) >> 32 + rnd) >> shf of int32x16 operands, with the
-    products on even and odd lanes (`vpmuldq`) as above; also used directly by the AMX epilogue."""
+    products on even and odd lanes (`vpmuldq`) as above; also used directly by the AMX epilogue.
+    odd_shuffle (AVX2): the odd lanes are first copied onto the even ones (`vpshufd`) and multiplied as
+    sign-extended low halves too. AVX2 has no 64-bit arithmetic shift, and for `a64 >> 32` LLVM then
+    emulates a full 64 x 64 multiply (three `vpmuludq` and adds) instead of one `vpmuldq`."""
     c32 = tirx.Broadcast(tirx.const(32, "int64"), 8)
     a64, m64 = tirx.reinterpret("int64x8", acc), tirx.reinterpret("int64x8", mul)
     even = ((a64 << c32) >> c32) * ((m64 << c32) >> c32)  # sign-extended low halves
-    odd = (a64 >> c32) * (m64 >> c32)
+    if odd_shuffle:
+        hi = [2 * (q // 2) + 1 for q in range(16)]
+        ao, mo = (tirx.reinterpret("int64x8", tirx.Shuffle([v], hi)) for v in (acc, mul))
+        odd = ((ao << c32) >> c32) * ((mo << c32) >> c32)
+    else:
+        odd = (a64 >> c32) * (m64 >> c32)
     hi = tirx.reinterpret("int32x16", tirx.bitwise_or(
         tirx.bitwise_and(even >> c32, tirx.Broadcast(tirx.const(0xFFFFFFFF, "int64"), 8)),
         tirx.bitwise_and(odd, tirx.Broadcast(tirx.const(-4294967296, "int64"), 8))))
     return tirx.shift_right(hi + rnd, shf)
 
 
-@T.prim_func(s_tir=True)
-def _requant_impl(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
-                  M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
-                  S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
-        T.writes(V[0:16])
-        V[T.ramp(T.int32(0), 1, 16)] = requant_hi32_x16(A.vload([0], "int32x16") + B.vload([0], "int32x16"),
-                                                        M.vload([0], "int32x16"), R.vload([0], "int32x16"),
-                                                        S.vload([0], "int32x16"))
+def _requant_impl(odd_shuffle: bool):
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
+             M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
+             S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
+            T.writes(V[0:16])
+            V[T.ramp(T.int32(0), 1, 16)] = requant_hi32_x16(A.vload([0], "int32x16") + B.vload([0], "int32x16"),
+                                                            M.vload([0], "int32x16"), R.vload([0], "int32x16"),
+                                                            S.vload([0], "int32x16"), odd_shuffle)
+    return impl
 
 
-def register_requant() -> None:
+def register_requant(isa: str = "") -> str:
+    """Register the int32 requant (its AVX2 form for isa "avx2", see `requant_hi32_x16`), once; its name."""
     from tvm.s_tir import TensorIntrin
 
-    if REQUANT_INTRIN not in _done:
-        TensorIntrin.register(REQUANT_INTRIN, _requant_desc, _requant_impl, override=True)
-        _done.add(REQUANT_INTRIN)
+    name = REQUANT_INTRIN + ("_avx2" if isa == "avx2" else "")
+    if name not in _done:
+        TensorIntrin.register(name, _requant_desc, _requant_impl(isa == "avx2"), override=True)
+        _done.add(name)
+    return name
 
 
 _done: set[str] = set()

@@ -128,6 +128,12 @@ class ConvSpec(KernelIO):
         return self.depthwise and self.isa == "vnni16" and self.dil[1] == 1 and not self.w4
 
     @property
+    def dw_pmadd(self) -> bool:
+        """Depthwise on AVX2 with one `vpmaddwd` per tap of 8 channels (`intrin_avx2.DW_PMADD_INTRIN`):
+        the int32-lane form with the product on the multiply-add unit; 8-bit weights, any dilation."""
+        return self.depthwise and self.isa == "avx2" and not self.w4
+
+    @property
     def rowtaps(self) -> bool:
         """Few-channel NCHW input (a first layer): the 4 bytes of a `vpdpbusd` (or of a `vpmaddwd` step)
         are 4 horizontal taps of one input channel, contiguous in an NCHW row, so the input needs no
