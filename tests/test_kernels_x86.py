@@ -51,7 +51,7 @@ def _unpacked(y: np.ndarray, c: int) -> np.ndarray:
 
 def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packed=False, din="int8",
               dout="uint8", clip=(0, 255), residual=None, shifts=(34, 40), isa="vnni", target=None,
-              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False, groups=1, wbits=8):
+              depthwise=False, batch=2, seed=0, w4=False, tile=None, extreme=False, groups=1, wbits=8, pre=False):
     """Build one kernel, run it on random data, return (got, want) in NCHW (extreme: every input and
     weight at a bound of its type, the largest products and sums; tile: force the register tile;
     wbits > 8: int16 weights (`ConvSpec.w16`) as wide as the int32 bound allows over this input, up
@@ -77,7 +77,11 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
     attrs = {"strides": stride, "pads": pads, "dilations": dil, "group": c if depthwise else groups,
              "lo": clip[0], "hi": clip[1]}
     want = run_int_node(Node("qconv", "c", ("x",), ("y",), attrs, {"W": wt, "B": b, "M": m, "S": s}), [x], None)
-    hi32 = packing.hi32_ok(s)
+    hi32, shift = packing.hi32_ok(s), 0
+    if pre:  # the int32 requant of shifts below 33 (`packing.hi32_preshift`)
+        shift = packing.hi32_preshift(s, wt, b, max(-info.min, info.max))
+        assert shift and not hi32, "the case does not exercise the pre-shift"
+        hi32 = True
     if tile is None:
         pm = isa in ("avx2", "vnni16") and not depthwise and not w4  # the int16 step: the lowering's tile
         to = 16 if depthwise else 16 * gcb if gcb else o
@@ -95,11 +99,11 @@ def _run_conv(c, h, w, o, k, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), packe
         want = run_int_node(Node("qadd", "a", ("y", "r"), ("z",), {"lo": lo2, "hi": hi2},
                                  {"M": mab, "S": np.array(s2, np.int64)}), [want, r], None)
     sp = ConvSpec(c, h, w, o, k, k, stride, pads, dil, packed, din, dout, clip[0], clip[1], res_spec, hi32, isa,
-                  tile, depthwise, w4, gcb=gcb, w16=wbits > 8)
+                  tile, depthwise, w4, gcb=gcb, w16=wbits > 8, pre=shift)
     lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}), target=tvm.target.Target(target or HOST))
     op = sp.ocb * 16
     wp = packing.weight(wt, sp)
-    consts = [v.astype("int32" if hi32 else "int64") for v in packing.requant_consts(m, s, op, hi32)]
+    consts = [v.astype("int32" if hi32 else "int64") for v in packing.requant_consts(m, s, op, hi32, shift)]
     args = [_packed(x) if packed else x, wp, packing.bias(b, wt, sp.offset, op), *consts, *extra]
     out = tvm.runtime.empty((batch, sp.ocb, oh, ow, 16), dout)
     lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
@@ -327,3 +331,32 @@ def test_avgpool_takes_the_packed_kernel(case, tmp_path):
     names = {gv.name_hint for gv in lower_to_relax(res.int_graph, resolve("host")).functions}
     assert any(nm.startswith("dyadic_avgpool") for nm in names), names
     assert not any("conv2d" in nm for nm in names), names
+
+
+PRE_CASES = {  # shifts below 33 (16-bit outputs: rescales near 1) on the int32 requant, acc + bias shifted first
+    "pre_3x3_packed": dict(c=20, h=8, w=10, o=40, k=3, packed=True, din="uint8", shifts=(29, 40)),
+    "pre_1x1_signed_int16_out": dict(c=24, h=6, w=7, o=32, k=1, pads=(0, 0, 0, 0), packed=True, dout="int16",
+                                     clip=(-32768, 32767), shifts=(30, 33)),
+    "pre_depthwise_residual": dict(c=32, h=6, w=7, o=32, k=3, packed=True, din="uint8", depthwise=True, shifts=(31, 37),
+                                   residual=("uint8", 0, 255, 31)),
+}
+
+
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "bounds"])
+@pytest.mark.parametrize("isa", [pytest.param("vnni", marks=needs_vnni), pytest.param("avx2", marks=needs_avx2)])
+@pytest.mark.parametrize("name", list(PRE_CASES))
+def test_conv_kernel_requant_preshift_bitexact(name, isa, extreme):
+    """((acc + b) 2^u m + 2^(s+u-1)) >> (s+u) on the int32 requant equals the int64 form for shifts below 33."""
+    got, want = _run_conv(**PRE_CASES[name], isa=isa, target=HOST if isa == "vnni" else HASWELL, extreme=extreme,
+                          pre=True)
+    if not extreme:
+        assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+
+
+def test_requant_preshift_rule():
+    w, b = np.full((2, 4, 1, 1), 100, np.int8), np.array([5, -7], np.int32)
+    assert packing.hi32_preshift(np.array([33, 40]), w, b, 255) == 0
+    assert packing.hi32_preshift(np.array([30, 40]), w, b, 255) == 3  # |acc + b| <= 102,007: 2^3 of room
+    assert packing.hi32_preshift(np.array([30, 61]), w, b, 255) is None  # 61 + 3 - 32 > 31
+    assert packing.hi32_preshift(np.array([15, 40]), w, b, 255) is None  # 2^18 x 102,007 >= 2^31

@@ -29,7 +29,8 @@ Schedule (direct convolution, register-blocked implicit GEMM). Loops n, O/16/ocb
 and run in parallel; per tile of ocbi x 16 channels x ohi x owi pixels, the reduction loops wrap a
 fully unrolled block of `vpdpbusd`s whose int32 accumulators stay in registers (`spec.choose_tile`).
 The epilogue runs per pixel of the tile: + bias, requant (`intrin.REQUANT_INTRIN` in int32 when
-every shift >= 33, else clip((acc * m + 2^(s-1)) >> s, lo, hi) in int64 as `dyadic.arith`), and a
+every shift >= 33, or after shifting acc + bias left where it has room, `packing.hi32_preshift`; else
+clip((acc * m + 2^(s-1)) >> s, lo, hi) in int64 as `dyadic.arith`), and a
 fused residual add (`epilogue`); the accumulators never go to memory. Width and height are padded
 up to whole tiles (extra pixels are computed on padding, not stored).
 
@@ -41,8 +42,10 @@ as many bytes and unpacked in registers right before its instructions (`packing.
 AVX2 (no AVX-512): conv, `rowtaps` and dense run the same 16 x 4 step as four `vpmaddwd` (`intrin_avx2`,
 `ConvSpec.pmadd`; exact: s16 x s8 pair sums fit s32), two ymm per 16-lane accumulator. Their first
 stage always copies: it widens the input to int16 (8-bit codes as they are, no offset; 16-bit codes
-read as they are, or narrowed from int32 storage), so the step broadcasts int16 pairs straight from memory. AVX-512 without VNNI, and depthwise on AVX2, run the same loop nests with the 16 output
-channels as int32 vector lanes (int32 multiply-adds): slower, exact. Depthwise with width dilation too.
+read as they are, or narrowed from int32 storage), so the step broadcasts int16 pairs straight from memory.
+Depthwise on AVX2 keeps the 16 channels as int32 lanes with one `vpmaddwd` per tap of 8 channels
+(`ConvSpec.dw_pmadd`, `intrin_avx2.DW_PMADD_INTRIN`; 16-bit codes narrowed to int16 by the copy). AVX-512
+without VNNI runs the same loop nests with int32 multiply-adds: slower, exact. Depthwise with width dilation too.
 """
 from __future__ import annotations
 
@@ -161,8 +164,11 @@ def conv_func(sp: ConvSpec) -> tirx.PrimFunc:
         args += [res, q]
 
     if sp.hi32:  # see intrin.REQUANT_INTRIN; the form of this expression is the intrinsic's
+        def total(b, o, y, z, j):  # acc + bias, shifted left by `pre` (`packing.hi32_preshift`)
+            v = acc[b, o, y, z, j] + bias[o * 16 + j]
+            return tirx.shift_left(v, tirx.const(sp.pre, "int32")) if sp.pre else v
         rq = te.compute((n, ocb, ohp, owp, 16), lambda b, o, y, z, j: tirx.shift_right(tirx.Cast("int32", (
-            (acc[b, o, y, z, j] + bias[o * 16 + j]).astype("int64") * mul[o * 16 + j].astype("int64")) >> i64(32))
+            total(b, o, y, z, j).astype("int64") * mul[o * 16 + j].astype("int64")) >> i64(32))
             + rnd[o * 16 + j], shf[o * 16 + j]), name="rq")
 
     def finish(b, o, y, z, j):
@@ -214,7 +220,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool, pdt: str) -> tirx
     if sp.hi32:  # the store right after each pixel's requant keeps one vector live, not the tile
         sch.reverse_compute_at(sch.get_sblock("out"), tile[-2] if len(tile) > 1 else zo)
         sch.vectorize(sch.get_loops(sch.get_sblock("out"))[-1])
-        sch.tensorize(tile[-1], register_requant(sp.isa))
+        sch.tensorize(tile[-1], register_requant(sp.isa, sp.pre))
     else:
         sch.vectorize(tile[-1])
     if not vnni:

@@ -72,18 +72,34 @@ def register_vnni() -> None:
 REQUANT_INTRIN = "dyadic_requant_hi32_16"
 
 
-@T.prim_func(s_tir=True)
-def _requant_desc(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
-                  M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
-                  S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
-        T.writes(V[0:16])
-        for j in T.serial(0, 16):
-            with T.sblock("rq"):
-                vj = T.axis.remap("S", [j])
-                V[vj] = T.shift_right(T.Cast("int32", T.shift_right(
-                    T.Cast("int64", A[vj] + B[vj]) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
+def _requant_desc(pre: int):
+    @T.prim_func(s_tir=True)
+    def plain(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
+              M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
+              S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
+            T.writes(V[0:16])
+            for j in T.serial(0, 16):
+                with T.sblock("rq"):
+                    vj = T.axis.remap("S", [j])
+                    V[vj] = T.shift_right(T.Cast("int32", T.shift_right(
+                        T.Cast("int64", A[vj] + B[vj]) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
+
+    @T.prim_func(s_tir=True)
+    def shifted(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
+                M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
+                S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
+            T.writes(V[0:16])
+            for j in T.serial(0, 16):
+                with T.sblock("rq"):
+                    vj = T.axis.remap("S", [j])
+                    V[vj] = T.shift_right(T.Cast("int32", T.shift_right(
+                        T.Cast("int64", T.shift_left(A[vj] + B[vj], T.int32(pre))) * T.Cast("int64", M[vj]),
+                        T.int64(32))) + R[vj], S[vj])
+    return shifted if pre else plain
 
 
 def requant_hi32_x16(acc, mul, rnd, shf, odd_shuffle: bool = False):
@@ -107,7 +123,11 @@ def requant_hi32_x16(acc, mul, rnd, shf, odd_shuffle: bool = False):
     return tirx.shift_right(hi + rnd, shf)
 
 
-def _requant_impl(odd_shuffle: bool):
+def _requant_impl(odd_shuffle: bool, pre: int = 0):
+    def total(A, B):
+        v = A.vload([0], "int32x16") + B.vload([0], "int32x16")
+        return v << T.Broadcast(T.int32(pre), 16) if pre else v
+
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
              M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
@@ -115,19 +135,20 @@ def _requant_impl(odd_shuffle: bool):
         with T.sblock("root"):
             T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
             T.writes(V[0:16])
-            V[T.ramp(T.int32(0), 1, 16)] = requant_hi32_x16(A.vload([0], "int32x16") + B.vload([0], "int32x16"),
+            V[T.ramp(T.int32(0), 1, 16)] = requant_hi32_x16(total(A, B),
                                                             M.vload([0], "int32x16"), R.vload([0], "int32x16"),
                                                             S.vload([0], "int32x16"), odd_shuffle)
     return impl
 
 
-def register_requant(isa: str = "") -> str:
-    """Register the int32 requant (its AVX2 form for isa "avx2", see `requant_hi32_x16`), once; its name."""
+def register_requant(isa: str = "", pre: int = 0) -> str:
+    """Register the int32 requant (its AVX2 form for isa "avx2", see `requant_hi32_x16`; with acc + bias
+    shifted left by `pre` first, `packing.hi32_preshift`), once; its name."""
     from tvm.s_tir import TensorIntrin
 
-    name = REQUANT_INTRIN + ("_avx2" if isa == "avx2" else "")
+    name = REQUANT_INTRIN + ("_avx2" if isa == "avx2" else "") + (f"_pre{pre}" if pre else "")
     if name not in _done:
-        TensorIntrin.register(name, _requant_desc, _requant_impl(isa == "avx2"), override=True)
+        TensorIntrin.register(name, _requant_desc(pre), _requant_impl(isa == "avx2", pre), override=True)
         _done.add(name)
     return name
 

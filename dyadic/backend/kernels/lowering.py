@@ -217,15 +217,17 @@ class CpuKernels:
         isa = matmul_lowering.step_isa(self, t)
         gcb = 0 if dw else self._group_blocks(n)
         tile = kernel_tile(isa, 16 * gcb if gcb else o, oh, ow, dw, w4)  # a tile's blocks in one super-group
+        q = self.g.qparams[t]
+        pre = packing.hi32_preshift(p["S"], p["W"], p["B"], max(abs(q.lo), abs(q.hi)))
         sp = ConvSpec(c, h, w, o, kh, kw, tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
                       t in self.packed, self._dtype(t), out_dtype, a["lo"], a["hi"], residual,
-                      packing.hi32_ok(p["S"]), isa, tile, dw, w4, gcb=gcb, w16=p["W"].dtype == np.int16)
+                      pre is not None, isa, tile, dw, w4, gcb=gcb, w16=p["W"].dtype == np.int16, pre=pre or 0)
         if sp.mmla:
             sp = dataclasses.replace(sp, tile=mmla_tile(oh, ow))
         op = sp.ocb * 16
         wp = packing.weight(p["W"], sp)
         args = [x, _c(wp, sp.w_dtype), _c(packing.bias(p["B"], p["W"], sp.offset, op), "int32"),
-                *self._rq_consts(p, op, sp.hi32)]
+                *self._rq_consts(p, op, sp.hi32, sp.pre)]
         if res is not None:
             mm = np.asarray(add.params["M"]).reshape(-1)
             q = epilogue.consts(mm if first else mm[::-1], add.params["S"], r32)
@@ -261,9 +263,9 @@ class CpuKernels:
         return self._call(("amxconv", sp), lambda: amx_conv.conv_func(sp), args, shape, sp.out_dtype)
 
     @staticmethod
-    def _rq_consts(p, op: int, hi32: bool = False) -> list:
+    def _rq_consts(p, op: int, hi32: bool = False, pre: int = 0) -> list:
         dt = "int32" if hi32 else "int64"
-        return [_c(v, dt) for v in packing.requant_consts(p["M"], p["S"], op, hi32)]
+        return [_c(v, dt) for v in packing.requant_consts(p["M"], p["S"], op, hi32, pre)]
 
     def _dense(self, n: Node, x):
         p, a, t = n.params, n.attrs, n.inputs[0]

@@ -128,12 +128,32 @@ def hi32_ok(s) -> bool:
     return bool(np.asarray(s).min() >= 33)
 
 
-def requant_consts(m, s, o_pad: int, hi32: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def hi32_preshift(s, w: np.ndarray, b: np.ndarray, amax: int) -> int | None:
+    """The pre-shift u of the int32 requant (`intrin.REQUANT_INTRIN`) of a conv with weights w, bias b and
+    inputs |x| <= amax, or None where only the int64 form applies.
+
+    u = 0 where every shift s >= 33 (`hi32_ok`). For smaller shifts (16-bit outputs: rescales near 1)
+    the sum is shifted left first: ((acc + b) 2^u m + 2^(s+u-1)) >> (s+u) = ((acc + b) m + 2^(s-1)) >> s
+    (numerator and denominator times 2^u), which is the int32 form with the shifts s + u >= 33 when
+    u = 33 - min(s). It needs (acc + b) 2^u to fit int32, |acc + b| <= sum |w| amax + |b| per output
+    channel, and max(s) + u <= 63 (the form's int32 shift s + u - 32 at most 31)."""
+    s = np.asarray(s, np.int64)
+    u = max(0, 33 - int(s.min()))
+    if u == 0:
+        return 0
+    bound = np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1) * amax + np.abs(np.asarray(b, np.int64))
+    if int(s.max()) + u > 63 or int(bound.max()) << u >= 2 ** 31:
+        return None
+    return u
+
+
+def requant_consts(m, s, o_pad: int, hi32: bool = False, pre: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(m, 2^(s-1), s) as int64 arrays of length o_pad (scalars are broadcast to every channel);
-    hi32: (m, 2^(s-33), s-32) as int32, for ((acc * m) >> 32 + 2^(s-33)) >> (s-32)."""
+    hi32: (m, 2^(s+pre-33), s+pre-32) as int32, for ((((acc + b) << pre) * m) >> 32 + 2^(s+pre-33)) >> (s+pre-32)
+    (`hi32_preshift`)."""
     m = np.broadcast_to(np.asarray(m, np.int64).reshape(-1), (o_pad,)) if np.size(m) == 1 else m
     s = np.broadcast_to(np.asarray(s, np.int64).reshape(-1), (o_pad,)) if np.size(s) == 1 else s
-    s = np.asarray(s, np.int64) - (32 if hi32 else 0)
+    s = np.asarray(s, np.int64) + (pre - 32 if hi32 else 0)
     m, s = _pad_to(np.asarray(m, np.int64), o_pad, 0), _pad_to(s, o_pad, 1)
     dt = np.int32 if hi32 else np.int64
     return m.astype(dt), rounding_term(s).astype(dt), s.astype(dt)

@@ -59,10 +59,13 @@ class ConvSpec(KernelIO):
     post: tuple | None = None         # (M, S, lo, hi) of a per-tensor requant of the output, fused in
     gcb: int = 0                      # grouped conv: input blocks of 16 per super-group (0: dense)
     w16: bool = False                 # 9-16-bit weights stored as int16 (the int16 step only, `pmadd`)
+    pre: int = 0                      # the int32 requant's left shift of acc + bias (`packing.hi32_preshift`)
 
     def __post_init__(self):
         if self.w16 and not self.pmadd:
             raise ValueError("int16 weights run on the int16 step only (a plain conv or dense on an x86 isa)")
+        if self.pre and not self.hi32:
+            raise ValueError("a requant pre-shift belongs to the int32 form (hi32)")
 
     @property
     def w_dtype(self) -> str:
