@@ -69,6 +69,24 @@ def test_lut_kernel_clamps_out_of_range_codes():
 
 
 @needs_avx2
+@pytest.mark.parametrize("din,dout,lo,size", [("int16", "int16", -32768, 65536), ("uint8", "int8", 0, 256),
+                                              ("int32", "int8", -5000, 9001), ("int8", "int32", -127, 255)])
+def test_lut_rows_kernel_bitexact(din, dout, lo, size):
+    """The flat [N, m] scalar lookup (`cpu_ops.lut_rows_func`, what a packed tensor's table runs on an AVX2
+    host): every code, codes outside the table clamped to its ends, a batch of 3 over 2 parallel chunks."""
+    rng = np.random.default_rng(size)
+    m = 16 * 129  # 129 runs of 16: chunks of 3 x 16 codes
+    info = np.iinfo("int16" if din == "int32" else din)
+    x = rng.integers(info.min, info.max + 1, (3, m))
+    x[0, :4] = info.min, info.max, lo, lo + size - 1
+    ov = np.iinfo(dout)
+    table = rng.integers(max(ov.min, -32768), min(ov.max, 32767) + 1, size)
+    got = _run(cpu_ops.lut_rows_func(m, din, size, lo, dout), x.astype(din), table.astype(dout),
+               out_shape=x.shape, out_dtype=dout)
+    np.testing.assert_array_equal(got, table[np.clip(x - lo, 0, size - 1)])
+
+
+@needs_avx2
 @pytest.mark.parametrize("gate", [True, False])
 @pytest.mark.parametrize("da,db,dout,s,mbits", [("uint8", "uint8", "uint8", 38, 31), ("int8", "uint8", "int8", 37, 31),
                                                 ("int8", "int8", "int8", 32, 23), ("int32", "int32", "int32", 45, 31),

@@ -183,6 +183,29 @@ def lut_func(shape: tuple, in_dtype: str, table_len: int, in_lo: int, out_dtype:
     return _func([x, t, out], _flat(16, vector=False))
 
 
+def lut_rows_func(m: int, in_dtype: str, table_len: int, in_lo: int, out_dtype: str) -> tirx.PrimFunc:
+    """`lut_func` over [N, m] codes (N symbolic; any tensor with m elements per sample, viewed flat):
+    parallel chunks of whole runs of 16 codes, each run unrolled, all indices affine. The fused loops of
+    `lut_func` over a 5-d packed tensor recompute each code's 5 indices from the flat one (divisions by
+    constants: as many instructions per run as its 16 lookups take). m must be a multiple of 16."""
+    if m % 16:
+        raise ValueError(f"lut_rows_func needs a multiple of 16 codes per sample, got {m}")
+    n = tirx.Var("n", "int32")
+    x = te.placeholder((n, m), in_dtype, "x")
+    t = te.placeholder((table_len,), out_dtype, "t")
+    out = te.compute((n, m), lambda b, i: t[tirx.max(tirx.min(x[b, i].astype("int32") - in_lo, table_len - 1), 0)],
+                     name="out")
+    runs = m // 16
+    chunk = 16 * max(g for g in range(1, 129) if runs % g == 0)  # at most 2,048 codes: no tail, no guard
+
+    def sched(sch):
+        b, i = sch.get_loops(sch.get_sblock("out"))
+        io, ii = sch.split(i, [None, chunk])
+        sch.parallel(sch.fuse(b, io))
+        sch.unroll(sch.split(ii, [None, 16])[1])
+    return _func([x, t, out], sched)
+
+
 def qmul_func(cb: int, h: int, w: int, gate: bool, da: str, db: str, out_dtype: str, m: int, s: int,
               lo: int, hi: int) -> tirx.PrimFunc:
     """`qmul` on the packed layout: clip((a b M + 2^(S-1)) >> S) with per-tensor M, S baked in; b the

@@ -53,6 +53,9 @@ def lut(k, n: Node, x):
         lo = n.attrs["in_lo"]
         flat = (("lut16", m, tab.size, lo, dout), lambda: lut16_func(m, din, tab.size, lo, dout),
                 np.concatenate([tab.astype(dout), np.zeros(padding(dout), dout)]))
+    if flat is None and m and m % 16 == 0:  # the scalar lookup on a flat view (`cpu_ops.lut_rows_func`)
+        lo = n.attrs["in_lo"]
+        flat = ("lut_rows", m, din, tab.size, lo, dout), lambda: cpu_ops.lut_rows_func(m, din, tab.size, lo, dout), tab
     if flat is not None:
         key, make, table = flat
         x2 = k.L.emit(relax.op.reshape(x, [values[0], m]))
