@@ -73,23 +73,13 @@ REQUANT_INTRIN = "dyadic_requant_hi32_16"
 
 
 def _requant_desc(pre: int):
-    @T.prim_func(s_tir=True)
-    def plain(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
-              M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
-              S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
-            T.writes(V[0:16])
-            for j in T.serial(0, 16):
-                with T.sblock("rq"):
-                    vj = T.axis.remap("S", [j])
-                    V[vj] = T.shift_right(T.Cast("int32", T.shift_right(
-                        T.Cast("int64", A[vj] + B[vj]) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
+    def total(v):  # acc + bias, shifted left by `pre` (`packing.hi32_preshift`): the conv's own expression
+        return T.shift_left(v, T.int32(pre)) if pre else v
 
     @T.prim_func(s_tir=True)
-    def shifted(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
-                M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
-                S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def desc(A: T.Buffer((16,), "int32", offset_factor=1), B: T.Buffer((16,), "int32", offset_factor=1),
+             M: T.Buffer((16,), "int32", offset_factor=1), R: T.Buffer((16,), "int32", offset_factor=1),
+             S: T.Buffer((16,), "int32", offset_factor=1), V: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(A[0:16], B[0:16], M[0:16], R[0:16], S[0:16])
             T.writes(V[0:16])
@@ -97,9 +87,8 @@ def _requant_desc(pre: int):
                 with T.sblock("rq"):
                     vj = T.axis.remap("S", [j])
                     V[vj] = T.shift_right(T.Cast("int32", T.shift_right(
-                        T.Cast("int64", T.shift_left(A[vj] + B[vj], T.int32(pre))) * T.Cast("int64", M[vj]),
-                        T.int64(32))) + R[vj], S[vj])
-    return shifted if pre else plain
+                        T.Cast("int64", total(A[vj] + B[vj])) * T.Cast("int64", M[vj]), T.int64(32))) + R[vj], S[vj])
+    return desc
 
 
 def requant_hi32_x16(acc, mul, rnd, shf, odd_shuffle: bool = False):
