@@ -164,8 +164,9 @@ def register_dw_pairs() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Depthwise taps on AVX2 (`ConvSpec.dw_pmadd`): C[16] int32 += A[j] B[j] for the 16 channels j of one
-# tap, A 8- or 16-bit codes, B int8 weights. The int32-lane form multiplies with `vpmulld`, which has
-# half the throughput of `vpmaddwd` on Zen 1-3 and Haswell-Skylake (reciprocal 2 vs 1 per ymm on Zen 1).
+# tap, A 8- or 16-bit codes, B int8 weights. The int32-lane form multiplies with `vpmulld`, a slower
+# instruction than `vpmaddwd` (on Skylake two uops and twice the latency; on Zen 1 the kernel took 16 %
+# less time with this step and the requant of `intrin.requant_hi32_x16(odd_shuffle)` together).
 # `vpmaddwd` computes x[2q] y[2q] + x[2q+1] y[2q+1] per int32 lane q; with x = A[q] extended to 32 bits
 # (its high half 0 or -1) and y = B[q] sign-extended to 16 bits and then *zero*-extended to 32 (its high
 # half 0), that is A[q] B[q] + x_hi * 0 = A[q] B[q] exactly (|A| <= 2^15, |B| <= 2^7: one int16 product).
