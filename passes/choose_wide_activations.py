@@ -41,7 +41,8 @@ against `ALL`. The result goes to `Graph.meta["wide"]`; the predictions to `meta
 
 Limits: the estimate is first order (chaotic random-init networks amplify errors, but stay linear at
 these sizes) and treats errors as independent; graphs with one float input only (the probes run the
-float graph on it); the weights' term ignores AdaRound/GPTQ and bias correction, which only lower it.
+float graph on it); a static-batch graph runs its simulation and its probes one batch at a time, and
+its simulation without bias correction, as `round_weights` builds it; the weights' term ignores AdaRound/GPTQ and bias correction, which only lower it.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ import numpy as np
 from dyadic.core.calibrators import act_range
 from dyadic.core.config import WideActivations, WideWeights
 from dyadic.core.errors import ModelError
-from dyadic.core.float_exec import execute
+from dyadic.core.float_exec import batch_size, execute, static_chunks
 from dyadic.core.graph import Graph
 from dyadic.core.weight_quant import WeightClip
 from dyadic.mixed.hessian import estimate_traces
@@ -142,21 +143,33 @@ class Prediction:
         return self.p8 - sum(self.gain.values())
 
 
+def _calib_batch(graph: Graph, samples: int) -> np.ndarray:
+    """The first `samples` calibration inputs, whole batches of a static-batch graph (at least one)."""
+    data = graph.meta["calib_data"][graph.inputs[0]]
+    b = batch_size(graph) or 1
+    return np.asarray(data[:max(samples // b, 1) * b], np.float32)
+
+
 def predict(graph: Graph, samples: int = 8, weight_clip: WeightClip = WeightClip.NONE,
             wide_weights: WideWeights = WideWeights.NONE, quiet: bool = True) -> Prediction:
     cands = sorted(wide_candidates(graph, WideActivations.ALL))
-    x = np.asarray(graph.meta["calib_data"][graph.inputs[0]][:samples], np.float32)
-    acts: dict[str, np.ndarray] = {}
-    want = set(cands)
-    z = execute(graph, {graph.inputs[0]: x}, lambda t, v: acts.__setitem__(t, v) if t in want else None)[graph.outputs[0]]
+    x = _calib_batch(graph, samples)
     layers = [n for n in graph.weighted_nodes() if "W" in n.params]
-    blocks: dict = {("act", t): np.zeros_like(acts[t]) for t in cands}
-    blocks.update({n.name: n.params["W"] for n in layers})
-    err2 = {("act", t): activation_rounding_error(acts[t].astype(np.float64), act_range(graph, t, 8), 8) ** 2
-            for t in cands}
-    err2.update({n.name: weight_rounding_error(n.params["W"], 8, weight_clip) ** 2 for n in layers})
-    traces = estimate_traces(graph, x, blocks, rel_se=0.2, min_probes=16, max_probes=32,
-                            quiet=quiet, logits=True, err2=err2)
+    werr2 = {n.name: weight_rounding_error(n.params["W"], 8, weight_clip) ** 2 for n in layers}
+    want, zs, parts = set(cands), [], []
+    for xb in static_chunks(graph, x):  # a static-batch graph: one run, and one trace estimate, per batch
+        acts: dict[str, np.ndarray] = {}
+        zs.append(execute(graph, {graph.inputs[0]: xb},
+                          lambda t, v: acts.__setitem__(t, v) if t in want else None)[graph.outputs[0]])
+        blocks: dict = {("act", t): np.zeros_like(acts[t]) for t in cands}
+        blocks.update({n.name: n.params["W"] for n in layers})
+        err2 = {("act", t): activation_rounding_error(acts[t].astype(np.float64), act_range(graph, t, 8), 8) ** 2
+                for t in cands} | werr2
+        parts.append((len(xb), estimate_traces(graph, xb, blocks, rel_se=0.2, min_probes=16, max_probes=32,
+                                               quiet=quiet, logits=True, err2=err2)))
+    z = np.concatenate(zs)
+    traces = {k: SimpleNamespace(mean=sum(n * tr[k].mean for n, tr in parts) / len(x),
+                                 probes=max(tr[k].probes for _, tr in parts)) for k in parts[0][1]}
     p_act = {t: traces[("act", t)].mean for t in cands}
     p_w = {l.name: traces[l.name].mean for l in layers}
     tied = _tied_layers(graph, cands, layers) if wide_weights is WideWeights.AUTO else {}
@@ -236,7 +249,7 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
                          "(use --wide-activations all or tables)")
     sims: dict[int, float] = {}
     if cosine is not None:
-        x = np.asarray(graph.meta["calib_data"][graph.inputs[0]][:samples], np.float32)
+        x = _calib_batch(graph, samples)
         sims[0] = simulated_cosine(graph, [], x, wide_weights, weight_clip, bias_correction)
         if sims[0] >= cosine:  # met with 8 bits: no traces needed
             if not quiet:

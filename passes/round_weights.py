@@ -29,7 +29,7 @@ from dyadic.core import npops, weight_quant as wq
 from dyadic.core.arith import channel_scales
 from dyadic.core.weight_quant import Rounding, WeightClip
 from dyadic.core.calibrators import act_range
-from dyadic.core.float_exec import run_node
+from dyadic.core.float_exec import run_node, static_chunks
 from dyadic.core.graph import PASSTHROUGH_OPS, Graph, Node, QParams
 from dyadic.core.progress import Progress
 
@@ -166,9 +166,13 @@ def simulate(graph: Graph, x: np.ndarray, weight_clip: WeightClip = WeightClip.W
     (`--wide-activations auto --wide-cosine` measures its choice with it)."""
     scales = {n.name: wq.weight_scales(n.params["W"], graph.bits[n.name][0], _clips(weight_clip, graph.bits[n.name][0]))
               for n in graph.weighted_nodes()}
-    outs: dict = {}
-    _walk(graph, np.asarray(x, np.float32), scales, Rounding.NEAREST, bias_correction, 0, {}, True, outs)
-    return outs
+    # a static-batch graph runs one batch at a time, and then without bias correction, as `round_weights` builds it
+    bias_correction = bias_correction and not graph.meta.get("static_batch")
+    parts: list[dict] = []
+    for xb in static_chunks(graph, np.asarray(x, np.float32)):
+        parts.append({})
+        _walk(graph, xb, scales, Rounding.NEAREST, bias_correction, 0, {}, True, parts[-1])
+    return {o: tuple(np.concatenate([p[o][i] for p in parts]) for i in (0, 1)) for o in parts[0]}
 
 
 def _walk(graph, x, scales, rounding, bias_correction, iters, info, quiet, outputs: dict | None = None) -> dict:

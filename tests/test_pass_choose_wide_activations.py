@@ -225,6 +225,40 @@ def test_cosine_target(capsys):
     assert not met.meta.get("wide") and met.meta["wide_choice"]["simulated_cosine"]["chosen"] == pytest.approx(c8)
 
 
+def test_cosine_target_on_a_static_batch_graph():
+    """A static-batch graph (batch 1 here; a PP-OCR recognizer's reshapes pin it) runs its simulation and
+    its traces one batch at a time: the simulated cosine equals the free-batch graph's on the same inputs
+    without bias correction (which `round_weights` skips for static-batch graphs), and `--wide-cosine`
+    makes a choice instead of failing on a reshape of 8 samples into a batch of 1."""
+    from dyadic.core.config import WideWeights
+    from dyadic.passes.choose_wide_activations import predict, select, simulated_cosine
+
+    rng = np.random.default_rng(5)
+    model = _two_branch(rng)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    from dyadic.pipeline import float_passes, run_passes
+
+    cfg = CompileConfig(quiet=True, wide_activations=WideActivations.NONE)
+    gs = run_passes(import_onnx(model, static_batch=True), float_passes(cfg, calib))
+    gd = run_passes(import_onnx(model), float_passes(cfg, calib))
+    assert gs.meta.get("static_batch") and gs.shapes["f"][0] == 1 and not gd.meta.get("static_batch")
+    x = calib["input"][:8]
+    every = select(gd, predict(gd), share=0.0)
+    for wide in ([], every):
+        cs = simulated_cosine(gs, wide, x, WideWeights.NONE, WeightClip.W4, True)
+        assert cs == pytest.approx(simulated_cosine(gd, wide, x, WideWeights.NONE, WeightClip.W4, False), abs=1e-6)
+    c8, c16 = (simulated_cosine(gs, w, x, WideWeights.NONE, WeightClip.W4, True) for w in ([], every))
+    assert c8 < c16
+    pred = predict(gs)
+    assert pred.samples == 8 and set(pred.gain) == set(predict(gd).gain) and pred.p8 > 0
+    target = c8 + 0.5 * (c16 - c8)
+    auto = CompileConfig(quiet=True, wide_activations=WideActivations.AUTO, wide_cosine=target)
+    full = run_passes(import_onnx(model, static_batch=True), float_passes(auto, calib))
+    info = full.meta["wide_choice"]
+    assert full.meta["wide"] and info["simulated_cosine"]["chosen"] >= target
+
+
 def test_cli_cosine_flag():
     from dyadic.cli.quant_args import add_quant_args, quant_config
 

@@ -72,3 +72,22 @@ def batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterable[dict[str
     n = len(next(iter(arrays.values())))
     for i in range(0, n, batch_size):
         yield {k: v[i:i + batch_size] for k, v in arrays.items()}
+
+
+def batch_size(graph: Graph) -> int | None:
+    """The one batch size a static-batch graph runs at (`Graph.meta["static_batch"]`), else None."""
+    return int(graph.shapes[graph.inputs[0]][0]) if graph.meta.get("static_batch") else None
+
+
+def static_chunks(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
+    """x as the batches the graph can run: x itself for a free batch axis; for a static batch B, the
+    consecutive B-sample slices (a tail shorter than B is dropped)."""
+    b = batch_size(graph)
+    if b is None:
+        return [x]
+    if len(x) < b:
+        from dyadic.core.errors import ModelError
+
+        raise ModelError(f"the graph runs at a static batch of {b} only, and {len(x)} calibration "
+                         f"sample(s) are fewer than that")
+    return [x[i:i + b] for i in range(0, len(x) - b + 1, b)]
