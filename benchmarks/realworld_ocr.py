@@ -16,8 +16,10 @@ comparison the test split.
 
 Reported against onnxruntime fp32 on the same inputs:
 * det: cosine of the probability maps, and the IoU of the text masks at DB's threshold 0.3;
-* rec: per-time-step logit cosine, and how many lines decode (greedy CTC: argmax, merge repeats,
-  drop blanks) to the same character-index sequence.
+* rec: per-time-step logit cosine and argmax agreement; how many lines decode (greedy CTC: argmax,
+  merge repeats, drop blanks) to the same character-index sequence, and the character error rate
+  (edit distance over fp32's decoded characters), which counts one wrong character in a line as one
+  error rather than as a wrong line.
 The compile's own self-check proves each library bit-exact against the int64 reference.
 """
 from __future__ import annotations
@@ -82,6 +84,16 @@ def _ctc(logits: np.ndarray) -> tuple:
     return tuple(best[keep].tolist())
 
 
+def _edits(a: tuple, b: tuple) -> int:
+    """Levenshtein distance between two index sequences (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
 def _cos(a, b) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
@@ -106,9 +118,14 @@ def compare(kind: str, build: str, onnx_path: str, images: np.ndarray) -> dict:
         return {"n": len(x), "map_cosine": round(float(np.mean([_cos(a, b) for a, b in zip(got, ref)])), 5),
                 "mask_iou@0.3": round(iou, 4), "text_pixels_fp32": round(float(m2.mean()), 4)}
     cos = [_cos(a[t], b[t]) for a, b in zip(got, ref) for t in range(a.shape[0])]
-    same = [_ctc(a) == _ctc(b) for a, b in zip(got, ref)]
+    pairs = [(_ctc(a), _ctc(b)) for a, b in zip(got, ref)]
+    same = [p == q for p, q in pairs]
+    cer = sum(_edits(p, q) for p, q in pairs) / max(sum(len(q) for _, q in pairs), 1)
+    top1 = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
     return {"n": len(x), "step_cosine_mean": round(float(np.mean(cos)), 5), "step_cosine_min": round(float(np.min(cos)), 5),
-            "same_decoding": round(float(np.mean(same)), 4), "nonempty_fp32": int(sum(len(_ctc(b)) > 0 for b in ref))}
+            "step_top1_agree": round(top1, 4), "same_decoding": round(float(np.mean(same)), 4),
+            "cer_vs_fp32": round(cer, 4), "fp32_chars": int(sum(len(q) for _, q in pairs)),
+            "nonempty_fp32": int(sum(len(q) > 0 for _, q in pairs))}
 
 
 def main(argv=None) -> int:
@@ -172,8 +189,10 @@ def table(results: dict, host: str) -> str:
         if kind == "det":
             res = f"probability-map cosine {r['map_cosine']}, text-mask IoU at 0.3: {r['mask_iou@0.3']}"
         else:
-            res = (f"per-step logit cosine {r['step_cosine_mean']} (min {r['step_cosine_min']}); same greedy CTC "
-                   f"decoding on {100 * r['same_decoding']:.1f} % of lines")
+            res = (f"per-step logit cosine {r['step_cosine_mean']} (min {r['step_cosine_min']}), per-step argmax "
+                   f"agreement {100 * r['step_top1_agree']:.1f} %; greedy CTC decoding: the same on "
+                   f"{100 * r['same_decoding']:.1f} % of lines, character error rate {100 * r['cer_vs_fp32']:.1f} % "
+                   f"against fp32's {r['fp32_chars']} characters")
         lines.append(f"| {MODELS[kind][0]} | yes ({r['compile_s']:.0f} s) | {r['self_check']} | {r['n']} inputs | {res} |")
     return "\n".join(lines) + "\n"
 

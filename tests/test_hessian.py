@@ -96,3 +96,32 @@ def test_table_op_gradients_match_finite_differences():
         plus[k], minus[k] = v + 1e-5 * d, v - 1e-5 * d
         fd = (loss_and_grads(g, x, y, plus)[0] - loss_and_grads(g, x, y, minus)[0]) / 2e-5
         assert fd == pytest.approx(float((grads[k] * d).sum()), rel=1e-3, abs=1e-7), k
+
+
+def test_transformer_op_gradients_match_finite_differences():
+    """Gradients through the transformer ops (LayerNorm, a linear layer with its bias, the matmul of two
+    activations with its scale, softmax over keys) agree with central differences, here with respect to
+    the token tensor itself (the ("act", t) perturbation `--wide-activations auto` weighs)."""
+    from dyadic.mixed.autodiff import backward, forward
+
+    rng = np.random.default_rng(7)
+    t, c = 5, 6
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    nodes = [node("MatMul", ["input", "W0"], "tok"),
+             node("LayerNormalization", ["tok", "g", "b"], "ln", axis=-1, epsilon=1e-5),
+             node("MatMul", ["ln", "Wq"], "q0"), node("Add", ["q0", "bq"], "q"),
+             node("Transpose", ["q"], "kT", perm=[0, 2, 1]), node("MatMul", ["q", "kT"], "s"),
+             node("Mul", ["s", "sc"], "s2"), node("Softmax", ["s2"], "p", axis=-1),
+             node("MatMul", ["p", "ln"], "out")]
+    inits = {"W0": f32(rng.normal(0, 1, (c, c))), "g": f32(rng.uniform(0.5, 1.5, c)), "b": f32(rng.normal(0, 0.3, c)),
+             "Wq": f32(rng.normal(0, 0.5, (c, c))), "bq": f32(rng.normal(0, 0.1, c)), "sc": f32(0.4)}
+    g = import_onnx(make_model(nodes, inits, in_shape=("N", t, c)))
+    assert {"linear", "layernorm", "matmul", "softmax"} <= {n.op for n in g.nodes}
+    x = rng.standard_normal((2, t, c))
+    key = ("act", "tok")
+    z0 = forward(g, x, {key: np.zeros((2, t, c))}).env["out"]
+    w = rng.standard_normal(z0.shape)
+    grad = backward(g, forward(g, x, {key: np.zeros((2, t, c))}), w, {key: np.zeros((2, t, c))})[key]
+    d = rng.standard_normal((2, t, c))
+    fd = ((forward(g, x, {key: 1e-5 * d}).env["out"] - forward(g, x, {key: -1e-5 * d}).env["out"]) * w).sum() / 2e-5
+    assert fd == pytest.approx(float((grad * d).sum()), rel=1e-5)
