@@ -19,10 +19,10 @@ its term by 2^16, so a widened tensor's term is taken as 0. For small errors spr
 The choice: the candidates (`widen_activations.wide_candidates(ALL)`) sorted by g_t / c_t, where c_t
 is the work of t's readers that moves to the 16-bit rate (their MACs; elementwise readers count their
 elements) and g_t the error power that widening t removes: its own term T_t‖e_t‖², plus, with
-`--wide-weights auto`, the part of its readers' weight terms that their wider weights remove. A plain
-layer (dense, or conv with group 1) reading t, directly or through single-input moves, gets w = 9..12-bit
+`--wide-weights auto`, the part of its readers' weight terms that their wider weights remove. A
+layer that takes wide weights (dense, plain or depthwise conv: `widen_weights.takes_wide_weights`) reading t, directly or through single-input moves, gets w = 9..12-bit
 weights (`ops.matmul.wide_weight_bits`, as `widen_weights` will choose them), which keep a 4^-(w-8) share
-of its 8-bit weight term (without it, a tensor whose own rounding is harmless but whose reader's
+of its 8-bit weight term (depthwise convs too; without it, a tensor whose own rounding is harmless but whose reader's
 8-bit weights are not, such as the input of a stem conv, looks useless to widen). They are widened in that order until one of:
 
 * `share` (default 0.1, `--wide-share`): P - P_all <= share P, with P the predicted error power of the
@@ -62,6 +62,7 @@ from dyadic.ops.matmul import wide_weight_bits
 from dyadic.passes.estimate_sensitivity import activation_rounding_error, weight_rounding_error
 from dyadic.passes.widen_activations import wide_candidates, with_wide
 from dyadic.passes.widen_residual import moves, read_only_by
+from dyadic.passes.widen_weights import takes_wide_weights
 
 
 def _reader_work(graph: Graph, users, t: str, depth: int = 0) -> float:
@@ -95,12 +96,12 @@ def _useful(users, chosen: list[str]) -> list[str]:
 
 
 def _tied_layers(graph: Graph, cands: list[str], layers) -> dict[str, list]:
-    """For each candidate, the plain layers (dense, or conv with group 1) whose input it is, directly or
+    """For each candidate, the layers that take wide weights (dense, plain or depthwise conv) whose input it is, directly or
     through single-input moves: the layers `--wide-weights auto` widens once that candidate is 16-bit."""
     prod = graph.producers()
     cset, out = set(cands), {t: [] for t in cands}
     for n in layers:
-        if not (n.op == "dense" or (n.op == "conv" and n.attrs.get("group", 1) == 1)):
+        if not takes_wide_weights(n):
             continue
         t = n.inputs[0]
         while t not in cset and t in prod and moves(prod[t].op) and len(prod[t].inputs) == 1:

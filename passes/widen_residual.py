@@ -10,7 +10,12 @@ leaves most channels a handful of levels). In a graph with LayerNorms this pass 
   adds, affines, LayerNorms, `linear`s, lookup tables and value-preserving moves (`ok` below);
 * the output of a `linear` read only by residual adds or by lookup tables (the GELU input: its
   table then has 2^16 entries, exact at every input code as at 8 bits);
-* attention probabilities (a Softmax read by attn·V, while K * 32767 * 128 < 2^31).
+* attention probabilities (a Softmax read by attn·V, while K * 32767 * 128 < 2^31);
+* a Softmax's input: attention scores, and a head's logits (a `linear` read only by a Softmax).
+
+"Read by" looks through value-preserving moves (reshape, transpose, slice: PaddleOCR's SVTR slices
+one fused QKV projection into queries, keys and values and flattens the scores before its Softmax),
+and a query's scale (an `affine` between the projection and Q·Kᵀ) is 16-bit with it.
 
 Their readers handle the width: `qadd`/`qaffine` in int64 (bounded by the verifier),
 `qlayernorm` with its 62-bit variance sum bound, `qlut` with a 65,536-entry table, `qlinear`
@@ -50,6 +55,24 @@ def _reads(users, t: str, op: str) -> bool:
     return read_only_by(users, t, (op,))
 
 
+def _final_readers(users, t: str, depth: int = 0) -> list[tuple[str, object]]:
+    """(the tensor it reads, node) for every reader of t past value-preserving moves."""
+    out = []
+    for u in users.get(t, []):
+        if moves(u.op) and depth < 8:
+            out += _final_readers(users, u.output, depth + 1)
+        else:
+            out.append((t, u))
+    return out
+
+
+def _source(prod, t: str) -> str:
+    """The tensor t is a moved copy of (itself if its producer is not a single-input move)."""
+    while t in prod and moves(prod[t].op) and len(prod[t].inputs) == 1:
+        t = prod[t].inputs[0]
+    return t
+
+
 def widen_residual(graph: Graph) -> Graph:
     if not any(n.op == "layernorm" for n in graph.nodes):
         return graph
@@ -61,19 +84,25 @@ def widen_residual(graph: Graph) -> Graph:
     wide |= {n.output for n in graph.nodes if n.op == "linear" and ok(n.output)
              and (all(u.op == "add" for u in users.get(n.output, []))
                   or all(u.op in _LUT for u in users.get(n.output, [])))}
-    # attention scores (Q·Kᵀ, the Softmax input: its exp table then spans 2^16 codes) and the context
-    # attn·V read by the output projection: a `matmul` output read only by Softmaxes or `linear`s
-    wide |= {n.output for n in graph.nodes if n.op == "matmul" and users.get(n.output)
-             and all(u.op == "softmax" and u.inputs[0] == n.output for u in users[n.output]) or
+    # attention scores (Q·Kᵀ, the Softmax input: its exp table then spans 2^16 codes), a classifier's
+    # logits read by a Softmax (PP-OCR's CTC head: an 8-bit step of 0.34 over its [-43, 25] logits
+    # moves each probability by up to 17 %), and the context attn·V read by the output projection: a
+    # `matmul` (or `linear`) output read only by Softmaxes, or a `matmul` output read by `linear`s
+    wide |= {n.output for n in graph.nodes if n.op in ("matmul", "linear") and read_only_by(users, n.output, ("softmax",)) or
              n.op == "matmul" and ok(n.output) and _reads(users, n.output, "linear")}
     # attention probabilities read by attn·V: 16-bit (1/255 steps are coarse over a long row); the
     # product stays in int32 while K * 32767 * 128 < 2^31 (K <= 511 keys), else `qmatmul` narrows them
-    wide |= {n.output for n in graph.nodes if n.op == "softmax" and users.get(n.output)
-             and all(u.op == "matmul" and u.inputs[0] == n.output and graph.shapes[n.output][-1] * 32767 * 128 < 2 ** 31
-                     for u in users[n.output])}
-    # queries, keys and values: a projection read (through moves) only by products of two activations,
-    # which narrow each operand to the widest width their int32 bound allows (`ops/matmul`)
-    wide |= {n.output for n in graph.nodes if n.op == "linear" and _reads(users, n.output, "matmul")}
+    wide |= {n.output for n in graph.nodes if n.op == "softmax" and _final_readers(users, n.output)
+             and all(u.op == "matmul" and u.inputs[0] == t and graph.shapes[t][-1] * 32767 * 128 < 2 ** 31
+                     for t, u in _final_readers(users, n.output))}
+    # queries, keys and values: a projection read (through moves: the slices of a fused QKV projection)
+    # only by products of two activations, or by the query's scale on its way to one, which narrow each
+    # operand to the widest width their int32 bound allows (`ops/matmul`)
+    scaled = {n.output for n in graph.nodes if n.op == "affine" and _reads(users, n.output, "matmul")}
+    wide |= {n.output for n in graph.nodes if n.op == "linear" and _final_readers(users, n.output)
+             and all(u.op == "matmul" or u.output in scaled for _, u in _final_readers(users, n.output))}
+    prod = graph.producers()
+    wide |= {t for t in scaled if _source(prod, prod[t].inputs[0]) in wide}
     if not wide:
         return graph
     return graph.replace(meta={**graph.meta, "wide": tuple(sorted(wide))})

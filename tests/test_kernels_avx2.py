@@ -241,7 +241,7 @@ def test_int16_weights_kernel_bitexact(name, extreme, isa):
 
 
 def test_int16_weights_need_the_int16_step():
-    """`w16` is refused on a step that reads int8 weights (the VNNI byte step, depthwise)."""
+    """`w16` is refused on a step that reads int8 weights (the VNNI byte step)."""
     with pytest.raises(ValueError, match="int16 step"):
         ConvSpec(20, 8, 10, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "uint8", "uint8", 0, 255, None, True,
                  "vnni", (1, 1, 8), w16=True)
@@ -286,3 +286,21 @@ def test_avx2_depthwise_and_requant_instructions(tmp_path, din):
     asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True).stdout
     assert asm.count("vpmaddwd") >= 8 and "vpmulld" not in asm
     assert asm.count("vpmuldq") >= 4 and "vpmuludq" not in asm
+
+
+@pytest.mark.parametrize("isa", INT16)
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "bounds"])
+@pytest.mark.parametrize("name", list(DW16_CASES))
+def test_depthwise_int16_weights_bitexact(name, extreme, isa):
+    """Depthwise convs on 16-bit codes with 9-12-bit weights (`passes/widen_weights`: PP-LCNetV3's
+    re-parameterized depthwise kernels): int16 weight operands, on the AVX2 `vpmaddwd` tap step (the
+    weight zero-extended above its 16 bits) and on AVX512-VNNI's int32 fallback (`dw_pairs` reads int8
+    weights only), random and with every code and weight at a bound (sums at the int32 limit)."""
+    case = {**DW16_CASES[name], "shifts": (32, 56) if "int64" in name else (46, 56)}  # a shift < 33: the int64 form
+    got, want = _run_conv(**case, isa=isa, target=TARGET[isa], wbits=12, extreme=extreme)
+    if not extreme:
+        assert len(np.unique(want)) > 3, "degenerate case"
+    np.testing.assert_array_equal(got, want)
+    sp = ConvSpec(32, 8, 10, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "int32", "int32", -32768, 32767, None, True,
+                  isa, (1, 1, 4), True, w16=True)
+    assert sp.w_dtype == "int16" and not sp.dw_pairs and sp.dw_pmadd == (isa == "avx2")

@@ -47,10 +47,10 @@ def _row_sum_bits(n, wb) -> float:
 def test_layers_on_16bit_codes_get_wider_weights():
     """Before: every layer W8, x, stem and dw 16-bit (`meta["wide"]`). Expected: stem (K = 27) at
     MAX_BITS; wide_k (K = 576) as wide as 2^15 x max_o Σ|W_q[o]| < 2^31 allows with its input kept
-    MARGIN bits wider, below MAX_BITS; the depthwise dw stays W8 (its step reads int8 weights)."""
+    MARGIN bits wider, below MAX_BITS; the depthwise dw (K = 9) at MAX_BITS too."""
     g = widen_weights(_graph(("x", "stem", "dw")), kind=WideWeights.AUTO)
     assert g.bits["stem"] == (MAX_BITS, 8)
-    assert g.bits["dw"] == (8, 8)
+    assert g.bits["dw"] == (MAX_BITS, 8)
     wb = g.bits["wide_k"][0]
     assert 8 < wb < MAX_BITS
     n = g.node("wide_k")
@@ -82,8 +82,9 @@ def _model():
 
 
 def test_compile_with_wide_weights_is_bitexact_with_int16_weights(tmp_path):
-    """A `--wide-activations all --wide-weights auto` compile: the plain convs get W9-W12 with int16
-    weight constants, the depthwise one W8, and the library equals the int64 reference (the compile's
+    """A `--wide-activations all --wide-weights auto` compile: the plain convs and the depthwise one
+    get W9-W12 with int16 weight constants (the depthwise on `vpmaddwd` over int16 weights on AVX2,
+    the int32 fallback on AVX512-VNNI), and the library equals the int64 reference (the compile's
     self-check, then here on fresh inputs and on inputs at the ends of the input range)."""
     import dyadic
     from dyadic.compiler import compile as dy_compile
@@ -96,8 +97,8 @@ def test_compile_with_wide_weights_is_bitexact_with_int16_weights(tmp_path):
     convs = [n for n in g.nodes if n.op == "qconv"]
     dw = [n for n in convs if n.attrs["group"] > 1]
     wide = [n for n in convs if n.attrs["w_bits"] > 8]
-    assert len(dw) == 1 and dw[0].attrs["w_bits"] == 8 and dw[0].params["W"].dtype == np.int8
-    assert len(wide) == 3 and all(n.params["W"].dtype == np.int16 for n in wide)
+    assert len(dw) == 1 and dw[0].attrs["w_bits"] > 8 and dw[0].params["W"].dtype == np.int16
+    assert len(wide) == 4 and all(n.params["W"].dtype == np.int16 for n in wide)
     assert all(int(np.abs(n.params["W"]).max()) > 127 for n in wide)
     assert str(res.plan["self_check"]).startswith("bit-exact")
     m = dyadic.load(str(tmp_path / "b"))
@@ -146,6 +147,7 @@ def test_wide_weights_arm_bit_exact_under_qemu(tmp_path):
     assert res.plan["self_check"].startswith("bit-exact")
     ig = res.int_graph
     assert any(n.op == "qconv" and n.params["W"].dtype == np.int16 for n in ig.nodes)
+    assert any(n.op == "qconv" and n.attrs["group"] > 1 and n.params["W"].dtype == np.int16 for n in ig.nodes)
     q = quantize_inputs(ig, {"input": 3 * np.random.default_rng(2).normal(size=(2, 3, 12, 12)).astype(np.float32)})
     got, _ = bundle.run_bundle(str(tmp_path), res.plan, q)
     np.testing.assert_array_equal(got[0], run_reference(ig, q)[ig.outputs[0]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _tiny_onnx import f32, make_model, node
+from _tiny_onnx import f32, i64, make_model, node
 from _tiny_xfmr import encoder_block
 
 from dyadic.compiler import build_graph, quantize_inputs
@@ -123,3 +123,79 @@ def test_outlier_channel_ln_linear_accuracy():
     got = run_reference(ig, qx)["out"] * ig.qparams["out"].scale
     rel = np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean())
     assert rel < 0.005, f"relative RMS error {rel:.4f}"
+
+
+def _svtr_block(rng, t=10, c=12, heads=3, classes=20):
+    """PaddleOCR's SVTR mixing block as paddle2onnx writes it (static batch 1): LN -> one fused QKV
+    MatMul -> Reshape [1, T, 3, H, D] -> Transpose -> Slice + Squeeze into q, k, v -> q * scale ->
+    q·kᵀ -> Flatten -> Softmax -> Reshape -> ·v -> Transpose/Reshape -> projection -> residual add ->
+    LN -> CTC head MatMul -> Softmax over the classes."""
+    d = c // heads
+    w = lambda *s: f32(rng.normal(0, 1 / np.sqrt(s[0]), s))  # noqa: E731
+    sl = lambda i: [node("Slice", ["qkv_t", f"st{i}", f"en{i}", "ax0"], f"sl{i}"),  # noqa: E731
+                    node("Squeeze", [f"sl{i}", "ax0"], f"h{i}")]
+    nodes = [node("LayerNormalization", ["input", "g1", "b1"], "ln1", axis=-1, epsilon=1e-5),
+             node("MatMul", ["ln1", "Wqkv"], "qkv0"), node("Add", ["qkv0", "bqkv"], "qkv"),
+             node("Reshape", ["qkv", "shp5"], "qkv5"), node("Transpose", ["qkv5"], "qkv_t", perm=[2, 0, 3, 1, 4]),
+             *sl(0), *sl(1), *sl(2), node("Mul", ["h0", "scale"], "q"),
+             node("Transpose", ["h1"], "kT", perm=[0, 1, 3, 2]), node("MatMul", ["q", "kT"], "s"),
+             node("Flatten", ["s"], "s2", axis=3), node("Softmax", ["s2"], "p2", axis=1),
+             node("Reshape", ["p2", "shp4"], "p"), node("MatMul", ["p", "h2"], "o"),
+             node("Transpose", ["o"], "o_t", perm=[0, 2, 1, 3]), node("Reshape", ["o_t", "shp3"], "o3"),
+             node("MatMul", ["o3", "Wo"], "pr0"), node("Add", ["pr0", "bo"], "pr"),
+             node("Add", ["input", "pr"], "x1"), node("LayerNormalization", ["x1", "g2", "b2"], "ln2", axis=-1),
+             node("MatMul", ["ln2", "Wh"], "z0"), node("Add", ["z0", "bh"], "logits"),
+             node("Softmax", ["logits"], "out", axis=-1)]
+    inits = {"g1": f32(rng.uniform(0.5, 1.5, c)), "b1": f32(rng.normal(0, 0.1, c)), "Wqkv": w(c, 3 * c),
+             "bqkv": f32(rng.normal(0, 0.1, 3 * c)), "shp5": i64(1, t, 3, heads, d),
+             **{f"st{i}": i64(i) for i in range(3)}, **{f"en{i}": i64(i + 1) for i in range(3)}, "ax0": i64(0),
+             "scale": f32(d ** -0.5), "shp4": i64(1, heads, t, t), "shp3": i64(1, t, c), "Wo": w(c, c),
+             "bo": f32(rng.normal(0, 0.1, c)), "g2": f32(rng.uniform(0.5, 1.5, c)), "b2": f32(rng.normal(0, 0.1, c)),
+             "Wh": f32(rng.normal(0, 3 / np.sqrt(c), (c, classes))), "bh": f32(rng.normal(0, 1.0, classes))}
+    return make_model(nodes, inits, in_shape=(1, t, c))
+
+
+def test_svtr_attention_widths_through_moves(tmp_path):
+    """Before: PaddleOCR's attention, whose queries, keys and values are slices of one projection and
+    whose scores are flattened before their Softmax. Expected: as in the plain encoder block, the
+    projection, the scaled queries, the scores, the probabilities and the head's logits (the CTC
+    head's Softmax input) are 16-bit, read through the reshapes, transposes and slices; the library
+    is bit-exact and follows onnxruntime fp32."""
+    import dyadic
+    from dyadic.core.io import quantize_inputs
+    from dyadic.frontend import import_onnx
+    from dyadic.passes.widen_residual import widen_residual
+    from dyadic.pipeline import float_passes, run_passes
+
+    rng = np.random.default_rng(11)
+    model = _svtr_block(rng)
+    calib = {"input": f32(rng.normal(0, 1, (16, 10, 12)))}
+    passes = float_passes(CONFIG, calib)
+    upto = [nm for nm, _ in passes].index("widen_residual")
+    g = run_passes(import_onnx(model), passes[:upto])  # the biases fused into their linears
+    assert g.meta.get("static_batch") and "wide" not in g.meta
+    wide = set(widen_residual(g).meta["wide"])
+    prod = g.producers()
+    by_op = lambda op: {n.output for n in g.nodes if n.op == op}  # noqa: E731
+    qkv = next(t for t in by_op("linear") if g.shapes[t][-1] == 36)
+    head = next(t for t in by_op("linear") if g.shapes[t][-1] == 20)
+    scores = next(t for t in by_op("matmul") if g.shapes[t][-1] == 10)
+    probs = next(n.output for n in g.nodes if n.op == "softmax" and n.output not in g.outputs
+                 and prod[n.inputs[0]].op == "reshape")
+    scaled = by_op("affine")
+    assert {qkv, head, scores, probs} <= wide and scaled and scaled <= wide
+    res = dyadic.compile(model, output_dir=str(tmp_path), calib=calib, config=CONFIG)
+    ig = res.int_graph
+    assert all(ig.qparams[t].bits == 16 for t in (qkv, head, scores, probs))
+    assert str(res.plan["self_check"]).startswith("bit-exact")
+    lib = dyadic.load(str(tmp_path))
+    for i in range(3):
+        x = f32(rng.normal(0, 1, (1, 10, 12)))
+        q = quantize_inputs(ig, {"input": x})
+        np.testing.assert_array_equal(np.asarray(lib.run_int(q)[0]), run_reference(ig, q)[ig.outputs[0]])
+        import onnxruntime as ort
+
+        ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        y = np.asarray(lib.run({"input": x}))
+        cos = float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref))
+        assert cos > 0.995, cos

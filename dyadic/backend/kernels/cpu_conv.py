@@ -230,7 +230,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool, pdt: str) -> tirx
             sch.vectorize(j)
     init = sch.decompose_reduction(blk, red[0])
     if sp.dw_pmadd:
-        sch.tensorize(j, register_dw_pmadd(pdt))
+        sch.tensorize(j, register_dw_pmadd(pdt, sp.w_dtype))
     if sp.w4:  # unpack each reduction step's operands (ocbi x 16 kg bytes) right before their use
         up = sch.get_sblock("unpack4")
         sch.compute_at(up, red[-2])

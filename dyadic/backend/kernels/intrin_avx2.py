@@ -164,20 +164,21 @@ def register_dw_pairs() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Depthwise taps on AVX2 (`ConvSpec.dw_pmadd`): C[16] int32 += A[j] B[j] for the 16 channels j of one
-# tap, A 8- or 16-bit codes, B int8 weights. The int32-lane form multiplies with `vpmulld`, a slower
+# tap, A 8- or 16-bit codes, B int8 (or int16) weights. The int32-lane form multiplies with `vpmulld`, a slower
 # instruction than `vpmaddwd` (on Skylake two uops and twice the latency; on Zen 1 the kernel took 16 %
 # less time with this step and the requant of `intrin.requant_hi32_x16(odd_shuffle)` together).
 # `vpmaddwd` computes x[2q] y[2q] + x[2q+1] y[2q+1] per int32 lane q; with x = A[q] extended to 32 bits
 # (its high half 0 or -1) and y = B[q] sign-extended to 16 bits and then *zero*-extended to 32 (its high
-# half 0), that is A[q] B[q] + x_hi * 0 = A[q] B[q] exactly (|A| <= 2^15, |B| <= 2^7: one int16 product).
+# half 0), that is A[q] B[q] + x_hi * 0 = A[q] B[q] exactly (|A|, |B| <= 2^15: one int16 product; the
+# sum of 9..12-bit weights' products stays in int32 by `widest_input_bits`).
 # LLVM does not find this itself: it needs one operand with 17 zero high bits, and sign extensions wider
 # than 128 bits are not rewritten.
 DW_PMADD_INTRIN = "dyadic_dw_1tap_pmaddwd"
 
 
-def _dw1_desc(a_dtype: str):
+def _dw1_desc(a_dtype: str, w_dtype: str = "int8"):
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((16,), a_dtype, offset_factor=1), B: T.Buffer((16,), "int8", offset_factor=1),
+    def desc(A: T.Buffer((16,), a_dtype, offset_factor=1), B: T.Buffer((16,), w_dtype, offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:16], B[0:16])
@@ -189,15 +190,16 @@ def _dw1_desc(a_dtype: str):
     return desc
 
 
-def _dw1_impl(a_dtype: str):
+def _dw1_impl(a_dtype: str, w_dtype: str = "int8"):
     def half(A, B, h: int):
         x = T.reinterpret(T.Cast("int32x8", A.vload([8 * h], f"{a_dtype}x8")), dtype="int16x16")
-        y = T.reinterpret(T.Cast("int32x8", T.Cast("uint16x8", T.Cast("int16x8", B.vload([8 * h], "int8x8")))),
+        wv = B.vload([8 * h], f"{w_dtype}x8")
+        y = T.reinterpret(T.Cast("int32x8", T.Cast("uint16x8", wv if w_dtype == "int16" else T.Cast("int16x8", wv))),
                           dtype="int16x16")
         return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_LLVM), x, y, dtype="int32x8")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((16,), a_dtype, offset_factor=1), B: T.Buffer((16,), "int8", offset_factor=1),
+    def impl(A: T.Buffer((16,), a_dtype, offset_factor=1), B: T.Buffer((16,), w_dtype, offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:16], B[0:16])
@@ -207,12 +209,13 @@ def _dw1_impl(a_dtype: str):
     return impl
 
 
-def register_dw_pmadd(a_dtype: str) -> str:
-    """Register the one-tap depthwise step for `a_dtype` codes (uint8, int8 or int16), once; its name."""
+def register_dw_pmadd(a_dtype: str, w_dtype: str = "int8") -> str:
+    """Register the one-tap depthwise step for `a_dtype` codes (uint8, int8 or int16) and `w_dtype`
+    weights (int8, or int16: 9-16-bit weights of a 16-bit input, `passes/widen_weights`), once; its name."""
     from tvm.s_tir import TensorIntrin
 
-    name = f"{DW_PMADD_INTRIN}_{a_dtype}"
+    name = f"{DW_PMADD_INTRIN}_{a_dtype}" + ("" if w_dtype == "int8" else f"_w{w_dtype}")
     if name not in _done:
-        TensorIntrin.register(name, _dw1_desc(a_dtype), _dw1_impl(a_dtype), override=True)
+        TensorIntrin.register(name, _dw1_desc(a_dtype, w_dtype), _dw1_impl(a_dtype, w_dtype), override=True)
         _done.add(name)
     return name

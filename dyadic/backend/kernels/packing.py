@@ -106,7 +106,7 @@ def depthwise_weight(w: np.ndarray, taps: int = 1) -> np.ndarray:
     zero taps beyond KW."""
     c, _, kh, kw = w.shape
     kwp = -(-kw // taps) * taps
-    full = np.zeros((-(-c // 16) * 16, kh, kwp), np.int8)
+    full = np.zeros((-(-c // 16) * 16, kh, kwp), np.int16 if w.dtype == np.int16 else np.int8)  # int16: `w16`
     full[:c, :, :kw] = w[:, 0]
     if taps > 1:
         return np.ascontiguousarray(full.reshape(-1, 16, kh, kwp // taps, taps).transpose(0, 2, 3, 1, 4))

@@ -62,8 +62,8 @@ class ConvSpec(KernelIO):
     pre: int = 0                      # the int32 requant's left shift of acc + bias (`packing.hi32_preshift`)
 
     def __post_init__(self):
-        if self.w16 and not self.pmadd:
-            raise ValueError("int16 weights run on the int16 step only (a plain conv or dense on an x86 isa)")
+        if self.w16 and not (self.pmadd or (self.depthwise and self.isa in INT16_ISAS)):
+            raise ValueError("int16 weights run on the int16 step only (a plain conv, dense or depthwise on an x86 isa)")
         if self.pre and not self.hi32:
             raise ValueError("a requant pre-shift belongs to the int32 form (hi32)")
 
@@ -127,13 +127,13 @@ class ConvSpec(KernelIO):
     @property
     def dw_pairs(self) -> bool:
         """Depthwise on 16-bit codes with `vpdpwssd` over pairs of horizontal taps (`intrin_avx2`;
-        AVX512-VNNI, width dilation 1, 8-bit weights)."""
-        return self.depthwise and self.isa == "vnni16" and self.dil[1] == 1 and not self.w4
+        AVX512-VNNI, width dilation 1, 8-bit weights; wider ones take the int32 fallback)."""
+        return self.depthwise and self.isa == "vnni16" and self.dil[1] == 1 and not self.w4 and not self.w16
 
     @property
     def dw_pmadd(self) -> bool:
         """Depthwise on AVX2 with one `vpmaddwd` per tap of 8 channels (`intrin_avx2.DW_PMADD_INTRIN`):
-        the int32-lane form with the product on the multiply-add unit; 8-bit weights, any dilation."""
+        the int32-lane form with the product on the multiply-add unit; 8- to 16-bit weights, any dilation."""
         return self.depthwise and self.isa == "avx2" and not self.w4
 
     @property
