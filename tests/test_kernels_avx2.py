@@ -294,8 +294,9 @@ def test_avx2_depthwise_and_requant_instructions(tmp_path, din):
 def test_depthwise_int16_weights_bitexact(name, extreme, isa):
     """Depthwise convs on 16-bit codes with 9-12-bit weights (`passes/widen_weights`: PP-LCNetV3's
     re-parameterized depthwise kernels): int16 weight operands, on the AVX2 `vpmaddwd` tap step (the
-    weight zero-extended above its 16 bits) and on AVX512-VNNI's int32 fallback (`dw_pairs` reads int8
-    weights only), random and with every code and weight at a bound (sums at the int32 limit)."""
+    weight zero-extended above its 16 bits) and on AVX512-VNNI's 2-tap `vpdpwssd` step (`dw_pairs`; the
+    dilated case on the int32 fallback), random and with every code and weight at a bound (sums at
+    the int32 limit)."""
     case = {**DW16_CASES[name], "shifts": (32, 56) if "int64" in name else (46, 56)}  # a shift < 33: the int64 form
     got, want = _run_conv(**case, isa=isa, target=TARGET[isa], wbits=12, extreme=extreme)
     if not extreme:
@@ -303,4 +304,20 @@ def test_depthwise_int16_weights_bitexact(name, extreme, isa):
     np.testing.assert_array_equal(got, want)
     sp = ConvSpec(32, 8, 10, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "int32", "int32", -32768, 32767, None, True,
                   isa, (1, 1, 4), True, w16=True)
-    assert sp.w_dtype == "int16" and not sp.dw_pairs and sp.dw_pmadd == (isa == "avx2")
+    assert sp.w_dtype == "int16" and sp.dw_pairs == (isa == "vnni16") and sp.dw_pmadd == (isa == "avx2")
+
+
+def test_depthwise_int16_weights_vpdpwssd_codegen():
+    """Built (not run) for an AVX512-VNNI cpu on any host: the 2-tap step reads int16 weights as they
+    are (no `vpmovsxbw` widening, no `vpmulld` fallback), int8 weights are widened."""
+    counts = {}
+    for w16 in (False, True):
+        sp = ConvSpec(32, 8, 10, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, "int32", "int32", -32768, 32767, None,
+                      True, "vnni16", (1, 1, 4), True, w16=w16)
+        assert sp.dw_pairs
+        lib = tvm.compile(tvm.IRModule({"main": conv_func(sp)}),
+                          target=tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}))
+        asm = lib.mod.inspect_source("asm")
+        counts[w16] = [asm.count(i) for i in ("vpdpwssd", "vpmovsxbw", "vpmulld")]
+    assert counts[False][0] > 0 and counts[False][1] > 0 and counts[False][2] == 0
+    assert counts[True][0] > 0 and counts[True][1:] == [0, 0]

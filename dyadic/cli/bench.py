@@ -46,7 +46,9 @@ def runners(openvino: bool | None = None) -> tuple[str, ...]:
 
     return RUNNERS + (OV_RUNNERS if (openvino_available() if openvino is None else openvino) else ())
 # ------------------------------------------------------------------------- worker (subprocess side)
-def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int) -> dict:
+def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int,
+            dims: tuple[int, ...] = ()) -> dict:
+    """dims: the build's input dims after the batch, for a peer model whose dims are dynamic."""
     rng = np.random.default_rng(0)
     if kind == "dyadic":
         import dyadic
@@ -70,7 +72,8 @@ def _worker(kind: str, path: str, threads: int, batch: int, iters: int, warmup: 
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
-        shape = [batch] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
+        shape = [batch] + [d if isinstance(d, int) else (dims[k] if k < len(dims) else 1)
+                           for k, d in enumerate(inp.shape[1:])]
         x = {inp.name: rng.standard_normal(shape).astype(np.float32)}
         call = lambda: sess.run(None, x)  # noqa: E731
     for _ in range(warmup):
@@ -89,7 +92,16 @@ def quantize_for_ort(model_path: str, out_dir: str, calib: dict[str, np.ndarray]
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    import onnx
+
     pre = os.path.join(out_dir, "pre.onnx")
+    mp = onnx.load(model_path)
+    opset = next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its axis) is opset 13: the quantizer writes it regardless
+        from onnx import version_converter
+
+        model_path = os.path.join(out_dir, "opset13.onnx")
+        onnx.save(version_converter.convert_version(mp, 13), model_path)
     quant_pre_process(model_path, pre, skip_symbolic_shape=True)
     samples = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(min(count, len(next(iter(calib.values())))))]
 
@@ -106,11 +118,12 @@ def quantize_for_ort(model_path: str, out_dir: str, calib: dict[str, np.ndarray]
     return out
 
 
-def model_macs(model_path: str) -> int:
-    """Multiply-accumulates of one sample in the convolutions and dense layers."""
+def model_macs(model_path: str, shapes: dict[str, tuple[int, ...]] | None = None) -> int:
+    """Multiply-accumulates of one sample in the convolutions and dense layers (`shapes`: the dims the
+    build pinned, for a model with dynamic ones)."""
     from dyadic.frontend import import_onnx
 
-    g = import_onnx(model_path)
+    g = import_onnx(model_path, shapes)
     total = 0
     for n in g.nodes:
         if n.op == "conv":
@@ -138,10 +151,11 @@ def measured_peaks(threads) -> dict[int, float]:
 
 
 # ------------------------------------------------------------------------- driver
-def _measure(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int) -> list[float]:
+def _measure(kind: str, path: str, threads: int, batch: int, iters: int, warmup: int,
+             dims: tuple[int, ...] = ()) -> list[float]:
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "dyadic.cli.bench", "--worker", kind, path, str(threads), str(batch), str(iters),
-           str(warmup)]
+           str(warmup), ",".join(map(str, dims))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         from dyadic.core.errors import DyadicError
@@ -158,10 +172,11 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
     from dyadic.runtime.loader import load
 
     plan = load(build_dir).plan
+    shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
     if calib is None:
-        shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
         calib = data.synthetic(shapes)
-    macs = model_macs(model_path) * batch
+    dims = tuple(int(d) for d in plan["inputs"][0]["shape"][1:])  # the peers run at the build's pinned dims
+    macs = model_macs(model_path, {k: (1,) + tuple(v[1:]) for k, v in shapes.items()}) * batch
     peaks = measured_peaks(threads)
     times: dict[tuple[str, int], list[float]] = {}
     per_repeat: dict[tuple[str, int], list[float]] = {}
@@ -192,7 +207,7 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
             for t in threads:
                 order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
                 for kind in order:
-                    ts = _measure(kind, paths[kind], t, batch, iters, warmup)
+                    ts = _measure(kind, paths[kind], t, batch, iters, warmup, dims)
                     times.setdefault((kind, t), []).extend(ts)
                     per_repeat.setdefault((kind, t), []).append(float(np.median(ts)))
                     log(f"bench: repeat {rep + 1}/{repeat}, {t} thread(s), {kind:8s} median {np.median(ts):8.2f} ms")
@@ -324,4 +339,5 @@ def cmd(a) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         k, p, t, b, n, w = sys.argv[2:8]
-        print(json.dumps(_worker(k, p, int(t), int(b), int(n), int(w))))
+        dims = tuple(int(v) for v in sys.argv[8].split(",")) if len(sys.argv) > 8 and sys.argv[8] else ()
+        print(json.dumps(_worker(k, p, int(t), int(b), int(n), int(w), dims)))

@@ -93,10 +93,15 @@ def pin_inputs(mp: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.
             elif k == 0:
                 fixed.append(1)
             else:
+                def slot(j, x):  # the exporter's name for a dim where it is short (N, H, W), else D<j>
+                    if isinstance(x, int) and x > 0:
+                        return str(x)
+                    return x if isinstance(x, str) and x.isidentifier() and len(x) <= 8 else "N" if j == 0 else f"D{j}"
+                free = [slot(j, x) for j, x in enumerate(dims) if j and not (isinstance(x, int) and x > 0)]
                 problems.append(f"input {vi.name!r} has a dynamic dimension {k} ({d or '?'}), and only the batch "
-                                f"dimension may be dynamic: pin it with "
-                                f"--input-shape {vi.name}:" + ",".join(str(x) if isinstance(x, int) and x > 0
-                                                                        else str(x or "?") for x in dims))
+                                f"dimension may be dynamic: pin it with --input-shape {vi.name}:"
+                                + ",".join(slot(j, x) for j, x in enumerate(dims))
+                                + f" ({', '.join(free)}: the size{'s' if len(free) > 1 else ''} to compile for)")
                 break
         shp = vi.type.tensor_type.shape
         del shp.dim[:]

@@ -242,7 +242,7 @@ def _schedule(func: tirx.PrimFunc, sp: ConvSpec, direct: bool, pdt: str) -> tirx
             sch.unroll(lp)
     if vnni:
         if sp.dw_pairs:
-            dot = dwi = register_dw_pairs()
+            dot = dwi = register_dw_pairs(sp.w_dtype)
         elif sp.pmadd:
             dot = dwi = register_pmadd(sp.w_dtype, isa=sp.isa)
         elif sp.isa == "vnni":

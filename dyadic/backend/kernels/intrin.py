@@ -153,11 +153,11 @@ _done: set[str] = set()
 DW_INTRIN = "dyadic_dw_4tap_vnni"
 
 
-def dw_desc(a_dtype: str = "uint8", taps: int = 4):
+def dw_desc(a_dtype: str = "uint8", taps: int = 4, w_dtype: str = "int8"):
     """C[16] int32 += sum_t A[t, j] * B[j, t] (taps x 16 channels); shared with aarch64 and the 2-tap
-    16-bit step (`intrin_avx2.DW_PAIRS_INTRIN`)."""
+    16-bit step (`intrin_avx2.DW_PAIRS_INTRIN`, int8 or int16 weights)."""
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((taps, 16), a_dtype, offset_factor=1), B: T.Buffer((16, taps), "int8", offset_factor=1),
+    def desc(A: T.Buffer((taps, 16), a_dtype, offset_factor=1), B: T.Buffer((16, taps), w_dtype, offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:taps, 0:16], B[0:16, 0:taps])

@@ -135,31 +135,37 @@ def register_pmadd(b_dtype: str = "int8", isa: str = "avx2") -> str:
 # ---------------------------------------------------------------------------------------------
 # Depthwise taps of 16-bit codes on AVX512-VNNI (`ConvSpec.dw_pairs`): C[16] int32 += sum_{t<2}
 # A[t, j] B[j, t] for the 16 channels j of a block, A = 2 consecutive pixels x 16 channels (32 int16,
-# 64 contiguous bytes of the staged layout), B those taps' int8 weights. One word shuffle (`vpermw`)
-# makes A channel-major [j][t], a `vpmovsxbw` widens B: one `vpdpwssd` per 2 taps of 16 channels,
+# 64 contiguous bytes of the staged layout), B those taps' int8 weights (or int16 ones, read as they
+# are). One word shuffle (`vpermw`) makes A channel-major [j][t], a `vpmovsxbw` widens int8 B: one `vpdpwssd` per 2 taps of 16 channels,
 # where the int32 fallback multiplies (`vpmulld`) and adds once per tap. Exact as the step above.
 DW_PAIRS_INTRIN = "dyadic_dw_2tap_vpdpwssd_i16"
 
 
-@T.prim_func(s_tir=True)
-def _dw_impl(A: T.Buffer((2, 16), "int16", offset_factor=1), B: T.Buffer((16, 2), "int8", offset_factor=1),
+def _dw_impl(w_dtype: str = "int8"):
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2, 16), "int16", offset_factor=1), B: T.Buffer((16, 2), w_dtype, offset_factor=1),
              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2, 0:16], B[0:16, 0:2])
-        T.writes(C[0:16])
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_LLVM_512), C.vload([0], dtype="int32x16"),
-            T.Shuffle([A.vload([0, 0], dtype="int16x32")], [t * 16 + j for j in range(16) for t in range(2)]),
-            T.Cast("int16x32", B.vload([0, 0], dtype="int8x32")), dtype="int32x16")
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2, 0:16], B[0:16, 0:2])
+            T.writes(C[0:16])
+            wv = B.vload([0, 0], dtype=f"{w_dtype}x32")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(_LLVM_512), C.vload([0], dtype="int32x16"),
+                T.Shuffle([A.vload([0, 0], dtype="int16x32")], [t * 16 + j for j in range(16) for t in range(2)]),
+                wv if w_dtype == "int16" else T.Cast("int16x32", wv), dtype="int32x16")
+    return impl
 
 
-def register_dw_pairs() -> str:
+def register_dw_pairs(w_dtype: str = "int8") -> str:
+    """The 2-tap step for int8 weights (widened by `vpmovsxbw`) or int16 ones (9-16-bit weights of a
+    16-bit input, `passes/widen_weights`: `vpdpwssd` reads them as they are), once; its name."""
     from tvm.s_tir import TensorIntrin
 
-    if DW_PAIRS_INTRIN not in _done:
-        TensorIntrin.register(DW_PAIRS_INTRIN, dw_desc("int16", taps=2), _dw_impl, override=True)
-        _done.add(DW_PAIRS_INTRIN)
-    return DW_PAIRS_INTRIN
+    name = DW_PAIRS_INTRIN if w_dtype == "int8" else f"{DW_PAIRS_INTRIN}_w{w_dtype}"
+    if name not in _done:
+        TensorIntrin.register(name, dw_desc("int16", taps=2, w_dtype=w_dtype), _dw_impl(w_dtype), override=True)
+        _done.add(name)
+    return name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,8 +127,8 @@ class ConvSpec(KernelIO):
     @property
     def dw_pairs(self) -> bool:
         """Depthwise on 16-bit codes with `vpdpwssd` over pairs of horizontal taps (`intrin_avx2`;
-        AVX512-VNNI, width dilation 1, 8-bit weights; wider ones take the int32 fallback)."""
-        return self.depthwise and self.isa == "vnni16" and self.dil[1] == 1 and not self.w4 and not self.w16
+        AVX512-VNNI, width dilation 1, int8 or int16 weights)."""
+        return self.depthwise and self.isa == "vnni16" and self.dil[1] == 1 and not self.w4
 
     @property
     def dw_pmadd(self) -> bool:
