@@ -1,6 +1,7 @@
 """Real pretrained OCR graphs that Paddle2ONNX wrote: PP-OCRv4 text detection and recognition.
 
-    python benchmarks/realworld_ocr.py [--work /tmp/dyadic-ocr] [--models det,rec] [--n 64]
+    python benchmarks/realworld_ocr.py [--work /tmp/dyadic-ocr] [--models det,rec] [--n 64] [--bench]
+        [--compile-args='' --compile-args='--wide-activations all --wide-weights auto' ...]
 
 The models come inside the PyPI package `rapidocr-onnxruntime` (1.4.4: `ch_PP-OCRv4_det_infer.onnx`,
 a DBNet with a PP-LCNetV3 backbone, Resize and ConvTranspose; `ch_PP-OCRv4_rec_infer.onnx`, an
@@ -134,6 +135,40 @@ def compare(kind: str, build: str, onnx_path: str, images: np.ndarray) -> dict:
             "nonempty_fp32": int(sum(len(q) > 0 for _, q in pairs))}
 
 
+def host_description() -> str:
+    """Model name, the AMD Zen generation where /proc/cpuinfo's family and model tell it, and the ISA."""
+    info = open("/proc/cpuinfo").read()
+    field = lambda k: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(k)), "?")  # noqa: E731
+    host = field("model name")
+    if "AMD" in host and field("cpu family").isdigit() and field("model").isdigit():
+        fam, mod = int(field("cpu family")), int(field("model"))
+        gen = ({23: "Zen 2" if mod >= 0x30 else "Zen+" if mod == 0x08 else "Zen 1",
+                25: "Zen 4" if 0x10 <= mod < 0x20 or 0x60 <= mod < 0x80 or 0xa0 <= mod else "Zen 3",
+                26: "Zen 5"}).get(fam)
+        host += f" ({gen})" if gen and "Zen" not in host else ""
+    return host + ", " + ("AMX" if "amx_int8" in info else "AVX-512 VNNI" if "avx512_vnni" in info else "AVX2 only")
+
+
+def run_one(kind: str, model: str, build: str, cpath: str, test: np.ndarray, extra: list, bench: bool) -> dict:
+    cmd = [sys.executable, "-m", "dyadic.cli", "compile", model, "-o", build, "--quiet", "--calib", cpath,
+           "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--input-shape", MODELS[kind][1], *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        return {"compiles": "no", "compile_args": " ".join(extra), "error": " ".join(p.stderr.split())[-600:]}
+    plan = json.load(open(os.path.join(build, "model.json")))
+    r = {"compiles": "yes", "self_check": plan["self_check"], "compile_s": plan["timings_s"]["total"],
+         "compile_args": " ".join(extra), "generic_ops": plan["target"].get("kernel_coverage", {}).get("generic_ops"),
+         **compare(kind, build, model, test)}
+    if bench:
+        out = os.path.join(build, "bench.json")
+        subprocess.run([sys.executable, "-m", "dyadic.cli", "bench", build, "--vs", model, "--threads", "1",
+                        "--no-openvino", "--calib", cpath, "--json", out], check=True, capture_output=True)
+        row = json.load(open(out))["rows"][0]
+        r["bench_1thread"] = {k: round(row[k], 3) for k in ("dyadic_ms", "ort-int8_ms", "ort-fp32_ms",
+                                                              "vs_ort_int8", "vs_ort_fp32")}
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/dyadic-ocr")
@@ -141,12 +176,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=64, help="test inputs compared per model")
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "realworld_ocr.md"))
-    ap.add_argument("--compile-args", default="", help="extra `dyadic compile` flags, e.g. "
-                                                       "--compile-args='--wide-activations all' (builds go to "
-                                                       "KIND_build_<flags> beside the default ones)")
+    ap.add_argument("--compile-args", action="append", default=None,
+                    help="`dyadic compile` flags of one build, repeatable: one build per occurrence and model, "
+                         "e.g. --compile-args='' --compile-args='--wide-activations all --wide-weights auto' "
+                         "(default: one build with the default flags; builds go to KIND_build_<flags>)")
+    ap.add_argument("--bench", action="store_true",
+                    help="also time each build against onnxruntime int8 and fp32 (`dyadic bench`, 1 thread)")
     a = ap.parse_args(argv)
-    extra = a.compile_args.split()
-    suffix = "".join("_" + t.strip("-") for t in extra)
+    configs = a.compile_args if a.compile_args is not None else [""]
     os.makedirs(a.work, exist_ok=True)
     paths = fetch_models(a.work)
     calib_lines = np.load(os.path.join(SHARED, "data", "textlines_calib.npz"))["images"]
@@ -158,23 +195,13 @@ def main(argv=None) -> int:
         calib, test = data[kind]
         cpath = os.path.join(a.work, f"{kind}_calib.npz")
         np.savez(cpath, images=calib)
-        build = os.path.join(a.work, f"{kind}_build{suffix}")
-        cmd = [sys.executable, "-m", "dyadic.cli", "compile", paths[kind], "-o", build, "--quiet", "--calib", cpath,
-               "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--input-shape", MODELS[kind][1], *extra]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode:
-            results[kind] = {"compiles": "no", "error": " ".join(p.stderr.split())[-600:]}
-            print(kind, json.dumps(results[kind]), flush=True)
-            continue
-        plan = json.load(open(os.path.join(build, "model.json")))
-        results[kind] = {"compiles": "yes", "self_check": plan["self_check"], "compile_s": plan["timings_s"]["total"],
-                         "compile_args": " ".join(extra),
-                         "generic_ops": plan["target"].get("kernel_coverage", {}).get("generic_ops"),
-                         **compare(kind, build, paths[kind], test)}
-        print(kind, json.dumps(results[kind]), flush=True)
-    host = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    flags = open("/proc/cpuinfo").read()
-    host += ", " + ("AMX" if "amx_int8" in flags else "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2 only")
+        for cfg in configs:
+            extra = cfg.split()
+            key = kind + "".join(" " + t for t in extra)
+            build = os.path.join(a.work, f"{kind}_build" + "".join("_" + t.strip("-") for t in extra))
+            results[key] = run_one(kind, paths[kind], build, cpath, test, extra, a.bench)
+            print(key, json.dumps(results[key]), flush=True)
+    host = host_description()
     with open(a.out.replace(".md", ".json"), "w") as f:
         json.dump({"host": host, "results": results}, f, indent=1)
     with open(a.out, "w") as f:
@@ -188,9 +215,11 @@ def table(results: dict, host: str) -> str:
              "`../shared/data/textlines_calib.npz`), compared with onnxruntime fp32 on inputs made from "
              "`textlines_test.npz` (`benchmarks/realworld_ocr.py`).", "",
              "| model | compiles | self-check | compared | result vs fp32 |", "|---|---|---|---|---|"]
-    for kind, r in results.items():
+    for key, r in results.items():
+        kind = key.split()[0]
+        name = MODELS[kind][0] + (f" `{r['compile_args']}`" if r.get("compile_args") else "")
         if r.get("compiles") != "yes":
-            lines.append(f"| {kind} | no | — | — | {r.get('error', '')[:200]} |")
+            lines.append(f"| {name} | no | — | — | {r.get('error', '')[:200]} |")
             continue
         if kind == "det":
             res = f"probability-map cosine {r['map_cosine']}, text-mask IoU at 0.3: {r['mask_iou@0.3']}"
@@ -200,7 +229,11 @@ def table(results: dict, host: str) -> str:
                    f"{100 * r['sure_steps']:.0f} % of steps where fp32's top probability is >= 0.5); greedy CTC decoding: the same on "
                    f"{100 * r['same_decoding']:.1f} % of lines, character error rate {100 * r['cer_vs_fp32']:.1f} % "
                    f"against fp32's {r['fp32_chars']} characters")
-        lines.append(f"| {MODELS[kind][0]} | yes ({r['compile_s']:.0f} s) | {r['self_check']} | {r['n']} inputs | {res} |")
+        b = r.get("bench_1thread")
+        if b:
+            res += (f"; 1 thread {b['dyadic_ms']:.2f} ms against onnxruntime int8 {b['ort-int8_ms']:.2f} / fp32 "
+                    f"{b['ort-fp32_ms']:.2f} ms ({b['vs_ort_int8']:.2f}x / {b['vs_ort_fp32']:.2f}x)")
+        lines.append(f"| {name} | yes ({r['compile_s']:.0f} s) | {r['self_check']} | {r['n']} inputs | {res} |")
     return "\n".join(lines) + "\n"
 
 
