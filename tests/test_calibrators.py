@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -26,11 +26,13 @@ def _ranges(x: np.ndarray, method: Calibration, p: float = 99.9) -> dict:
 @settings(max_examples=60, deadline=None)
 @given(x=st.one_of(acts, relu_acts), method=st.sampled_from(list(Calibration)),
        p=st.floats(90, 100))
+@example(x=np.full(8, -1.0, np.float32), method=Calibration.MSE, p=90.0)  # all negative: lo <= hi after the cut
 def test_ranges_within_min_max_and_keep_sign(x, method, p):
     (lo, hi), chosen = _ranges(x, method, p)
     for b in ("4", "8"):
         clo, chi = chosen[b]
-        assert min(lo, 0) - 1e-6 <= clo <= chi <= hi + 1e-6  # within [min, max] (unsigned: [0, max])
+        # within [min, max] widened to 0 (unsigned: [0, max]; all negative: [min, 0]), and ordered
+        assert min(lo, 0) - 1e-6 <= clo <= chi <= max(hi, 0) + 1e-6
         assert (clo < 0) == (lo < 0)  # signedness is that of the min/max range
         assert max(abs(clo), abs(chi)) <= max(abs(lo), abs(hi)) + 1e-6
 

@@ -129,9 +129,10 @@ def threshold(h: Histogram, method: Calibration, bits: int, signed: bool, percen
 
 
 def clamp_range(rng: tuple[float, float], c: float) -> tuple[float, float]:
-    """The min/max range [lo, hi] cut to |x| <= c: its sign is kept and its abs-max becomes c."""
+    """The min/max range [lo, hi] cut to |x| <= c: both ends clipped to [-c, c], so its sign is kept,
+    its abs-max becomes c, and lo <= hi holds (an all-negative tensor below -c too)."""
     lo, hi = rng
-    return (max(lo, -c), min(hi, c)) if lo < 0 else (min(lo, c), min(hi, c))
+    return min(max(lo, -c), c), min(max(hi, -c), c)
 
 
 def choose_ranges(ranges: dict[str, tuple[float, float]], hists: dict[str, Histogram], method: Calibration,
