@@ -19,8 +19,7 @@ def calibrate_ranges(graph: Graph, data: dict[str, np.ndarray], batch_size: int 
                      quiet: bool = False, method: Calibration = Calibration.MINMAX,
                      percentile: float = 99.99) -> Graph:
     ranges: dict[str, tuple[float, float]] = {}
-    if graph.meta.get("static_batch"):  # a static-batch graph runs at its one batch size
-        batch_size = int(graph.shapes[graph.inputs[0]][0])
+    batch_size = graph.static_batch_size() or batch_size  # a static-batch graph runs at its one batch size
 
     def observe(name: str, v: np.ndarray) -> None:
         lo, hi = float(v.min()), float(v.max())

@@ -54,7 +54,7 @@ import numpy as np
 from dyadic.core.calibrators import act_range
 from dyadic.core.config import WideActivations, WideWeights
 from dyadic.core.errors import ModelError
-from dyadic.core.float_exec import batch_size, execute, static_chunks
+from dyadic.core.float_exec import execute, static_chunks
 from dyadic.core.graph import Graph
 from dyadic.core.weight_quant import WeightClip
 from dyadic.mixed.hessian import estimate_traces
@@ -147,7 +147,7 @@ class Prediction:
 def _calib_batch(graph: Graph, samples: int) -> np.ndarray:
     """The first `samples` calibration inputs, whole batches of a static-batch graph (at least one)."""
     data = graph.meta["calib_data"][graph.inputs[0]]
-    b = batch_size(graph) or 1
+    b = graph.static_batch_size() or 1
     return np.asarray(data[:max(samples // b, 1) * b], np.float32)
 
 

@@ -66,6 +66,12 @@ def _final_readers(users, t: str, depth: int = 0) -> list[tuple[str, object]]:
     return out
 
 
+def _read_as(users, t: str, ok) -> bool:
+    """t has readers past value-preserving moves, and ok(tensor read, node) holds for each of them."""
+    readers = _final_readers(users, t)
+    return bool(readers) and all(ok(r, u) for r, u in readers)
+
+
 def _source(prod, t: str) -> str:
     """The tensor t is a moved copy of (itself if its producer is not a single-input move)."""
     while t in prod and moves(prod[t].op) and len(prod[t].inputs) == 1:
@@ -92,15 +98,14 @@ def widen_residual(graph: Graph) -> Graph:
              n.op == "matmul" and ok(n.output) and _reads(users, n.output, "linear")}
     # attention probabilities read by attn·V: 16-bit (1/255 steps are coarse over a long row); the
     # product stays in int32 while K * 32767 * 128 < 2^31 (K <= 511 keys), else `qmatmul` narrows them
-    wide |= {n.output for n in graph.nodes if n.op == "softmax" and _final_readers(users, n.output)
-             and all(u.op == "matmul" and u.inputs[0] == t and graph.shapes[t][-1] * 32767 * 128 < 2 ** 31
-                     for t, u in _final_readers(users, n.output))}
+    wide |= {n.output for n in graph.nodes if n.op == "softmax" and _read_as(
+        users, n.output, lambda t, u: u.op == "matmul" and u.inputs[0] == t and graph.shapes[t][-1] * 32767 * 128 < 2 ** 31)}
     # queries, keys and values: a projection read (through moves: the slices of a fused QKV projection)
     # only by products of two activations, or by the query's scale on its way to one, which narrow each
     # operand to the widest width their int32 bound allows (`ops/matmul`)
     scaled = {n.output for n in graph.nodes if n.op == "affine" and _reads(users, n.output, "matmul")}
-    wide |= {n.output for n in graph.nodes if n.op == "linear" and _final_readers(users, n.output)
-             and all(u.op == "matmul" or u.output in scaled for _, u in _final_readers(users, n.output))}
+    wide |= {n.output for n in graph.nodes if n.op == "linear"
+             and _read_as(users, n.output, lambda _, u: u.op == "matmul" or u.output in scaled)}
     prod = graph.producers()
     wide |= {t for t in scaled if _source(prod, prod[t].inputs[0]) in wide}
     if not wide:

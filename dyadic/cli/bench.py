@@ -175,7 +175,7 @@ def run(build_dir: str, model_path: str, threads=(1, 2), batch: int = 1, repeat:
     shapes = {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}
     if calib is None:
         calib = data.synthetic(shapes)
-    dims = tuple(int(d) for d in plan["inputs"][0]["shape"][1:])  # the peers run at the build's pinned dims
+    dims = tuple(int(d) for d in shapes[plan["inputs"][0]["name"]][1:])  # the peers run at the build's pinned dims
     macs = model_macs(model_path, {k: (1,) + tuple(v[1:]) for k, v in shapes.items()}) * batch
     peaks = measured_peaks(threads)
     times: dict[tuple[str, int], list[float]] = {}

@@ -74,15 +74,10 @@ def batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterable[dict[str
         yield {k: v[i:i + batch_size] for k, v in arrays.items()}
 
 
-def batch_size(graph: Graph) -> int | None:
-    """The one batch size a static-batch graph runs at (`Graph.meta["static_batch"]`), else None."""
-    return int(graph.shapes[graph.inputs[0]][0]) if graph.meta.get("static_batch") else None
-
-
 def static_chunks(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
     """x as the batches the graph can run: x itself for a free batch axis; for a static batch B, the
     consecutive B-sample slices (a tail shorter than B is dropped)."""
-    b = batch_size(graph)
+    b = graph.static_batch_size()
     if b is None:
         return [x]
     if len(x) < b:

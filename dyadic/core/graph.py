@@ -109,6 +109,10 @@ class Graph:
                 return n
         raise KeyError(name)
 
+    def static_batch_size(self) -> int | None:
+        """The one batch size a static-batch graph runs at (`meta["static_batch"]`, `import_onnx`), else None."""
+        return int(self.shapes[self.inputs[0]][0]) if self.meta.get("static_batch") else None
+
     def weighted_nodes(self) -> list[Node]:
         """Nodes that carry a weight matrix (the layers whose bit-width is chosen)."""
         return [n for n in self.nodes if n.op in ("conv", "dense", "qconv", "qdense")]

@@ -72,7 +72,7 @@ class HostTarget(Target):
         ig = int_graph
         m = load(build_dir)
         q_all = quantize_inputs(ig, sample)
-        step = int(ig.shapes[ig.inputs[0]][0]) if ig.meta.get("static_batch") else len(next(iter(q_all.values())))
+        step = ig.static_batch_size() or len(next(iter(q_all.values())))
         for i in range(0, len(next(iter(q_all.values()))), step):  # a static-batch library: one batch at a time
             q = {k: v[i:i + step] for k, v in q_all.items()}
             got = m.run_int(q)
