@@ -77,6 +77,7 @@ def test_clamp_range_and_act_range_fallback():
 @given(w=hnp.arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(2, 40)),
                     elements=st.floats(-3, 3, allow_nan=False)),
        bits=st.sampled_from([2, 3, 4, 8]))
+@example(w=np.array([[5e-324, 0.0], [0.0, 0.0]]), bits=2)  # a denormal layer: its floor must not underflow to 0
 def test_clip_search_never_worse_than_maxabs(w, bits):
     s_clip, s_max = clip_scales(w, bits), channel_scales(w, bits)
     e_clip = ((fake_quant(w, s_clip, bits) - w) ** 2).sum(axis=1)

@@ -111,7 +111,9 @@ def channel_scales(w: np.ndarray, bits: int) -> np.ndarray:
     top = absmax.max(initial=0.0)
     if top == 0:
         return np.ones_like(absmax)
-    return np.maximum(absmax, top * CHANNEL_FLOOR) / ((1 << (bits - 1)) - 1)
+    # the floor itself stays a normal float: top x CHANNEL_FLOOR underflows to 0 for denormal weights
+    floor = max(top * CHANNEL_FLOOR, np.finfo(np.float64).tiny)
+    return np.maximum(absmax, floor) / ((1 << (bits - 1)) - 1)
 
 
 def weight_dtype(bits: int):
