@@ -29,8 +29,14 @@ of its 8-bit weight term (depthwise convs too; without it, a tensor whose own ro
   choice and P_all that of widening every candidate (the remaining excess within 10 log10(1/(1-share))
   dB of the best; 0.46 dB at 0.1). Without `--wide-weights` P_all is the 8-bit weights' term alone;
   with it, it is much lower, so the same share widens more;
-* `cosine` (`--wide-cosine C`): the predicted cosine 1 - P / (2S) >= C. A network already at C with
-  8 bits widens nothing, which no share does: this is the criterion for "fast unless it needs 16 bits".
+* `cosine` (`--wide-cosine C`): the mean cosine against fp32 of the float simulation of the build
+  (`simulated_cosine`) reaches C; the prefix is found by bisection over the ranked list. A network
+  already at C with 8 bits widens nothing, which no share does: this is the criterion for "fast unless
+  it needs 16 bits". `cosine_over` (`--wide-cosine-over`) says what one cosine compares: a sample's
+  whole output (default), or each row of its last axis (`step`). A CTC recognizer's output is T steps
+  of class probabilities, most of them sure (a blank at ~1.0): over the flattened output those steps
+  dominate, so a sample-level 0.995 left the PP-OCRv4 recognizer at a per-step cosine of 0.992 and a
+  12 % character error rate, while the unsure steps, where characters are decided, carry the error.
 
 A chosen tensor read only by concats that stay 8-bit is then dropped (the concat
 would round it back to 8 bits at once: ShuffleNet's branch outputs), and the predictions count it
@@ -52,7 +58,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from dyadic.core.calibrators import act_range
-from dyadic.core.config import WideActivations, WideWeights
+from dyadic.core.config import CosineOver, WideActivations, WideWeights
 from dyadic.core.errors import ModelError
 from dyadic.core.float_exec import execute, static_chunks
 from dyadic.core.graph import Graph
@@ -199,23 +205,31 @@ def select(graph: Graph, pred: Prediction, share: float = 0.1) -> list[str]:
     return _useful(graph.consumers(), chosen)
 
 
+def mean_cosine(zf: np.ndarray, zq: np.ndarray, over: CosineOver = CosineOver.SAMPLE) -> float:
+    """Mean cosine of zq against zf, one per sample (the output flattened) or per row of the last
+    axis (`STEP`); a pair with a zero vector counts as 1."""
+    rows = zf.shape[-1] if over is CosineOver.STEP else int(np.prod(zf.shape[1:], dtype=np.int64))
+    zf, zq = (v.reshape(-1, max(rows, 1)).astype(np.float64) for v in (zf, zq))
+    den = np.linalg.norm(zf, axis=1) * np.linalg.norm(zq, axis=1)
+    return float(np.mean(np.where(den > 0, (zf * zq).sum(1) / np.maximum(den, 1e-300), 1.0)))
+
+
 def simulated_cosine(graph: Graph, wide: list[str], x: np.ndarray, wide_weights: WideWeights,
-                     weight_clip: WeightClip, bias_correction: bool) -> float:
-    """Mean logit cosine against fp32 on x of the float simulation of the build that widens `wide`:
-    8-bit layers, wider weights where `widen_weights` will give them (`round_weights.simulate`)."""
+                     weight_clip: WeightClip, bias_correction: bool, over: CosineOver = CosineOver.SAMPLE) -> float:
+    """Mean logit cosine (`mean_cosine`) against fp32 on x of the float simulation of the build that
+    widens `wide`: 8-bit layers, wider weights where `widen_weights` will give them
+    (`round_weights.simulate`)."""
     from dyadic.passes.round_weights import simulate
     from dyadic.passes.widen_weights import widen_weights
 
     g = with_wide(graph, set(wide))
     g = widen_weights(g.replace(bits={n.name: (8, 8) for n in g.weighted_nodes()}), wide_weights)
-    zf, zq = (v.reshape(len(x), -1).astype(np.float64) for v in simulate(g, x, weight_clip, bias_correction)[g.outputs[0]])
-    den = np.linalg.norm(zf, axis=1) * np.linalg.norm(zq, axis=1)
-    return float(np.mean(np.where(den > 0, (zf * zq).sum(1) / np.maximum(den, 1e-300), 1.0)))
+    return mean_cosine(*simulate(g, x, weight_clip, bias_correction)[g.outputs[0]], over)
 
 
 def select_for_cosine(graph: Graph, pred: Prediction, cosine: float, x: np.ndarray, wide_weights: WideWeights,
-                      weight_clip: WeightClip, bias_correction: bool,
-                      seen: dict[int, float] | None = None) -> tuple[list[str], float, dict[int, float]]:
+                      weight_clip: WeightClip, bias_correction: bool, seen: dict[int, float] | None = None,
+                      over: CosineOver = CosineOver.SAMPLE) -> tuple[list[str], float, dict[int, float]]:
     """The shortest prefix of `ranked` whose simulated cosine reaches `cosine` (bisection: the cosine
     grows with the prefix, to first order), or all of it when none does; its cosine; and every prefix
     length measured with its cosine."""
@@ -224,7 +238,8 @@ def select_for_cosine(graph: Graph, pred: Prediction, cosine: float, x: np.ndarr
 
     def cos(k: int) -> float:
         if k not in seen:
-            seen[k] = simulated_cosine(graph, _useful(users, order[:k]), x, wide_weights, weight_clip, bias_correction)
+            seen[k] = simulated_cosine(graph, _useful(users, order[:k]), x, wide_weights, weight_clip,
+                                       bias_correction, over)
         return seen[k]
 
     lo, hi = 0, len(order)
@@ -237,10 +252,19 @@ def select_for_cosine(graph: Graph, pred: Prediction, cosine: float, x: np.ndarr
     return _useful(users, order[:hi]), cos(hi), seen
 
 
+def _criterion(cosine: float, over: CosineOver) -> dict:
+    return {"cosine": cosine} | ({"over": over.value} if over is not CosineOver.SAMPLE else {})
+
+
+def _label(over: CosineOver) -> str:
+    return "per-step " if over is CosineOver.STEP else ""
+
+
 def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivations.NONE, samples: int = 8,
                             share: float = 0.1, weight_clip: WeightClip = WeightClip.NONE,
                             wide_weights: WideWeights = WideWeights.NONE, cosine: float | None = None,
-                            bias_correction: bool = True, quiet: bool = False) -> Graph:
+                            bias_correction: bool = True, cosine_over: CosineOver = CosineOver.SAMPLE,
+                            quiet: bool = False) -> Graph:
     if kind is not WideActivations.AUTO:
         return graph
     floats = [t for t in graph.inputs if t not in graph.meta.get("int_inputs", ())]
@@ -251,24 +275,25 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
     sims: dict[int, float] = {}
     if cosine is not None:
         x = _calib_batch(graph, samples)
-        sims[0] = simulated_cosine(graph, [], x, wide_weights, weight_clip, bias_correction)
+        sims[0] = simulated_cosine(graph, [], x, wide_weights, weight_clip, bias_correction, cosine_over)
         if sims[0] >= cosine:  # met with 8 bits: no traces needed
             if not quiet:
-                print(f"  wide activations (auto): none; simulated logit cosine {sims[0]:.4f} with 8 bits "
+                print(f"  wide activations (auto): none; simulated {_label(cosine_over)}cosine {sims[0]:.4f} with 8 bits "
                       f"meets the target {cosine}")
             return graph.replace(meta={**graph.meta, "wide_choice": {
-                "criterion": {"cosine": cosine}, "widened": 0, "work_widened": 0.0,
+                "criterion": _criterion(cosine, cosine_over), "widened": 0, "work_widened": 0.0,
                 "simulated_cosine": {"8bit": sims[0], "chosen": sims[0], "evaluated": 1}}})
     pred = predict(graph, samples, weight_clip, wide_weights, quiet)
     if cosine is None:
         chosen = select(graph, pred, share)
     else:
-        chosen, sim, sims = select_for_cosine(graph, pred, cosine, x, wide_weights, weight_clip, bias_correction, sims)
+        chosen, sim, sims = select_for_cosine(graph, pred, cosine, x, wide_weights, weight_clip, bias_correction,
+                                              sims, cosine_over)
     left = pred.p8 - sum(pred.gain[t] for t in chosen)
     total_work = sum(pred.work.values())
     info = {"method": "Hutchinson traces in logit space x measured 8-bit rounding errors",
             "samples": pred.samples, "probes": pred.probes,
-            "criterion": {"cosine": cosine} if cosine is not None else {"share": share},
+            "criterion": _criterion(cosine, cosine_over) if cosine is not None else {"share": share},
             "wide_weights": wide_weights.value, "candidates": len(pred.gain), "widened": len(chosen),
             "work_widened": round(sum(pred.work[t] for t in chosen) / total_work, 4) if total_work else 0.0,
             "predicted_cosine": {"8bit": pred.cosine(pred.p8), "chosen": pred.cosine(left),
@@ -281,7 +306,8 @@ def choose_wide_activations(graph: Graph, kind: WideActivations = WideActivation
         print(f"  wide activations (auto): {len(chosen)} of {len(pred.gain)} tensors, "
               f"{100 * info['work_widened']:.0f} % of their readers' work; predicted logit cosine "
               f"{pc['8bit']:.4f} (8-bit) -> {pc['chosen']:.4f} (all 16-bit: {pc['all16']:.4f})"
-              + (f"; simulated {sim:.4f} for target {cosine} (8-bit {sims[0]:.4f})" if sims else "")
+              + (f"; simulated {_label(cosine_over)}cosine {sim:.4f} for target {cosine} (8-bit {sims[0]:.4f})"
+                 if sims else "")
               + (f"; the target is out of reach: every candidate widened gives {sim:.4f} (see --wide-weights "
                  "auto, or a lower --wide-cosine)" if sims and sim < cosine else ""))
     out = with_wide(graph, set(chosen))

@@ -271,3 +271,77 @@ def test_cli_cosine_flag():
                 ["--wide-activations", "all", "--wide-share", "0.1"]):
         with pytest.raises(SystemExit):
             quant_config(p.parse_args(bad))
+
+
+def test_mean_cosine_per_sample_and_per_step():
+    """A sure step (large, exact) hides a wrong unsure one in the flattened cosine, not per step."""
+    from dyadic.core.config import CosineOver
+    from dyadic.passes.choose_wide_activations import mean_cosine
+
+    zf = np.array([[[10.0, 0.0], [0.0, 1.0]]])   # 1 sample, 2 steps, 2 classes
+    zq = np.array([[[10.0, 0.0], [1.0, 0.0]]])   # the second step's class flipped
+    assert mean_cosine(zf, zq) == pytest.approx(100 / 101)
+    assert mean_cosine(zf, zq, CosineOver.STEP) == pytest.approx(0.5)
+    assert mean_cosine(zf, np.zeros_like(zf), CosineOver.STEP) == 1.0  # zero vectors count as agreeing
+    flat = np.array([[3.0, 4.0], [1.0, 0.0]])     # a classifier: both ways are the same
+    assert mean_cosine(flat, flat[::-1]) == mean_cosine(flat, flat[::-1], CosineOver.STEP)
+
+
+def _sequence_model(rng):
+    """input [N,3,8,8] -> conv -> relu (one channel biased: a coarse step) -> 1x1 conv to 6 classes ->
+    [N,6,64] -> [N,64,6] -> Softmax: 64 steps of class probabilities, as a CTC head writes them."""
+    b0 = bias(rng, 8)
+    b0[0] = 40.0
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Relu", ["c0"], "r0"),
+             node("Conv", ["r0", "W1", "B1"], "c1"), node("Reshape", ["c1", "shape"], "s"),
+             node("Transpose", ["s"], "t", perm=[0, 2, 1]), node("Softmax", ["t"], "out", axis=-1)]
+    w1 = conv_w(rng, 6, 8, 1)
+    w1[:, 0] = 0.0
+    inits = {"W0": conv_w(rng, 8, 3), "B0": b0, "W1": 3 * w1, "B1": bias(rng, 6),
+             "shape": np.array([0, 6, 64], np.int64)}
+    return make_model(nodes, inits, in_shape=("N", 3, 8, 8))
+
+
+def test_cosine_target_per_step():
+    """`--wide-cosine-over step`: the target holds for the mean per-step cosine of the simulation, the
+    plan records the criterion, and the 8-bit shortcut uses the same measure."""
+    from dyadic.core.config import CosineOver, WideWeights
+    from dyadic.passes.choose_wide_activations import predict, select, simulated_cosine
+    from dyadic.pipeline import float_passes, run_passes
+
+    rng = np.random.default_rng(7)
+    model = _sequence_model(rng)
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    g = _calibrated(model, calib, kind=WideActivations.NONE)
+    x = calib["input"][:8]
+    every = select(g, predict(g), share=0.0)
+    step = [simulated_cosine(g, w, x, WideWeights.NONE, WeightClip.W4, True, CosineOver.STEP) for w in ([], every)]
+    sample = [simulated_cosine(g, w, x, WideWeights.NONE, WeightClip.W4, True) for w in ([], every)]
+    assert step[0] < step[1] and step != sample
+    target = step[0] + 0.5 * (step[1] - step[0])
+
+    def run(cosine):
+        cfg = CompileConfig(quiet=True, wide_activations=WideActivations.AUTO, wide_cosine=cosine,
+                            wide_cosine_over=CosineOver.STEP)
+        return run_passes(import_onnx(model), float_passes(cfg, calib))
+
+    full = run(target)
+    info = full.meta["wide_choice"]
+    assert full.meta["wide"] and info["criterion"] == {"cosine": target, "over": "step"}
+    assert info["simulated_cosine"]["chosen"] >= target and info["simulated_cosine"]["8bit"] == pytest.approx(step[0])
+    met = run(step[0] - 1e-6)
+    assert not met.meta.get("wide") and met.meta["wide_choice"]["simulated_cosine"]["chosen"] == pytest.approx(step[0])
+
+
+def test_cli_cosine_over_flag():
+    from dyadic.cli.quant_args import add_quant_args, quant_config
+    from dyadic.core.config import CosineOver
+
+    p = argparse.ArgumentParser()
+    add_quant_args(p)
+    cfg = quant_config(p.parse_args(["--wide-activations", "auto", "--wide-cosine", "0.999", "--wide-cosine-over", "step"]))
+    assert cfg["wide_cosine_over"] is CosineOver.STEP
+    assert "wide_cosine_over" not in quant_config(p.parse_args(["--wide-activations", "auto", "--wide-cosine", "0.99"]))
+    for bad in (["--wide-activations", "auto", "--wide-cosine-over", "step"], ["--wide-cosine-over", "row"]):
+        with pytest.raises(SystemExit):
+            quant_config(p.parse_args(bad))

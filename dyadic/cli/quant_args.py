@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dyadic.core.calibrators import Calibration
-from dyadic.core.config import WideActivations, WideWeights
+from dyadic.core.config import CosineOver, WideActivations, WideWeights
 from dyadic.core.weight_quant import Rounding, WeightClip
 
 
@@ -31,8 +31,12 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                         "share of widening every candidate's (default 0.1; 0 widens every candidate that matters)")
     p.add_argument("--wide-cosine", type=float, default=None,
                    help="with --wide-activations auto, instead of --wide-share: widen, most error removed per "
-                        "unit of work first, until the predicted logit cosine against fp32 reaches C; a network "
-                        "already there at 8 bits stays 8-bit")
+                        "unit of work first, until the mean logit cosine against fp32 of the build's float "
+                        "simulation on calibration inputs reaches C; a network already there at 8 bits stays 8-bit")
+    p.add_argument("--wide-cosine-over", choices=[c.value for c in CosineOver], default=None,
+                   help="what one cosine of --wide-cosine compares: sample (a sample's whole output, default) or "
+                        "step (each row of the output's last axis: per-step class scores of a CTC recognizer "
+                        "or a token model, where the sure steps would otherwise hide the unsure ones)")
     p.add_argument("--wide-weights", choices=[w.value for w in WideWeights], default=None,
                    help="auto: layers that read 16-bit codes (see --wide-activations) get 9-12-bit weights, as "
                         "wide as the int32 accumulator allows while the input keeps 2 more bits; the same "
@@ -66,6 +70,10 @@ def quant_config(a) -> dict:
         if not 0.0 < a.wide_cosine < 1.0:
             raise SystemExit(f"dyadic: --wide-cosine {a.wide_cosine}: must be in (0, 1)")
         out["wide_cosine"] = a.wide_cosine
+    if a.wide_cosine_over is not None:
+        if a.wide_cosine is None:
+            raise SystemExit("dyadic: --wide-cosine-over says what --wide-cosine compares; give --wide-cosine too")
+        out["wide_cosine_over"] = CosineOver(a.wide_cosine_over)
     given = [f for f, v in (("--wide-share", a.wide_share), ("--wide-cosine", a.wide_cosine)) if v is not None]
     if given and a.wide_activations != WideActivations.AUTO.value:
         raise SystemExit(f"dyadic: {given[0]} sets how far --wide-activations auto widens; "

@@ -29,6 +29,12 @@ class WideWeights(Enum):
     AUTO = "auto"       #: up to 12 bits where the int32 accumulator bound leaves the input its margin
 
 
+class CosineOver(Enum):
+    """What one cosine of `--wide-cosine` compares (`--wide-cosine-over`): the mean is taken over these."""
+    SAMPLE = "sample"   #: a sample's whole output, flattened (a classifier's logits)
+    STEP = "step"       #: each row of the output's last axis (a sequence model's per-step class scores: CTC)
+
+
 class BitMode(Enum):
     INT8 = "8"          #: every layer W8A8
     INT4 = "4"          #: every free layer W4A4 (first/last pinned to 8 bits)
@@ -109,7 +115,8 @@ class CompileConfig:
     wide_activations: WideActivations = WideActivations.NONE  #: 16-bit activations (passes/widen_activations)
     wide_weights: WideWeights = WideWeights.NONE  #: >8-bit weights on 16-bit inputs (passes/widen_weights)
     wide_share: float = 0.1       #: AUTO: widen until the predicted error is within this share of the all-16-bit one
-    wide_cosine: float | None = None  #: AUTO: instead, widen until the predicted logit cosine reaches this
+    wide_cosine: float | None = None  #: AUTO: instead, widen until the simulated logit cosine reaches this
+    wide_cosine_over: CosineOver = CosineOver.SAMPLE  #: that cosine per sample or per output step
     percentile: float = 99.99     #: for calibration=percentile
     weight_clip: WeightClip = WeightClip.W4      #: MSE clipping search of weight scales at these widths
     rounding: Rounding = Rounding.NEAREST        #: weight rounding (adaround: data-aware, passes/round_weights.py)
