@@ -192,6 +192,18 @@ def test_tile_choice_fits_registers():
         assert 2 * acc + 4 * ocbi + (2 * ohi * owi if ocbi > 1 else 0) <= 15 and ohi <= oh and owi <= ow
 
 
+def test_avx2_tile_counts_chains_and_registers():
+    """AVX2 accumulators are two ymm (two add chains), and 5 of them leave no ymm for a pixel's broadcasts
+    and the step's products; the picks follow the timings of `benchmarks/results/avx2_tiles.md`:
+    14x14 and 17x17 (1, 2, 2), 5x5 (1, 1, 5) (no waste), 56x56, 35x35, 7x7 and 128 rows (1, 1, 4).
+    The other isas keep their tiles."""
+    assert [choose_tile(256, hw, hw, isa="avx2") for hw in (14, 17, 5, 56, 35, 7)] == \
+        [(1, 2, 2), (1, 2, 2), (1, 1, 5), (1, 1, 4), (1, 1, 4), (1, 1, 4)]
+    assert choose_tile(384, 1, 128, isa="avx2") == (1, 1, 4)
+    assert choose_tile(256, 14, 14, isa="vnni16") == (1, 1, 14) and choose_tile(256, 14, 14) == (2, 1, 7)
+    assert choose_tile(48, 5, 5, isa="vnni16") == (3, 1, 5)  # 31 of 32 zmm: vpdpwssd needs no temporaries
+
+
 def _tiny_net(rng):
     """conv (odd channels) -> relu -> conv s2 -> residual add with a 1x1 s2 conv -> maxpool ->
     depthwise -> global mean -> dense: every fast kernel and layout change in a few ops."""

@@ -187,6 +187,8 @@ MAX_ACC = 15  # 15 x 64 B < 1 KiB: the accumulator tile is a stack array (see in
 # operand 4 (sign-extended to int16), the two int16 pair broadcasts of one pixel 2. vnni16: 32 zmm; an
 # accumulator 1, a weight operand 2 (its two sign-extended pairs), a pixel's two pair broadcasts 2.
 REGFILE = {"avx2": (16, 2, 4, 2), "vnni16": (32, 1, 2, 2)}
+TEMPS = {"avx2": 2}  # registers a step's products take before their add (`vpdpwssd` adds in place)
+SPILL_COST = 1.08  # measured: AVX2's (1, 1, 5) tile against its waste-adjusted (1, 1, 4) (`choose_tile`)
 
 
 def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 1,
@@ -200,7 +202,15 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
     (acc + 2) / acc (few independent accumulators leave the 4-5 cycle latency of `vpdpbusd`
     exposed), ties to more channel blocks (fewer broadcast loads per instruction). With 4-bit weights
     each weight operand costs more instructions to unpack (`cpu_conv`), shared by the ohi*owi
-    pixels of the tile: + ocbi in the numerator (a weight picked from timings of a few 3x3 convs)."""
+    pixels of the tile: + ocbi in the numerator (a weight picked from timings of a few 3x3 convs).
+
+    For an isa in `REGFILE` the latency term counts add chains: an AVX2 accumulator is two ymm, two
+    chains, so (2 acc + 2) / (2 acc). A tile that leaves no register for one pixel's broadcasts and the
+    step's two products (AVX2's 5 accumulators: 10 + 4 + 2 + 2 > 16 ymm) costs SPILL_COST more: it
+    ran 4-16 % slower than the waste and chains predict in `benchmarks/avx2_tiles.py` (Zen 3, 1 thread,
+    two runs, `benchmarks/results/avx2_tiles.md`). There the tile picked is the fastest measured or
+    within 4 % of it, except 17x17 (7 % off; (1, 1, 5) was 12 % off), and the 14x14 stage gets (1, 2, 2)
+    instead of (1, 1, 5), 6-11 % faster."""
     ocb = ceil_div(o, 16)
     nregs, per_acc, per_w, per_b = REGFILE.get(isa, (32, regs_per_acc, regs_per_acc, 1))
     best, best_key = (1, 1, 1), None
@@ -214,7 +224,11 @@ def choose_tile(o: int, oh: int, ow: int, w4: bool = False, regs_per_acc: int = 
                 if regs > nregs - 1 or acc > MAX_ACC or ohi > oh or owi > ow:
                     continue
                 waste = ceil_div(oh, ohi) * ohi * ceil_div(ow, owi) * owi / (oh * ow)
-                key = (round(waste * (acc + 2 + (ocbi if w4 else 0)) / acc, 3), -ocbi, ohi)
+                chains = acc * (per_acc if isa in REGFILE else 1)
+                cost = waste * (chains + 2 + (ocbi if w4 else 0)) / chains
+                if isa in TEMPS and regs + (per_b if ocbi == 1 else 0) + TEMPS[isa] > nregs:
+                    cost *= SPILL_COST  # no register left for the pixel's broadcasts and the two products
+                key = (round(cost, 3), -ocbi, ohi)
                 if best_key is None or key < best_key:
                     best, best_key = (ocbi, ohi, owi), key
     return best
