@@ -60,6 +60,7 @@ import numpy as np
 from dyadic.core.calibrators import act_range
 from dyadic.core.config import CosineOver, WideActivations, WideWeights
 from dyadic.core.errors import ModelError
+from dyadic.core.fidelity import mean_cosine
 from dyadic.core.float_exec import execute, static_chunks
 from dyadic.core.graph import Graph
 from dyadic.core.weight_quant import WeightClip
@@ -203,15 +204,6 @@ def select(graph: Graph, pred: Prediction, share: float = 0.1) -> list[str]:
         chosen.append(t)
         left -= pred.gain[t]
     return _useful(graph.consumers(), chosen)
-
-
-def mean_cosine(zf: np.ndarray, zq: np.ndarray, over: CosineOver = CosineOver.SAMPLE) -> float:
-    """Mean cosine of zq against zf, one per sample (the output flattened) or per row of the last
-    axis (`STEP`); a pair with a zero vector counts as 1."""
-    rows = zf.shape[-1] if over is CosineOver.STEP else int(np.prod(zf.shape[1:], dtype=np.int64))
-    zf, zq = (v.reshape(-1, max(rows, 1)).astype(np.float64) for v in (zf, zq))
-    den = np.linalg.norm(zf, axis=1) * np.linalg.norm(zq, axis=1)
-    return float(np.mean(np.where(den > 0, (zf * zq).sum(1) / np.maximum(den, 1e-300), 1.0)))
 
 
 def simulated_cosine(graph: Graph, wide: list[str], x: np.ndarray, wide_weights: WideWeights,

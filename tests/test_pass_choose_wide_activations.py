@@ -273,20 +273,6 @@ def test_cli_cosine_flag():
             quant_config(p.parse_args(bad))
 
 
-def test_mean_cosine_per_sample_and_per_step():
-    """A sure step (large, exact) hides a wrong unsure one in the flattened cosine, not per step."""
-    from dyadic.core.config import CosineOver
-    from dyadic.passes.choose_wide_activations import mean_cosine
-
-    zf = np.array([[[10.0, 0.0], [0.0, 1.0]]])   # 1 sample, 2 steps, 2 classes
-    zq = np.array([[[10.0, 0.0], [1.0, 0.0]]])   # the second step's class flipped
-    assert mean_cosine(zf, zq) == pytest.approx(100 / 101)
-    assert mean_cosine(zf, zq, CosineOver.STEP) == pytest.approx(0.5)
-    assert mean_cosine(zf, np.zeros_like(zf), CosineOver.STEP) == 1.0  # zero vectors count as agreeing
-    flat = np.array([[3.0, 4.0], [1.0, 0.0]])     # a classifier: both ways are the same
-    assert mean_cosine(flat, flat[::-1]) == mean_cosine(flat, flat[::-1], CosineOver.STEP)
-
-
 def _sequence_model(rng):
     """input [N,3,8,8] -> conv -> relu (one channel biased: a coarse step) -> 1x1 conv to 6 classes ->
     [N,6,64] -> [N,64,6] -> Softmax: 64 steps of class probabilities, as a CTC head writes them."""

@@ -31,6 +31,10 @@ def summary(plan: dict) -> str:
                 f"{weights / 1024:.1f} KiB of weights, target {name}, "
                 f"compiled in {t.get('total', 0):.1f}s (build {t.get('build', 0):.1f}s), "
                 + ("bit-exact vs int64 reference: yes" if check.startswith("bit-exact") else f"self-check {check}"))
+    if plan.get("fidelity"):
+        from dyadic.core.fidelity import fidelity_lines
+
+        rows += fidelity_lines(plan["fidelity"], plan["fidelity"].get("wide_activations", "none"))
     if tgt.get("instructions"):
         rows.append("int8 instructions: " + ", ".join(f"{k} {v}" for k, v in tgt["instructions"].items()))
     dm = tgt.get("dot_macs")

@@ -10,7 +10,8 @@ then `validate_plan`, which checks
 * every layer: its `in`/`out` quantization as above; dyadic multipliers `0 < m < 2^31` (`0 <= m` for
   the operands of a sum, not all of them), shifts
   `0 <= s <= 62`, as many shifts as multipliers; clip bounds `lo <= hi` inside the output type;
-  calibrated ranges finite with `lo <= hi`; weight/activation bits 4 or 8.
+  calibrated ranges finite with `lo <= hi`; weight/activation bits 4 or 8;
+* `fidelity` (`dyadic.core.fidelity`), where present: per output a name and cosines in [-1, 1].
 
 Any violation raises `BuildDirError` listing the first problems. The layer entries are a record
 (the library holds its own constants), so an edited multiplier is refused as tampering, not obeyed.
@@ -158,9 +159,24 @@ def validate_plan(plan, where: str = "model.json") -> None:
                 and all(isinstance(f, str) and f.isidentifier() for f in req.get("cpu_flags", []))
                 and isinstance(req.get("amx_tile_data", False), bool)):
             problems.append(f"target.requires: {req!r} is not {{cpu_flags: [names], amx_tile_data: bool}}")
+    if "fidelity" in plan:
+        _fidelity(plan["fidelity"], problems)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise BuildDirError(f"{where} fails the plan schema: {shown}")
+
+
+def _fidelity(fid, problems: list[str]) -> None:
+    outs = fid.get("outputs") if isinstance(fid, dict) else None
+    if not isinstance(outs, list) or not _is_int(fid.get("inputs")) or fid["inputs"] < 1:
+        problems.append("fidelity: not {inputs: N >= 1, outputs: [...]}")
+        return
+    for o in outs:
+        vals = [o.get(k) for k in ("cosine_mean", "cosine_min", "step_cosine_mean", "top1_agreement")
+                if isinstance(o, dict) and k in o]
+        if not (isinstance(o, dict) and isinstance(o.get("name"), str) and "cosine_mean" in o and "cosine_min" in o
+                and all(_is_num(v) and -1.0 - 1e-9 <= v <= 1.0 + 1e-9 for v in vals)):
+            problems.append(f"fidelity.outputs: {o!r} is not {{name, cosine_mean, cosine_min in [-1, 1], ...}}")
 
 
 def _reject_constant(c: str):

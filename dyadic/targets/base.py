@@ -89,6 +89,12 @@ class Target:
         `VerificationError` on any difference; returns the status line recorded in the plan."""
         raise NotImplementedError(f"target kind {self.kind!r} has no self-check")
 
+    def integer_runner(self, build_dir: str):
+        """The built library as a callable (integer inputs -> output codes) where this process can run
+        it, for the compile's fidelity figures (`core.fidelity`); None where it cannot (the figures
+        then come from the int64 reference)."""
+        return None
+
     def count_instructions(self, built: Built, so_path: str) -> dict[str, int]:
         """The target's int8 MAC instructions in the library (none counted by default)."""
         return {}

@@ -84,6 +84,14 @@ class HostTarget(Target):
         return f"bit-exact vs int64 reference ({len(next(iter(sample.values())))} inputs)"
 
 
+    def integer_runner(self, build_dir: str):
+        if not self.runs_here:
+            return None
+        from dyadic.runtime.loader import load
+
+        return load(build_dir).run_int
+
+
 def host_target(cpu: str | None = None) -> HostTarget:
     """This CPU, or the x86 preset `cpu` (`dyadic.targets.x86.X86_CPUS`)."""
     from tvm.target import codegen
