@@ -57,16 +57,18 @@ def fetch_models(work: str) -> dict[str, str]:
     return paths
 
 
-def pages(lines: np.ndarray, n: int, seed: int, size: int = 320, per_page: int = 4) -> np.ndarray:
-    """n size x size RGB pages, each with `per_page` text lines at random non-overlapping rows."""
+def pages(lines: np.ndarray, n: int, seed: int, size: int | tuple[int, int] = 320, per_page: int = 4) -> np.ndarray:
+    """n RGB pages of size x size (or (height, width)), each with `per_page` text lines at random
+    non-overlapping rows."""
     rng = np.random.default_rng(seed)
     h, w = lines.shape[1:3]
-    out = np.empty((n, size, size, 3), np.uint8)
-    rows = (size - 8) // h
+    ph, pw = (size, size) if isinstance(size, int) else size
+    out = np.empty((n, ph, pw, 3), np.uint8)
+    rows = (ph - 8) // h
     for i in range(n):
         out[i] = rng.integers(200, 256, 3, dtype=np.uint8)
         for r in rng.choice(rows, per_page, replace=False):
-            y, x = 4 + r * h, int(rng.integers(0, size - w + 1))
+            y, x = 4 + r * h, int(rng.integers(0, pw - w + 1))
             out[i, y:y + h, x:x + w] = lines[rng.integers(len(lines))]
     return out
 

@@ -102,7 +102,7 @@ def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResu
     sample = {k: v[: config.check_samples] for k, v in calib.items()}
     plan["self_check"] = target.self_check(ig, tmp, plan, sample)
     t0 = time.perf_counter()
-    plan["fidelity"] = {**_fidelity(fg, ig, target, tmp, calib, sample), "wide_activations": config.wide_activations.value}
+    plan["fidelity"] = {**_fidelity(model, fg, ig, target, tmp, calib, sample), "wide_activations": config.wide_activations.value}
     log.seconds["fidelity"] = time.perf_counter() - t0
     log.seconds["total"] = time.perf_counter() - t_start
     plan["timings_s"] = {k: round(v, 3) for k, v in log.seconds.items()}
@@ -110,18 +110,18 @@ def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResu
     return CompileResult(fg, ig, plan, None, outputs)
 
 
-def _fidelity(fg, ig, target, build_dir: str, calib: dict, sample: dict) -> dict:
+def _fidelity(model, fg, ig, target, build_dir: str, calib: dict, sample: dict) -> dict:
     """`core.fidelity`: on inputs spread over the calibration file through the library where the target
     runs it here (the self-check has just proved it equal to the reference), else the reference on `sample`."""
     from dyadic.core.fidelity import SAMPLES, output_fidelity, spread
 
     run = target.integer_runner(build_dir)
     if run is None:
-        return output_fidelity(fg, ig, sample)
+        return output_fidelity(fg, ig, sample, model=model)
     b = ig.static_batch_size() or 1
     x = spread(calib, max(SAMPLES // b, 1) * b)
     keep = len(next(iter(x.values()))) // b * b  # whole batches of a static-batch library
-    return output_fidelity(fg, ig, {k: v[:keep] for k, v in x.items()} if keep else sample, run)
+    return output_fidelity(fg, ig, {k: v[:keep] for k, v in x.items()} if keep else sample, run, model)
 
 
 def _write_json(path: str, plan: dict, indent: int | None = None) -> None:

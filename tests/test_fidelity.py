@@ -68,7 +68,8 @@ def test_compile_records_fidelity_and_hints_when_low():
     (o,) = fid["outputs"]
     assert o["name"] == "out" and o["cosine_mean"] < WARN_COSINE and 0 <= o["top1_agreement"] <= 1
     text = summary(low)
-    assert "vs the float graph on 16 calibration inputs" in text and "try --wide-activations auto" in text
+    assert fid["reference"] == "onnxruntime fp32 (the ONNX file)"
+    assert "vs onnxruntime fp32 on 16 calibration inputs" in text and "try --wide-activations auto" in text
     wide = dyadic.compile(model, None, calib, CompileConfig(quiet=True, wide_activations=WideActivations.ALL)).plan
     (w,) = wide["fidelity"]["outputs"]
     assert w["cosine_mean"] > 0.999 > o["cosine_mean"] and w["top1_agreement"] == 1.0
@@ -79,6 +80,28 @@ def test_compile_records_fidelity_and_hints_when_low():
     bad = {**wide, "fidelity": {**wide["fidelity"], "outputs": [{**w, "cosine_mean": 1.5}]}}
     with pytest.raises(BuildDirError, match="fidelity"):
         validate_plan(bad)
+
+
+def test_float_graph_stands_in_where_onnxruntime_cannot():
+    """A model onnxruntime refuses (here: an output it lacks once renamed) is measured against the
+    imported float graph, and the record says why; both references agree on a model both run."""
+    from dyadic.core.fidelity import onnxruntime_runner, output_fidelity
+    from dyadic.frontend import import_onnx
+
+    rng = np.random.default_rng(3)
+    model = _swamped(rng)
+    calib = {"input": rng.normal(size=(8, 3, 8, 8)).astype(np.float32)}
+    import dyadic
+
+    res = dyadic.compile(model, None, calib, CompileConfig(quiet=True))
+    assert isinstance(onnxruntime_runner(model, ["nope"]), str)
+    assert "cannot load" in onnxruntime_runner(b"not onnx", ["out"])
+    fg = import_onnx(model)
+    by_ort = output_fidelity(fg, res.int_graph, calib, model=model)
+    by_graph = output_fidelity(fg, res.int_graph, calib, model=b"not onnx")
+    assert by_ort["reference"].startswith("onnxruntime") and "cannot load" in by_graph["reference"]
+    assert by_ort["integer"] == "int64 reference"
+    assert by_graph["outputs"][0]["cosine_mean"] == pytest.approx(by_ort["outputs"][0]["cosine_mean"], abs=1e-5)
 
 
 def test_hint_lines():
@@ -99,3 +122,15 @@ def test_resnet20_fidelity_above_the_line(resnet20_build):
 
 def test_non_finite_outputs_count_as_no_match():
     assert list(cosines(np.array([[np.inf, 1.0], [1.0, 1.0]]), np.ones((2, 2)))) == [0.0, pytest.approx(1.0)]
+
+
+def test_onnxruntime_reference_on_a_fixed_batch_file():
+    """A file that declares batch 1 (most Paddle exports) while the library takes any batch: onnxruntime
+    runs it one sample at a time."""
+    from dyadic.core.fidelity import onnxruntime_runner
+
+    rng = np.random.default_rng(4)
+    model = _swamped(rng)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    run = onnxruntime_runner(model, ["out"])
+    assert callable(run) and run({"input": rng.normal(size=(5, 3, 8, 8)).astype(np.float32)})["out"].shape == (5, 10)
