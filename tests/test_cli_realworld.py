@@ -30,6 +30,36 @@ def _dynamic_hw_model(tmp_path, name="x"):
     return p
 
 
+def test_vs_compares_every_output_of_a_detector_like_model(tmp_path, capsys):
+    """Two heads of different shapes (scores [N, 6, 4] and boxes [N, 8]), as detectors export them:
+    `eval --vs` reports one line per output (it had failed stacking the two); labels on such an output get
+    an error naming its shape."""
+    rng = np.random.default_rng(2)
+    m = make_model([node("Conv", ["x", "W", "B"], "c", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"),
+                    node("Conv", ["r", "W2", "B2"], "s", strides=[4, 4]), node("Sigmoid", ["s"], "p"),
+                    node("Reshape", ["p", "shape"], "scores"), node("GlobalAveragePool", ["r"], "g"),
+                    node("Flatten", ["g"], "boxes")],
+                   {"W": conv_w(rng, 8, 3), "B": bias(rng, 8), "W2": conv_w(rng, 6, 8, 1), "B2": bias(rng, 6),
+                    "shape": np.array([0, 6, 4], np.int64)}, in_shape=("N", 3, 8, 8), input_name="x",
+                   outputs=("scores", "boxes"))
+    path = tmp_path / "det.onnx"
+    onnx.save(m, str(path))
+    out = tmp_path / "b"
+    code, _, err = _run(["compile", str(path), "-o", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    data = tmp_path / "d.npz"
+    x = rng.normal(size=(12, 3, 8, 8)).astype(np.float32)
+    np.savez(data, x=x)
+    code, stdout, err = _run(["eval", str(out), "--data", str(data), "--vs", str(path), "--quiet"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in stdout.splitlines() if "top-1 agreement" in ln]
+    assert len(lines) == 2 and "output 0 ('scores')" in lines[0] and "output 1 ('boxes')" in lines[1]
+    assert all(0.95 < float(ln.split("logit cosine mean ")[1].split()[0]) <= 1.0 for ln in lines)
+    np.savez(data, x=x, labels=np.zeros(12, np.int64))  # labels cannot score a [N, 6, 4] output: said so
+    code, stdout, err = _run(["eval", str(out), "--data", str(data), "--quiet"], capsys)
+    assert code == 2 and "first output has shape [12, 6, 4]" in err
+
+
 def test_input_shape_pins_dynamic_dims_and_vs_compares(tmp_path, capsys):
     model = _dynamic_hw_model(tmp_path)
     code, _, err = _run(["compile", str(model), "-o", str(tmp_path / "b0"), "--quiet"], capsys)

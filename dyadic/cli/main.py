@@ -192,27 +192,30 @@ def cmd_eval(a) -> int:
 
     norm = Normalize.parse(a.mean, a.std)
     pinned = dict(parse_input_shapes(a.input_shape))
-    runner, shapes, batch = _runner(a.model, a.threads, pinned)
+    runner, shapes, batch, names = _runner(a.model, a.threads, pinned)
     x, y = load_npz(a.data, shapes, norm, a.limit)
     batch = batch or a.batch
     if a.vs:
-        peer, peer_shapes, peer_batch = _runner(a.vs, a.threads, pinned or shapes)
+        peer, peer_shapes, peer_batch, _ = _runner(a.vs, a.threads, pinned or shapes)
         if any(tuple(peer_shapes.get(k, ())[1:]) != tuple(s[1:]) for k, s in shapes.items()):
             raise DyadicError(f"{a.vs} takes inputs {peer_shapes}, the build takes {shapes}: not the same model")
-        r = agreement(runner, peer, x, peer_batch or batch, quiet=a.quiet)
-        print(f"vs {a.vs} (onnxruntime fp32): top-1 agreement {100.0 * r['agree']:.2f}%, logit cosine mean "
-              f"{r['cos_mean']:.5f} min {r['cos_min']:.5f} ({r['n']} inputs)")
+        rs = agreement(runner, peer, x, peer_batch or batch, quiet=a.quiet)
+        for j, r in enumerate(rs):  # one line per output; a single-output model's line names none
+            which = f" output {j} ({names[j]!r})" if len(rs) > 1 else ""
+            print(f"vs {a.vs} (onnxruntime fp32){which}: top-1 agreement {100.0 * r['agree']:.2f}%, logit cosine "
+                  f"mean {r['cos_mean']:.5f} min {r['cos_min']:.5f} ({r['n']} inputs)")
         if y is None:
             return 0
     if y is None:
         raise DyadicError(f"{a.data} has no 'labels' array: eval needs labels (or --vs MODEL.onnx to compare)")
-    correct, n = evaluate(runner, x, y, batch, quiet=a.quiet)
+    correct, n = evaluate(lambda xs: runner(xs)[0], x, y, batch, quiet=a.quiet)  # labels score the first output
     print(f"top1 {100.0 * correct / n:.2f}% ({n} images)")
     return 0
 
 
 def _runner(path: str, threads: int | None = None, pinned: dict | None = None):
-    """(run(inputs) -> first output, {input: shape}, the batch the model requires or None)."""
+    """(run(inputs) -> the list of outputs, {input: shape}, the batch the model requires or None, the
+    output names)."""
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
@@ -232,14 +235,17 @@ def _runner(path: str, threads: int | None = None, pinned: dict | None = None):
                                                                         for d in i.shape))
             shapes[i.name] = dims
         fixed = {d[0] for d in shapes.values() if d[0] > 0}
-        return (lambda xs: sess.run(None, xs)[0]), shapes, (fixed.pop() if len(fixed) == 1 else None)
+        names = [o.name for o in sess.get_outputs()]
+        return (lambda xs: sess.run(None, xs)), shapes, (fixed.pop() if len(fixed) == 1 else None), names
     import dyadic
 
     try:
         m = dyadic.load(path, threads)
     except FileNotFoundError as e:
         raise DyadicError(str(e)) from None
-    return (lambda xs: m.run(xs)), {i["name"]: tuple(i["shape"]) for i in m.inputs}, None
+    one = len(m.outputs) == 1
+    return ((lambda xs: [m.run(xs)] if one else m.run(xs)), {i["name"]: tuple(i["shape"]) for i in m.inputs}, None,
+            [o["name"] for o in m.outputs])
 
 
 def main(argv: list[str] | None = None) -> int:
