@@ -83,25 +83,34 @@ def _last(text: str, key: str) -> str:
 
 
 def run_one(kind: str, model: str, build: str, cpath: str, tpath: str, labelled: bool, extra: list,
-            bench: bool) -> dict:
-    p = _cli("compile", model, "-o", build, "--calib", cpath, "--mean", MEAN, "--std", STD, *PINNED.get(kind, []), *extra)
-    if p.returncode:
-        return {"compiles": "no", "compile_args": " ".join(extra), "error": " ".join(p.stderr.split())[-1500:]}
-    plan = json.load(open(os.path.join(build, "model.json")))
+            bench: bool, reuse: bool = False) -> dict:
+    plan_path = os.path.join(build, "model.json")
+    if not (reuse and os.path.exists(plan_path)):
+        p = _cli("compile", model, "-o", build, "--calib", cpath, "--mean", MEAN, "--std", STD,
+                 *PINNED.get(kind, []), *extra)
+        if p.returncode:
+            return {"compiles": "no", "compile_args": " ".join(extra), "error": " ".join(p.stderr.split())[-1500:]}
+    plan = json.load(open(plan_path))
+    fid = plan.get("fidelity") or {}
     r = {"compiles": "yes", "self_check": plan["self_check"], "compile_s": plan["timings_s"]["total"],
-         "compile_args": " ".join(extra), "fidelity_calib": plan.get("fidelity"),
-         "fidelity_hint": "below 0.99" in p.stdout}
-    e = _cli("eval", build, "--data", tpath, "--vs", model)
+         "compile_args": " ".join(extra), "fidelity_calib": fid,
+         "fidelity_hint": any(o["cosine_mean"] < 0.99 for o in fid.get("outputs", []))}
+    # the build does not record the compile's mean/std: eval gets them again
+    e = _cli("eval", build, "--data", tpath, "--vs", model, "--mean", MEAN, "--std", STD)
     if e.returncode:
         r["eval_error"] = " ".join(e.stderr.split())[-600:]
         return r
-    r["vs_fp32"] = _last(e.stdout + e.stderr, "agreement")
+    r["vs_fp32"] = [ln.strip() for ln in (e.stdout + e.stderr).replace("\r", "\n").splitlines() if "agreement" in ln]
     if labelled:
         r["top1_int"] = _last(e.stdout, "top1")
         f = _cli("eval", model, "--data", tpath, "--mean", MEAN, "--std", STD)
         r["top1_fp32"] = _last(f.stdout, "top1")
-    if bench:
-        out = os.path.join(build, "bench.json")
+    out = os.path.join(build, "bench.json")
+    if bench and reuse and os.path.exists(out):
+        row = json.load(open(out))["rows"][0]
+        r["bench_1thread"] = {k: round(row[k], 3) for k in ("dyadic_ms", "ort-int8_ms", "ort-fp32_ms",
+                                                              "vs_ort_int8", "vs_ort_fp32")}
+    elif bench:
         b = _cli("bench", build, "--vs", model, "--threads", "1", "--no-openvino", "--calib", cpath, "--json", out)
         if b.returncode == 0:
             row = json.load(open(out))["rows"][0]
@@ -122,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-args", action="append", default=None,
                     help="`dyadic compile` flags of one build, repeatable (default: one build with the defaults)")
     ap.add_argument("--bench", action="store_true", help="also `dyadic bench` each build at 1 thread")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep builds (and bench.json) already in --work from an earlier run; compare them again")
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
     results = {}
@@ -135,7 +146,7 @@ def main(argv=None) -> int:
             extra = cfg.split()
             key = kind + "".join(" " + t for t in extra)
             build = os.path.join(a.work, f"{kind}_build" + "".join("_" + t.strip("-") for t in extra))
-            results[key] = run_one(kind, model, build, cpath, tpath, labels is not None, extra, a.bench)
+            results[key] = run_one(kind, model, build, cpath, tpath, labels is not None, extra, a.bench, a.reuse)
             print(key, json.dumps(results[key]), flush=True)
     host = host_description()
     with open(a.out.replace(".md", ".json"), "w") as f:
@@ -162,13 +173,14 @@ def table(results: dict, host: str, n: int) -> str:
         fid = r.get("fidelity_calib") or {}
         cos = ", ".join(f"{o['cosine_mean']:.4f}" for o in fid.get("outputs", []))
         fcell = f"{fid.get('inputs')} inputs, cosine {cos}" + (" (hint printed)" if r.get("fidelity_hint") else "")
+        fcell += f", min {min(o['cosine_min'] for o in fid.get('outputs', [{'cosine_min': 1}])):.3f}"
         other = "; ".join(x for x in (
             f"int {r['top1_int']}, fp32 {r['top1_fp32']} against rotation labels" if r.get("top1_int") else "",
             (lambda b: f"1 thread {b['dyadic_ms']:.2f} ms, onnxruntime int8 {b['ort-int8_ms']:.2f} / fp32 "
                        f"{b['ort-fp32_ms']:.2f} ms ({b['vs_ort_int8']:.2f}x / {b['vs_ort_fp32']:.2f}x)")(r["bench_1thread"])
             if r.get("bench_1thread") else "") if x)
-        lines.append(f"| {name} | {flags} | yes ({r['compile_s']:.0f} s, {r['self_check']}) | {fcell} | "
-                     f"{r.get('vs_fp32', r.get('eval_error', ''))} | {other} |")
+        vs = "<br>".join(ln.split("(onnxruntime fp32)")[-1].strip(" :") for ln in r.get("vs_fp32", [])) or r.get("eval_error", "")
+        lines.append(f"| {name} | {flags} | yes ({r['compile_s']:.0f} s, {r['self_check']}) | {fcell} | {vs} | {other} |")
     return "\n".join(lines) + "\n"
 
 

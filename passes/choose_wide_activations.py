@@ -45,6 +45,10 @@ as 8-bit. On AVX512-VNNI a
 against `ALL`. The result goes to `Graph.meta["wide"]`; the predictions to `meta["wide_choice"]`
 (the compile's plan.json).
 
+Several outputs (a detector's score and box heads): the logits z are all of them, flattened and
+concatenated, for the traces and S, and the simulated cosine is that of the output furthest off, so
+`--wide-cosine C` holds for every head.
+
 Limits: the estimate is first order (chaotic random-init networks amplify errors, but stay linear at
 these sizes) and treats errors as independent; graphs with one float input only (the probes run the
 float graph on it); a static-batch graph runs its simulation and its probes one batch at a time, and
@@ -167,8 +171,8 @@ def predict(graph: Graph, samples: int = 8, weight_clip: WeightClip = WeightClip
     want, zs, parts = set(cands), [], []
     for xb in static_chunks(graph, x):  # a static-batch graph: one run, and one trace estimate, per batch
         acts: dict[str, np.ndarray] = {}
-        zs.append(execute(graph, {graph.inputs[0]: xb},
-                          lambda t, v: acts.__setitem__(t, v) if t in want else None)[graph.outputs[0]])
+        env = execute(graph, {graph.inputs[0]: xb}, lambda t, v: acts.__setitem__(t, v) if t in want else None)
+        zs.append(np.concatenate([env[o].reshape(len(xb), -1) for o in graph.outputs], axis=1))  # every head
         blocks: dict = {("act", t): np.zeros_like(acts[t]) for t in cands}
         blocks.update({n.name: n.params["W"] for n in layers})
         err2 = {("act", t): activation_rounding_error(acts[t].astype(np.float64), act_range(graph, t, 8), 8) ** 2
@@ -210,13 +214,14 @@ def simulated_cosine(graph: Graph, wide: list[str], x: np.ndarray, wide_weights:
                      weight_clip: WeightClip, bias_correction: bool, over: CosineOver = CosineOver.SAMPLE) -> float:
     """Mean logit cosine (`mean_cosine`) against fp32 on x of the float simulation of the build that
     widens `wide`: 8-bit layers, wider weights where `widen_weights` will give them
-    (`round_weights.simulate`)."""
+    (`round_weights.simulate`); with several outputs, that of the output furthest off."""
     from dyadic.passes.round_weights import simulate
     from dyadic.passes.widen_weights import widen_weights
 
     g = with_wide(graph, set(wide))
     g = widen_weights(g.replace(bits={n.name: (8, 8) for n in g.weighted_nodes()}), wide_weights)
-    return mean_cosine(*simulate(g, x, weight_clip, bias_correction)[g.outputs[0]], over)
+    sim = simulate(g, x, weight_clip, bias_correction)
+    return min(mean_cosine(*sim[o], over) for o in g.outputs)  # every output, a detector's heads too
 
 
 def select_for_cosine(graph: Graph, pred: Prediction, cosine: float, x: np.ndarray, wide_weights: WideWeights,

@@ -125,3 +125,37 @@ def test_transformer_op_gradients_match_finite_differences():
     d = rng.standard_normal((2, t, c))
     fd = ((forward(g, x, {key: 1e-5 * d}).env["out"] - forward(g, x, {key: -1e-5 * d}).env["out"]) * w).sum() / 2e-5
     assert fd == pytest.approx(float((grad * d).sum()), rel=1e-5)
+
+
+def _two_heads(rng):
+    """input -> conv -> relu -> {head A: 1x1 conv -> pool -> "a"; head B: 1x1 conv -> pool -> "b"}, as a
+    detector's score and box heads: each head's own conv output reaches one output only."""
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Relu", ["c0"], "r0"),
+             node("Conv", ["r0", "Wa", "Ba"], "ca"), node("GlobalAveragePool", ["ca"], "ga"), node("Flatten", ["ga"], "a"),
+             node("Conv", ["r0", "Wb", "Bb"], "cb"), node("GlobalAveragePool", ["cb"], "gb"), node("Flatten", ["gb"], "b")]
+    inits = {"W0": conv_w(rng, 6, 3), "B0": bias(rng, 6), "Wa": conv_w(rng, 4, 6, 1), "Ba": bias(rng, 4),
+             "Wb": conv_w(rng, 5, 6, 1), "Bb": bias(rng, 5)}
+    return make_model(nodes, inits, in_shape=("N", 3, 6, 6), outputs=("a", "b"))
+
+
+def test_logit_traces_cover_every_output():
+    """In logit space the probes run over both heads: head B's own tensor gets its error power (it
+    raised KeyError when only the first output was probed), equal to what the gradient of head B alone
+    gives; in loss mode (the first output) it reads 0."""
+    from dyadic.mixed.autodiff import backward, forward
+
+    rng = np.random.default_rng(11)
+    g = import_onnx(_two_heads(rng))
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    blocks = {("act", "ca"): np.zeros((4, 4, 6, 6)), ("act", "cb"): np.zeros((4, 5, 6, 6))}
+    tr = estimate_traces(g, x, blocks, rel_se=0.05, min_probes=64, max_probes=400, logits=True)
+    assert tr[("act", "ca")].mean > 0 and tr[("act", "cb")].mean > 0
+    # exact (Rademacher probes, u^2 = 1): each head is its conv output's mean over 36 pixels, so every
+    # element's gradient is u/(36 sqrt(N)), and the per-element mean of its square 1/(N 36^2)
+    for k in blocks:
+        assert tr[k].mean == pytest.approx(1 / (4 * 36 ** 2), rel=1e-5)
+    loss = estimate_traces(g, x, {("act", "cb"): blocks[("act", "cb")]}, rel_se=0.05, min_probes=8, max_probes=16)
+    assert loss[("act", "cb")].mean == 0.0 and loss[("act", "cb")].probes == 8  # exactly 0: no wait for its se
+    tape = forward(g, x, blocks)
+    only_b = backward(g, tape, {"b": np.ones((4, 5), np.float32)}, blocks)
+    assert ("act", "ca") not in only_b and only_b[("act", "cb")].shape == (4, 5, 6, 6)

@@ -331,3 +331,37 @@ def test_cli_cosine_over_flag():
     for bad in (["--wide-activations", "auto", "--wide-cosine-over", "step"], ["--wide-cosine-over", "row"]):
         with pytest.raises(SystemExit):
             quant_config(p.parse_args(bad))
+
+
+def test_auto_on_a_two_head_model():
+    """A detector-like graph with two heads: the traces cover both (a tensor read by the second head
+    only had raised KeyError), and the simulated cosine is the worse head's, so the target holds for both."""
+    from dyadic.core.config import WideWeights
+    from dyadic.core.fidelity import mean_cosine
+    from dyadic.passes.choose_wide_activations import predict, simulated_cosine
+    from dyadic.passes.round_weights import simulate
+
+    rng = np.random.default_rng(9)
+    b0 = bias(rng, 8)
+    b0[0] = 40.0
+    nodes = [node("Conv", ["input", "W0", "B0"], "c0", pads=[1, 1, 1, 1]), node("Relu", ["c0"], "r0"),
+             node("Conv", ["r0", "Wa", "Ba"], "ca"), node("GlobalAveragePool", ["ca"], "ga"), node("Flatten", ["ga"], "a"),
+             node("Conv", ["r0", "Wb", "Bb"], "cb"), node("Relu", ["cb"], "rb"), node("Conv", ["rb", "Wc", "Bc"], "cc"),
+             node("GlobalAveragePool", ["cc"], "gb"), node("Flatten", ["gb"], "b")]
+    wb = conv_w(rng, 8, 8, 1)
+    wb[:, 0] = 0.0
+    inits = {"W0": conv_w(rng, 8, 3), "B0": b0, "Wa": conv_w(rng, 4, 8, 1), "Ba": bias(rng, 4), "Wb": wb,
+             "Bb": bias(rng, 8), "Wc": conv_w(rng, 5, 8, 1), "Bc": bias(rng, 5)}
+    model = make_model(nodes, inits, in_shape=("N", 3, 8, 8), outputs=("a", "b"))
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    g = _calibrated(model, calib, kind=WideActivations.NONE)
+    pred = predict(g)
+    assert "rb" in pred.gain and pred.own["rb"] > 0  # read by head b only
+    x = calib["input"][:8]
+    sim = simulate(g.replace(bits={n.name: (8, 8) for n in g.weighted_nodes()}), x, WeightClip.W4, True)
+    per = [mean_cosine(*sim[o]) for o in ("a", "b")]
+    assert simulated_cosine(g, [], x, WideWeights.NONE, WeightClip.W4, True) == pytest.approx(min(per))
+    c16 = simulated_cosine(g, list(pred.gain), x, WideWeights.NONE, WeightClip.W4, True)
+    target = min(per) + 0.5 * (c16 - min(per))
+    full = _calibrated(model, calib, share=None, cosine=target)
+    assert full.meta["wide"] and full.meta["wide_choice"]["simulated_cosine"]["chosen"] >= target

@@ -139,11 +139,12 @@ def loss_and_grads(graph: Graph, x: np.ndarray, target: np.ndarray, theta: dict)
     return loss, backward(graph, tape, dz.reshape(z.shape), theta)
 
 
-def backward(graph: Graph, tape: Tape, dz: np.ndarray, theta: dict) -> dict:
-    """Vector-Jacobian product: the gradient of <dz, output> for every key of `theta`."""
+def backward(graph: Graph, tape: Tape, dz, theta: dict) -> dict:
+    """Vector-Jacobian product: the gradient of <dz, output> for every key of `theta` that reaches it.
+    dz: an array for the first output, or {output: array} for several (the sum of their products)."""
     env, pre, raw = tape.env, tape.pre, tape.raw
     grads: dict = {}
-    d = {graph.outputs[0]: dz}
+    d = dict(dz) if isinstance(dz, dict) else {graph.outputs[0]: dz}
 
     def acc(t, g):
         d[t] = d[t] + g if t in d else g

@@ -19,7 +19,9 @@ mean trace Tr(H_kk) / n_k is the running mean over probes; probing stops once ev
 relative standard error (sample std / sqrt(p) / mean) is at most `rel_se`, or after `max_probes`.
 With `logits=True` the probes skip A_n^{1/2} (w_n = u_n / sqrt(N)), so the same estimate is
 (1/N) Σ_n Tr(J_{k,n}^T J_{k,n}): the logit error power per unit of block error, which is what the
-logit cosine sees whatever the softmax's temperature (`passes.choose_wide_activations`).
+logit cosine sees whatever the softmax's temperature (`passes.choose_wide_activations`). There z is
+every output of the graph, flattened and concatenated (a detector's score and box heads), and a
+block that no output reads gets 0.
 `exact_block_traces` (finite differences of gradients along every coordinate) is the check used by
 the tests on tiny models.
 """
@@ -65,16 +67,22 @@ def estimate_traces(graph: Graph, x: np.ndarray, blocks: dict[object, np.ndarray
     rng = np.random.default_rng(seed)
     theta = {k: np.asarray(v, dtype) for k, v in blocks.items()}
     tape = forward(graph, x, theta, dtype)
-    z = tape.env[graph.outputs[0]]
-    zf = z.reshape(len(z), -1).astype(np.float64)
+    outs = list(graph.outputs) if logits else [graph.outputs[0]]  # logit space: every output; the loss: the first
+    zs = [tape.env[o] for o in outs]
+    zf = np.concatenate([z.reshape(len(z), -1) for z in zs], axis=1).astype(np.float64)
+    cuts = np.cumsum([z[0].size for z in zs])[:-1]
     sq = None if logits else _sqrt_output_hessians(zf)
     samples: dict[object, list[float]] = {k: [] for k in blocks}
     with Progress("hessian probes", max_probes, quiet=quiet) as bar:
         for p in range(max_probes):
             u = rng.choice(np.array([-1.0, 1.0]), size=zf.shape)
             w = (u if sq is None else np.einsum("nkl,nl->nk", sq, u)) / np.sqrt(len(zf))
-            grads = backward(graph, tape, w.reshape(z.shape).astype(dtype), theta)
+            dz = {o: part.reshape(z.shape).astype(dtype) for o, z, part in zip(outs, zs, np.split(w, cuts, axis=1))}
+            grads = backward(graph, tape, dz, theta)
             for k in theta:
+                if k not in grads:  # a block no output reads (another head's branch): no error reaches them
+                    samples[k].append(0.0)
+                    continue
                 g2 = grads[k].astype(np.float64) ** 2
                 samples[k].append(float((g2 * err2[k]).sum()) if err2 is not None else float(g2.sum()) / theta[k].size)
             bar.advance()
@@ -108,4 +116,6 @@ def _se(s: list[float]) -> float:
 
 def _rel_se(s: list[float]) -> float:
     m = abs(float(np.mean(s)))
+    if m == 0 and not any(s):
+        return 0.0  # a block no output reads: exactly 0, nothing to wait for
     return _se(s) / m if m > 0 else float("inf")
