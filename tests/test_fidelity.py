@@ -83,7 +83,7 @@ def test_compile_records_fidelity_and_hints_when_low():
 
 
 def test_float_graph_stands_in_where_onnxruntime_cannot():
-    """A model onnxruntime refuses (here: an output it lacks once renamed) is measured against the
+    """A model onnxruntime refuses (here: not a model at all) is measured against the
     imported float graph, and the record says why; both references agree on a model both run."""
     from dyadic.core.fidelity import onnxruntime_runner, output_fidelity
     from dyadic.frontend import import_onnx
@@ -94,7 +94,9 @@ def test_float_graph_stands_in_where_onnxruntime_cannot():
     import dyadic
 
     res = dyadic.compile(model, None, calib, CompileConfig(quiet=True))
-    assert isinstance(onnxruntime_runner(model, ["nope"]), str)
+    assert isinstance(onnxruntime_runner(model, ["nope", "nope2"]), str)
+    renamed = onnxruntime_runner(model, ["softmax_0"])  # one output, renamed by the import: by position
+    assert callable(renamed) and set(renamed({"input": calib["input"][:2]})) == {"softmax_0"}
     assert "cannot load" in onnxruntime_runner(b"not onnx", ["out"])
     fg = import_onnx(model)
     by_ort = output_fidelity(fg, res.int_graph, calib, model=model)
@@ -110,6 +112,8 @@ def test_hint_lines():
     assert "per-step 0.8000" in lines[0] and "try --wide-activations auto" in lines[1]
     assert "check the calibration data" in fidelity_lines(fid, "all")[1]
     fid["outputs"][0]["cosine_mean"] = 0.995
+    assert "below 0.95" in fidelity_lines(fid)[1]  # one input far off (min 0.5)
+    fid["outputs"][0]["cosine_min"] = 0.97
     assert len(fidelity_lines(fid)) == 1
 
 
