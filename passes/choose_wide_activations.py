@@ -52,7 +52,8 @@ concatenated, for the traces and S, and the simulated cosine is that of the outp
 Limits: the estimate is first order (chaotic random-init networks amplify errors, but stay linear at
 these sizes) and treats errors as independent; graphs with one float input only (the probes run the
 float graph on it); a static-batch graph runs its simulation and its probes one batch at a time, and
-its simulation without bias correction, as `round_weights` builds it; the weights' term ignores AdaRound/GPTQ and bias correction, which only lower it.
+its simulation without bias correction, as `round_weights` builds it; the probes of a large graph run
+on as many samples at a time as fit `TRACE_BYTES` (the PicoDet layout detector at 800x608: one); the weights' term ignores AdaRound/GPTQ and bias correction, which only lower it.
 """
 from __future__ import annotations
 
@@ -162,6 +163,20 @@ def _calib_batch(graph: Graph, samples: int) -> np.ndarray:
     return np.asarray(data[:max(samples // b, 1) * b], np.float32)
 
 
+TRACE_BYTES = 3 << 30  # the traces' working set: 8 samples of an 800x608 detector at once were killed at 24 GiB
+BYTES_PER_ELEMENT = 32  # float32 tensors kept by the tape (values, pre-activations), gradients, the e² blocks
+
+
+def _trace_chunks(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
+    """x in chunks the traces can hold: a static-batch graph's batches; else as many samples at a time
+    as keep BYTES_PER_ELEMENT x (every tensor's elements per sample) within TRACE_BYTES (at least one)."""
+    if graph.static_batch_size() is not None:
+        return static_chunks(graph, x)
+    per = sum(float(np.prod([abs(int(d)) for d in sh[1:] if d is not None])) for sh in graph.shapes.values() if sh)
+    k = max(1, int(TRACE_BYTES // max(BYTES_PER_ELEMENT * per, 1.0)))
+    return [x[i:i + k] for i in range(0, len(x), k)]
+
+
 def predict(graph: Graph, samples: int = 8, weight_clip: WeightClip = WeightClip.NONE,
             wide_weights: WideWeights = WideWeights.NONE, quiet: bool = True) -> Prediction:
     cands = sorted(wide_candidates(graph, WideActivations.ALL))
@@ -169,7 +184,7 @@ def predict(graph: Graph, samples: int = 8, weight_clip: WeightClip = WeightClip
     layers = [n for n in graph.weighted_nodes() if "W" in n.params]
     werr2 = {n.name: weight_rounding_error(n.params["W"], 8, weight_clip) ** 2 for n in layers}
     want, zs, parts = set(cands), [], []
-    for xb in static_chunks(graph, x):  # a static-batch graph: one run, and one trace estimate, per batch
+    for xb in _trace_chunks(graph, x):  # one run, and one trace estimate, per chunk
         acts: dict[str, np.ndarray] = {}
         env = execute(graph, {graph.inputs[0]: xb}, lambda t, v: acts.__setitem__(t, v) if t in want else None)
         zs.append(np.concatenate([env[o].reshape(len(xb), -1) for o in graph.outputs], axis=1))  # every head

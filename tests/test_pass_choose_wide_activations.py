@@ -365,3 +365,25 @@ def test_auto_on_a_two_head_model():
     target = min(per) + 0.5 * (c16 - min(per))
     full = _calibrated(model, calib, share=None, cosine=target)
     assert full.meta["wide"] and full.meta["wide_choice"]["simulated_cosine"]["chosen"] >= target
+
+
+def test_traces_run_in_chunks_that_fit_memory(monkeypatch):
+    """A large graph's probes run a few samples at a time (8 samples of an 800x608 detector were killed
+    at 24 GiB): the chunks follow TRACE_BYTES, and the prediction is the same as in one chunk."""
+    import importlib
+
+    cwa = importlib.import_module("dyadic.passes.choose_wide_activations")  # the module, not the pass
+    rng = np.random.default_rng(1)
+    model = _two_branch(rng)
+    calib = {"input": rng.normal(size=(16, 3, 8, 8)).astype(np.float32)}
+    g = _calibrated(model, calib, kind=WideActivations.NONE)
+    x = calib["input"][:8]
+    assert len(cwa._trace_chunks(g, x)) == 1
+    whole = cwa.predict(g)
+    per = sum(float(np.prod(sh[1:])) for sh in g.shapes.values() if sh) * cwa.BYTES_PER_ELEMENT
+    monkeypatch.setattr(cwa, "TRACE_BYTES", int(3 * per))
+    assert [len(c) for c in cwa._trace_chunks(g, x)] == [3, 3, 2]
+    chunked = cwa.predict(g)
+    assert chunked.samples == 8 and chunked.signal == pytest.approx(whole.signal)
+    for t in whole.own:  # Hutchinson estimates: the same quantity, other probe draws
+        assert chunked.own[t] == pytest.approx(whole.own[t], rel=0.5, abs=1e-9 + 0.05 * max(whole.own.values()))
