@@ -97,7 +97,7 @@ def run_one(kind: str, model: str, build: str, cpath: str, tpath: str, labelled:
     r = {"compiles": "yes", "self_check": plan["self_check"], "compile_s": plan["timings_s"]["total"],
          "compile_args": " ".join(extra), "fidelity_calib": fid,
          "fidelity_hint": len(fidelity_lines(fid, fid.get("wide_activations", "none"))) > len(fid.get("outputs", []))}
-    # the build does not record the compile's mean/std: eval gets them again
+    # given again, for the record (builds made after ba7f1b5 also apply their compile's by default)
     e = _cli("eval", build, "--data", tpath, "--vs", model, "--mean", MEAN, "--std", STD)
     if e.returncode:
         r["eval_error"] = " ".join(e.stderr.split())[-600:]

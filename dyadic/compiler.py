@@ -45,21 +45,23 @@ def build_graph(model, calib: dict[str, np.ndarray], config: CompileConfig = Com
 
 def compile(model, output_dir: str | None, calib: dict[str, np.ndarray] | None = None,
             config: CompileConfig = CompileConfig(), calib_source: str = "",
-            prepared: Graph | None = None) -> CompileResult:
+            prepared: Graph | None = None, image_norm: tuple | None = None) -> CompileResult:
     """Compile `model` (path or onnx.ModelProto). `calib` maps input names to float arrays; None
     means synthetic standard-normal data (only sensible for the built-in random-weight models).
-    `prepared`: the graph after `pipeline.float_passes` (a sweep reuses it across budgets)."""
+    `prepared`: the graph after `pipeline.float_passes` (a sweep reuses it across budgets).
+    `image_norm`: (mean, std) of pixel/255 that made `calib` from uint8 images (the CLI's --mean/--std),
+    recorded in the plan so that `dyadic eval` / `run` of the build apply it by default."""
     from dyadic.core.outdir import staged_output
 
     with staged_output(output_dir) as stage:  # checks -o, locks it, stages beside it (all-or-nothing)
-        res = _compile(model, stage, calib, config, calib_source, prepared)
+        res = _compile(model, stage, calib, config, calib_source, prepared, image_norm)
         if output_dir is None:
             return CompileResult(res.float_graph, res.int_graph, res.plan, None, None)
         stage.commit(res.so_path)
     return CompileResult(res.float_graph, res.int_graph, res.plan, output_dir, os.path.join(output_dir, "model.so"))
 
 
-def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResult:
+def _compile(model, stage, calib, config, calib_source, prepared, image_norm=None) -> CompileResult:
     """The compile proper, writing into the staging directory `stage.path`; returns the result with
     `so_path` set to the list of top-level names written (what `stage.commit` moves into place)."""
     from dyadic import targets
@@ -88,7 +90,10 @@ def _compile(model, stage, calib, config, calib_source, prepared) -> CompileResu
     so = os.path.join(tmp, "model.so")
     target.export(built, so)
     ncal = len(next(iter(calib.values())))
-    plan = make_plan(ig, target.describe(), {"source": calib_source, "samples": ncal}, {})
+    cal = {"source": calib_source, "samples": ncal}
+    if image_norm is not None:
+        cal["image_normalize"] = {"mean": [float(v) for v in image_norm[0]], "std": [float(v) for v in image_norm[1]]}
+    plan = make_plan(ig, target.describe(), cal, {})
     plan["library"] = library_record(so)
     plan["target"]["instructions"] = target.count_instructions(built, so)
     plan["target"]["dot_macs"] = build.dot_macs(mod, ig)

@@ -137,3 +137,28 @@ def test_ppocr_textline_cls_within_half_a_point_with_16bit_tables(tmp_path, caps
     assert code == 0, err
     top1 = float(stdout.strip().splitlines()[-1].split()[1].rstrip("%"))
     assert top1 >= 99.2 - 0.5, stdout
+
+
+def test_build_remembers_the_compiles_normalization(tmp_path, capsys):
+    """A build compiled from uint8 images with --mean/--std records them; `eval` and `run` of the build
+    apply them when not given again (they had silently used pixel/255), and say so."""
+    import json
+
+    model = _dynamic_hw_model(tmp_path)
+    rng = np.random.default_rng(5)
+    imgs = tmp_path / "imgs.npz"
+    np.savez(imgs, images=rng.integers(0, 256, (24, 12, 16, 3)).astype(np.uint8), labels=np.zeros(24, np.int64))
+    out = tmp_path / "b"
+    norm = ["--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3"]
+    code, _, err = _run(["compile", str(model), "-o", str(out), "--input-shape", "x:1,3,12,16", "--calib", str(imgs),
+                         "--quiet", *norm], capsys)
+    assert code == 0, err
+    rec = json.load(open(out / "model.json"))["calibration"]["image_normalize"]
+    assert rec == {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    vs = ["eval", str(out), "--data", str(imgs), "--vs", str(model), "--input-shape", "x:1,3,12,16", "--quiet"]
+    code, given, _ = _run(vs + norm, capsys)
+    assert code == 0
+    code, remembered, err = _run(vs, capsys)
+    assert code == 0 and remembered == given and "normalized with the build's --mean 0.5,0.4,0.3" in err
+    code, plain, _ = _run(vs + ["--mean", "0,0,0", "--std", "1,1,1"], capsys)  # explicit flags win
+    assert code == 0 and plain != given

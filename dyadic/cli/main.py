@@ -154,7 +154,9 @@ def cmd_compile(a) -> int:
         shapes = input_shapes(import_onnx(model, dict(config.input_shapes)))
         calib, _ = load_npz(a.calib, shapes, Normalize.parse(a.mean, a.std), a.calib_count)
         source = os.path.abspath(a.calib)
-    res = dyadic.compile(model, a.output, calib, config, calib_source=source)
+    norm = Normalize.parse(a.mean, a.std) if a.calib and (a.mean or a.std) else None
+    res = dyadic.compile(model, a.output, calib, config, calib_source=source,
+                         image_norm=(norm.mean, norm.std) if norm else None)
     print(summary(res.plan))
     print(f"wrote {os.path.join(a.output, 'model.so')} and {os.path.join(a.output, 'model.json')}")
     return 0
@@ -168,8 +170,7 @@ def cmd_run(a) -> int:
     from dyadic.core.plan_schema import read_plan
 
     plan = read_plan(a.build)
-    x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, Normalize.parse(a.mean, a.std),
-                    a.limit)
+    x, y = load_npz(a.data, {i["name"]: tuple(i["shape"]) for i in plan["inputs"]}, _build_norm(a, plan), a.limit)
     q = quantize_plan_inputs(plan["inputs"], x)
     outs, timing, where = run_build(a.build, q, a.rpc, a.reps, a.threads)
     n = len(next(iter(q.values())))
@@ -185,12 +186,27 @@ def cmd_run(a) -> int:
     return 0
 
 
+def _build_norm(a, plan: dict | None):
+    """--mean/--std where given; else the build's own (`calibration.image_normalize`: the compile's flags),
+    said once on stderr; else none (pixel/255)."""
+    from dyadic.frontend.data import Normalize
+
+    rec = (plan or {}).get("calibration", {}).get("image_normalize")
+    if a.mean or a.std or not rec:
+        return Normalize.parse(a.mean, a.std)
+    print(f"dyadic: uint8 images normalized with the build's --mean {','.join(map(str, rec['mean']))} "
+          f"--std {','.join(map(str, rec['std']))} (model.json)", file=sys.stderr)
+    return Normalize(tuple(rec["mean"]), tuple(rec["std"]))
+
+
 def cmd_eval(a) -> int:
     from dyadic.core.config import parse_input_shapes
     from dyadic.frontend.data import Normalize, load_npz
     from dyadic.cli.evaluate import agreement, evaluate
 
-    norm = Normalize.parse(a.mean, a.std)
+    from dyadic.core.plan_schema import read_plan
+
+    norm = _build_norm(a, None if a.model.endswith(".onnx") else read_plan(a.model))
     pinned = dict(parse_input_shapes(a.input_shape))
     runner, shapes, batch, names = _runner(a.model, a.threads, pinned)
     x, y = load_npz(a.data, shapes, norm, a.limit)

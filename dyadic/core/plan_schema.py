@@ -11,7 +11,8 @@ then `validate_plan`, which checks
   the operands of a sum, not all of them), shifts
   `0 <= s <= 62`, as many shifts as multipliers; clip bounds `lo <= hi` inside the output type;
   calibrated ranges finite with `lo <= hi`; weight/activation bits 4 or 8;
-* `fidelity` (`dyadic.core.fidelity`), where present: per output a name and cosines in [-1, 1].
+* `fidelity` (`dyadic.core.fidelity`), where present: per output a name and cosines in [-1, 1];
+  `calibration.image_normalize`, where present: the compile's --mean (numbers) and --std (positive).
 
 Any violation raises `BuildDirError` listing the first problems. The layer entries are a record
 (the library holds its own constants), so an edited multiplier is refused as tampering, not obeyed.
@@ -161,6 +162,11 @@ def validate_plan(plan, where: str = "model.json") -> None:
             problems.append(f"target.requires: {req!r} is not {{cpu_flags: [names], amx_tile_data: bool}}")
     if "fidelity" in plan:
         _fidelity(plan["fidelity"], problems)
+    norm = (plan.get("calibration") or {}).get("image_normalize")
+    if norm is not None and not (isinstance(norm, dict) and all(
+            isinstance(norm.get(k), list) and norm[k] and all(_is_num(v) for v in norm[k]) for k in ("mean", "std"))
+            and all(v > 0 for v in norm["std"])):
+        problems.append(f"calibration.image_normalize: {norm!r} is not {{mean: [numbers], std: [positive numbers]}}")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise BuildDirError(f"{where} fails the plan schema: {shown}")
