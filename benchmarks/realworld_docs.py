@@ -38,7 +38,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from realworld_ocr import SHARED, host_description, pages  # noqa: E402
+from realworld_ocr import SHARED, bench_row, host_description, pages  # noqa: E402
 
 from dyadic.core.fidelity import fidelity_lines  # noqa: E402
 
@@ -109,15 +109,11 @@ def run_one(kind: str, model: str, build: str, cpath: str, tpath: str, labelled:
         r["top1_fp32"] = _last(f.stdout, "top1")
     out = os.path.join(build, "bench.json")
     if bench and reuse and os.path.exists(out):
-        row = json.load(open(out))["rows"][0]
-        r["bench_1thread"] = {k: round(row[k], 3) for k in ("dyadic_ms", "ort-int8_ms", "ort-fp32_ms",
-                                                              "vs_ort_int8", "vs_ort_fp32")}
+        r["bench_1thread"] = bench_row(out)
     elif bench:
         b = _cli("bench", build, "--vs", model, "--threads", "1", "--no-openvino", "--calib", cpath, "--json", out)
         if b.returncode == 0:
-            row = json.load(open(out))["rows"][0]
-            r["bench_1thread"] = {k: round(row[k], 3) for k in ("dyadic_ms", "ort-int8_ms", "ort-fp32_ms",
-                                                                  "vs_ort_int8", "vs_ort_fp32")}
+            r["bench_1thread"] = bench_row(out)
         else:
             r["bench_error"] = " ".join(b.stderr.split())[-600:]
     return r

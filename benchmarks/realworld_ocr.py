@@ -165,10 +165,14 @@ def run_one(kind: str, model: str, build: str, cpath: str, test: np.ndarray, ext
         out = os.path.join(build, "bench.json")
         subprocess.run([sys.executable, "-m", "dyadic.cli", "bench", build, "--vs", model, "--threads", "1",
                         "--no-openvino", "--calib", cpath, "--json", out], check=True, capture_output=True)
-        row = json.load(open(out))["rows"][0]
-        r["bench_1thread"] = {k: round(row[k], 3) for k in ("dyadic_ms", "ort-int8_ms", "ort-fp32_ms",
-                                                              "vs_ort_int8", "vs_ort_fp32")}
+        r["bench_1thread"] = bench_row(out)
     return r
+
+
+def bench_row(path: str) -> dict:
+    """The 1-thread figures of a `dyadic bench --json` file."""
+    row = json.load(open(path))["rows"][0]
+    return {k: round(row[k], 3) for k in ("dyadic_ms", "ort-int8_ms", "ort-fp32_ms", "vs_ort_int8", "vs_ort_fp32")}
 
 
 def main(argv=None) -> int:
