@@ -123,10 +123,8 @@ def _fidelity(model, fg, ig, target, build_dir: str, calib: dict, sample: dict) 
     run = target.integer_runner(build_dir)
     if run is None:
         return output_fidelity(fg, ig, sample, model=model)
-    b = ig.static_batch_size() or 1
-    x = spread(calib, max(SAMPLES // b, 1) * b)
-    keep = len(next(iter(x.values()))) // b * b  # whole batches of a static-batch library
-    return output_fidelity(fg, ig, {k: v[:keep] for k, v in x.items()} if keep else sample, run, model)
+    x = spread(calib, SAMPLES, ig.static_batch_size() or 1)
+    return output_fidelity(fg, ig, x if len(next(iter(x.values()))) else sample, run, model)
 
 
 def _write_json(path: str, plan: dict, indent: int | None = None) -> None:

@@ -37,6 +37,7 @@ def test_spread_covers_the_file():
     x = {"a": np.arange(32)}
     assert list(spread(x, 4)["a"]) == [0, 10, 21, 31] and len(spread(x, 16)["a"]) == 16
     assert list(spread({"a": np.arange(3)}, 16)["a"]) == [0, 1, 2]
+    assert len(spread(x, 32, batch=5)["a"]) == 30 and len(spread({"a": np.arange(3)}, 16, batch=4)["a"]) == 0
 
 
 def _swamped(rng):

@@ -149,14 +149,14 @@ def cmd_compile(a) -> int:
     target = preset_name(a.target, a.cpu, a.arch)  # before any work: a bad flag fails fast
     config = _config(a, target)
     model = load_model_arg(a.model, a.image_size)
-    calib, source = None, ""
+    calib, source, image_norm = None, "", None
     if a.calib:
         shapes = input_shapes(import_onnx(model, dict(config.input_shapes)))
-        calib, _ = load_npz(a.calib, shapes, Normalize.parse(a.mean, a.std), a.calib_count)
+        norm = Normalize.parse(a.mean, a.std)
+        calib, _ = load_npz(a.calib, shapes, norm, a.calib_count)
         source = os.path.abspath(a.calib)
-    norm = Normalize.parse(a.mean, a.std) if a.calib and (a.mean or a.std) else None
-    res = dyadic.compile(model, a.output, calib, config, calib_source=source,
-                         image_norm=(norm.mean, norm.std) if norm else None)
+        image_norm = (norm.mean, norm.std) if a.mean or a.std else None  # recorded for eval/run of the build
+    res = dyadic.compile(model, a.output, calib, config, calib_source=source, image_norm=image_norm)
     print(summary(res.plan))
     print(f"wrote {os.path.join(a.output, 'model.so')} and {os.path.join(a.output, 'model.json')}")
     return 0

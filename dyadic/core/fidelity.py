@@ -74,11 +74,13 @@ def mean_cosine(zf: np.ndarray, zq: np.ndarray, over: CosineOver = CosineOver.SA
     return float(np.mean(cosines(zf, zq, over)))
 
 
-def spread(calib: dict[str, np.ndarray], count: int = SAMPLES) -> dict[str, np.ndarray]:
-    """`count` calibration inputs evenly spaced over the file (all of them when there are fewer), in
-    whole batches of a static-batch graph's batch `b` (pass count as a multiple of b)."""
+def spread(calib: dict[str, np.ndarray], count: int = SAMPLES, batch: int = 1) -> dict[str, np.ndarray]:
+    """About `count` calibration inputs evenly spaced over the file (all of them when there are fewer),
+    cut to whole batches of `batch` (a static-batch library); empty when fewer than one batch."""
     n = len(next(iter(calib.values())))
-    idx = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+    want = max(count // batch, 1) * batch
+    idx = np.unique(np.linspace(0, n - 1, min(want, n)).round().astype(np.int64))
+    idx = idx[:len(idx) // batch * batch]
     return {k: v[idx] for k, v in calib.items()}
 
 
@@ -170,7 +172,8 @@ def _short(fid: dict) -> str:
 
 
 def fidelity_lines(fid: dict, wide: str = "none") -> list[str]:
-    """The compile summary's lines: the figures, and a hint where the mean cosine is below WARN_COSINE."""
+    """The compile summary's lines: the figures, and a hint where an output's mean cosine is below
+    WARN_COSINE or its minimum below WARN_MIN_COSINE."""
     rows = []
     for o in fid.get("outputs", []):
         extra = "".join([f", per-step {o['step_cosine_mean']:.4f}" if "step_cosine_mean" in o else "",

@@ -83,7 +83,6 @@ class HostTarget(Target):
                                             f"in {(g != want[o]).sum()} of {g.size} values")
         return f"bit-exact vs int64 reference ({len(next(iter(sample.values())))} inputs)"
 
-
     def integer_runner(self, build_dir: str):
         if not self.runs_here:
             return None
